@@ -1,0 +1,75 @@
+"""One Settings object, read from VIDSEARCH_* environment variables (or passed in by tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Diangle/clip4clip-webvid"
+# Pinned so that an upstream push can never silently change the vector space of an existing index.
+DEFAULT_MODEL_REVISION = "main"
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Pass an instance down; never read the environment deep inside."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDSEARCH_", extra="ignore")
+
+    home: Path = Field(Path("vidsearch-data"), description="Data folder: catalog, Milvus Lite data, stored videos.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the catalog. Default: SQLite in the data folder.")
+    milvus_uri: str | None = Field(
+        None, description="Milvus server URI (e.g. http://localhost:19530). Default: embedded Milvus Lite server."
+    )
+    milvus_token: str | None = Field(None, description="Milvus token (user:password or API key) for a secured server.")
+    milvus_lite_port: int = Field(
+        0, ge=0, le=65535, description="Loopback port of the embedded Milvus Lite server (0 = pick a free one)."
+    )
+    collection: str = Field("vidsearch_videos", description="Milvus collection name.")
+    model: str = Field(DEFAULT_MODEL, description="Hugging Face CLIP checkpoint id or local folder.")
+    model_revision: str | None = Field(
+        DEFAULT_MODEL_REVISION, description="Hub revision (commit, tag or branch) of the model; ignored for folders."
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N. fp16 is used on CUDA.")
+    frames: int = Field(12, ge=1, le=512, description="Frames sampled uniformly per video.")
+    batch_size: int = Field(48, ge=1, description="Frames per model forward pass (batched across videos).")
+    host: str = Field("127.0.0.1", description="Address the web app binds to.")
+    port: int = Field(7860, ge=1, le=65535, description="Port of the web app.")
+    worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for new jobs.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("VIDSEARCH_DEVICE must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("collection")
+    @classmethod
+    def _check_collection(cls, value: str) -> str:
+        # Milvus collection names: letters, digits, underscores; must not start with a digit.
+        if not value or not (value[0].isalpha() or value[0] == "_") or not value.replace("_", "").isalnum():
+            raise ValueError("VIDSEARCH_COLLECTION must contain only letters, digits and underscores")
+        return value
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.home_dir / "videos"
+
+    @property
+    def milvus_lite_dir(self) -> Path:
+        return self.home_dir / "milvus"
+
+    @property
+    def catalog_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'catalog.db'}"
+
+    def ensure_dirs(self) -> None:
+        self.videos_dir.mkdir(parents=True, exist_ok=True)
+        self.milvus_lite_dir.mkdir(parents=True, exist_ok=True)
