@@ -1,0 +1,328 @@
+"""`vidsearch ...` commands. Errors become one readable line here, at the edge; progress bars live here too."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from schema.settings import Settings
+
+app = typer.Typer(
+    help="Self-hosted text-to-video search.\n\nData lives in ./vidsearch-data (set VIDSEARCH_HOME to move it).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+milvus_app = typer.Typer(help="Manage the embedded Milvus Lite server.", no_args_is_help=True)
+app.add_typer(milvus_app, name="milvus")
+
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".mpg", ".mpeg", ".ts", ".wmv", ".flv",
+                  ".3gp", ".ogv", ".mts", ".m2ts"}
+
+
+class UserError(Exception):
+    """Anything a person can fix: shown as one line, exit status 1."""
+
+
+def _runtime():
+    from ingest.runtime import Runtime
+
+    return Runtime(Settings())
+
+
+def _out(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default VIDSEARCH_HOST, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default VIDSEARCH_PORT, 7860).")] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not run an ingestion worker here.")] = False,
+) -> None:
+    """Run the web app (Search, Upload, Library) and an ingestion worker.
+
+    Example: vidsearch serve   then open http://127.0.0.1:7860
+    """
+    from search_app.app import serve as run_app
+
+    runtime = _runtime()
+    s = runtime.settings
+    typer.echo(f"vidsearch: http://{host or s.host}:{port or s.port}  (data: {s.home_dir})", err=True)
+    run_app(runtime, host or s.host, port or s.port, with_worker=not no_worker)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Video files and/or folders.")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Process the files now, in this process, and report.")] = False,
+    link: Annotated[bool, typer.Option("--link", help="Index files where they are instead of copying them into "
+                                                      "the data folder (delete then never removes them).")] = False,
+) -> None:
+    """Add videos to the library. Videos are recognised by content; the same content is never embedded twice.
+
+    Examples:
+      vidsearch ingest ~/Videos --recursive --wait
+      vidsearch ingest clip1.mp4 clip2.webm      (queued for `vidsearch worker` or `vidsearch serve`)
+    """
+    from tqdm import tqdm
+
+    from ingest.library import Outcome, enqueue_file, iter_candidate_files
+
+    runtime = _runtime()
+    queued: dict[int, str] = {}  # job id -> source
+    present: list[str] = []
+    failed: list[tuple[str, str]] = []
+    skipped = 0
+    named = {p.resolve() for p in paths if not p.is_dir()}
+    for p in paths:
+        if not p.exists():
+            failed.append((str(p), "no such file or folder"))
+    candidates = [c for c in iter_candidate_files([p for p in paths if p.exists()], recursive)]
+    for path in tqdm(candidates, desc="Scanning", unit="file", disable=not candidates, file=sys.stderr):
+        try:
+            r = enqueue_file(runtime.catalog, runtime.settings, path, link=link)
+        except OSError as exc:
+            failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
+            continue
+        if r.outcome is Outcome.NOT_VIDEO:
+            if path.resolve() in named or path.suffix.lower() in VIDEO_SUFFIXES:
+                failed.append((str(path), "not a video file (no decodable video stream)"))
+            else:
+                skipped += 1
+        elif r.outcome is Outcome.ALREADY_PRESENT:
+            present.append(str(path))
+        elif r.job_id is not None:
+            queued[r.job_id] = str(path)
+
+    ingested = 0
+    if wait and queued:
+        ingested, job_failures = _process_now(runtime, queued)
+        failed.extend(job_failures)
+    elif queued:
+        typer.echo(f"Queued {len(queued)} video(s). Run `vidsearch worker` (or `vidsearch serve`) to process them, "
+                   "or use --wait.", err=True)
+
+    typer.echo(
+        f"{'Ingested' if wait else 'Queued'}: {ingested if wait else len(queued)}  "
+        f"already present: {len(present)}  failed: {len(failed)}" + (f"  skipped (not video): {skipped}" if skipped
+                                                                     else "")
+    )
+    for source, reason in failed:
+        typer.echo(f"  failed: {source}: {reason}")
+    runtime.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+def _process_now(runtime, queued: dict[int, str]) -> tuple[int, list[tuple[str, str]]]:
+    """Run a worker here until our jobs are finished (some may be taken by another running worker)."""
+    import time
+
+    from tqdm import tqdm
+
+    from ingest.worker import Worker
+
+    worker = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames)
+    pending = set(queued)
+    with tqdm(total=len(queued), desc="Ingesting", unit="video", file=sys.stderr) as bar:
+        while pending:
+            batch = worker.run_once()
+            finished = [j for j in pending if (job := runtime.catalog.get_job(j)) is None
+                        or job.state.value in ("done", "failed")]
+            for j in finished:
+                pending.discard(j)
+                bar.update(1)
+            if not batch and pending:
+                time.sleep(0.5)  # the remaining jobs are being run by another worker
+    ok, failures = 0, []
+    for job_id, source in queued.items():
+        job = runtime.catalog.get_job(job_id)
+        if job is not None and job.state.value == "done":
+            ok += 1
+        else:
+            failures.append((source, job.error if job and job.error else "deleted while processing"))
+    return ok, failures
+
+
+@app.command()
+def worker() -> None:
+    """Process queued jobs until interrupted (Ctrl-C requeues the job in progress)."""
+    from ingest.worker import JobResult, Worker
+
+    runtime = _runtime()
+    w = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames,
+               runtime.settings.worker_poll_seconds)
+    stop = threading.Event()
+
+    def report(r: JobResult) -> None:
+        typer.echo(f"{'done' if r.ok else 'failed'}: video {r.video_id} {r.title}" + (f": {r.error}" if r.error
+                                                                                       else ""), err=True)
+
+    # SIGTERM behaves like Ctrl-C so service managers get the same clean requeue.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    typer.echo(f"worker ready (model {runtime.encoder.key}); Ctrl-C to stop", err=True)
+    try:
+        w.run_forever(stop, report)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the job in progress was put back in the queue", err=True)
+    finally:
+        runtime.close()
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What happens in the video.")],
+    k: Annotated[int, typer.Option("-k", "--top", help="Number of results.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Find videos by description.
+
+    Example: vidsearch search "a man riding a bike" -k 5
+    """
+    from search_app.search import search_text
+
+    runtime = _runtime()
+    results = search_text(runtime.catalog, runtime.store, runtime.encoder, query, k)
+    if as_json:
+        _out([r.as_dict() for r in results])
+        return
+    if not results:
+        typer.echo("No results." if runtime.catalog.list_videos() else "No videos yet: add some with "
+                   "`vidsearch ingest PATH --wait`.")
+        return
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'id':>5}  {'duration':>8}  title / path")
+    for r in results:
+        duration = f"{r.duration:.1f}s" if r.duration is not None else "?"
+        typer.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.video_id:>5}  {duration:>8}  {r.title}\n{'':>30}{r.path}")
+
+
+@app.command("list")
+def list_videos(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False) -> None:
+    """List the videos in the library."""
+    runtime = _runtime()
+    videos = runtime.catalog.list_videos()
+    if as_json:
+        _out([v.as_dict() for v in videos])
+        return
+    if not videos:
+        typer.echo("No videos yet.")
+        return
+    for v in videos:
+        duration = f"{v.duration:.1f}s" if v.duration is not None else "?"
+        typer.echo(f"{v.id:>5}  {v.status.value:<10}  {duration:>8}  {v.title}")
+
+
+@app.command()
+def delete(ids: Annotated[list[int], typer.Argument(help="Video ids (see `vidsearch list`).")]) -> None:
+    """Delete videos: their vectors, catalog rows and stored files."""
+    from ingest.library import delete_video
+
+    runtime = _runtime()
+    store = runtime.existing_store()
+    missing = []
+    for video_id in ids:
+        if store is not None:
+            video = delete_video(runtime.catalog, store, video_id)
+        else:  # nothing was ever indexed: only catalog rows and files to remove
+            video = runtime.catalog.delete_video(video_id)
+            if video is not None and video.owned:
+                Path(video.stored_path).unlink(missing_ok=True)
+        if video is None:
+            missing.append(video_id)
+        else:
+            typer.echo(f"deleted {video_id}: {video.title}")
+    if missing:
+        raise UserError(f"no video with id {', '.join(map(str, missing))}")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False) -> None:
+    """Jobs by state, and why failed ones failed."""
+    runtime = _runtime()
+    counts = runtime.catalog.job_counts()
+    failures = [{"job_id": j.id, "video_id": v.id, "title": v.title, "error": j.error}
+                for j, v in runtime.catalog.failed_jobs()]
+    if as_json:
+        _out({"jobs": counts, "failed": failures})
+        return
+    typer.echo("  ".join(f"{state}: {n}" for state, n in counts.items()))
+    for f in failures:
+        typer.echo(f"  failed: video {f['video_id']} {f['title']}: {f['error']}")
+
+
+@app.command()
+def reindex(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+    """Drop all vectors and queue every video again (after changing VIDSEARCH_MODEL)."""
+    from schema.vectors import drop_collection
+
+    runtime = _runtime()
+    videos = runtime.catalog.list_videos()
+    if not yes:
+        typer.confirm(f"Drop the vector collection and re-embed {len(videos)} video(s)?", abort=True)
+    drop_collection(runtime.settings)
+    for v in videos:
+        runtime.catalog.requeue_video(v.id)
+    typer.echo(f"Queued {len(videos)} video(s) for re-embedding with {runtime.settings.model}. "
+               "Run `vidsearch worker` or `vidsearch serve` to process them.")
+
+
+@milvus_app.command("stop")
+def milvus_stop() -> None:
+    """Stop the embedded Milvus Lite server of this data folder (it is restarted on demand)."""
+    from schema.lite_server import stop_server
+
+    settings = Settings()
+    typer.echo("stopped" if stop_server(settings.milvus_lite_dir) else "no server was running")
+
+
+def main() -> None:
+    """Console entry point: turn known errors into one readable line instead of a traceback."""
+    from pydantic import ValidationError
+
+    from ingest.encoder import ModelUnavailableError
+    from schema.lite_server import LiteServerError
+    from schema.vectors import VectorStoreError
+    from search_app.search import QueryError
+
+    try:
+        code = app(standalone_mode=False)  # click returns the exit code of typer.Exit in this mode
+        sys.exit(code if isinstance(code, int) else 0)
+    except (UserError, ModelUnavailableError, VectorStoreError, LiteServerError, QueryError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except ValidationError as exc:
+        typer.echo(f"Error: invalid configuration: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors carry their own formatting
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""CLIP4Clip encoder: frames -> video vector, text -> query vector. The one module that imports torch/transformers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# Used only when a checkpoint ships no preprocessor_config.json (CLIP4Clip exports often don't):
+# the OpenAI CLIP normalisation every CLIP checkpoint was trained with.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ModelUnavailableError(RuntimeError):
+    """The configured checkpoint could not be loaded."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """CLIP image preprocessing, read from the checkpoint: resize, centre crop, scale, normalise."""
+
+    shortest_edge: int | None  # resize so the short side has this length (aspect kept) ...
+    resize_hw: tuple[int, int] | None  # ... or to exactly this size
+    crop_hw: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+    """Same rule as transformers' get_resize_output_image_size: short side = edge, long side truncated."""
+    short, long = (height, width) if height <= width else (width, height)
+    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def preprocess_frame(frame: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 3xHxW float32 normalised tensor, with torch ops only (no PIL round trip)."""
+    image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0).float()
+    height, width = frame.shape[:2]
+    if prep.shortest_edge is not None:
+        size = resize_output_size(height, width, prep.shortest_edge)
+    else:
+        assert prep.resize_hw is not None
+        size = prep.resize_hw
+    if size != (height, width):
+        # antialias=True makes downscaling match PIL's bicubic filter closely.
+        image = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
+        image = image.clamp_(0, 255).round_()  # PIL works in uint8; matching it keeps vectors aligned
+    image = center_crop(image[0], prep.crop_hw)
+    mean = torch.tensor(prep.mean).view(3, 1, 1) * 255.0
+    std = torch.tensor(prep.std).view(3, 1, 1) * 255.0
+    return (image - mean) / std
+
+
+def center_crop(image: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
+    """Centre crop a CxHxW tensor, zero-padding first when it is smaller than the crop (as transformers does)."""
+    crop_h, crop_w = crop_hw
+    _, height, width = image.shape
+    if height < crop_h or width < crop_w:
+        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+        image = F.pad(image, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        _, height, width = image.shape
+    top = int((height - crop_h) / 2.0)
+    left = int((width - crop_w) / 2.0)
+    return image[:, top : top + crop_h, left : left + crop_w]
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailableError(f"VIDSEARCH_DEVICE={device} but no CUDA device is available; use cpu or auto")
+    return torch.device(device)
+
+
+class ClipEncoder:
+    """CLIP text and vision towers with projection; vectors are L2-normalised float32 numpy arrays."""
+
+    def __init__(self, vision, text, tokenizer, prep: Preprocessing, *, model_id: str, revision: str | None,
+                 device: torch.device, batch_size: int = 48) -> None:
+        self.vision = vision
+        self.text = text
+        self.tokenizer = tokenizer
+        self.prep = prep
+        self.model_id = model_id
+        self.revision = revision
+        self.device = device
+        self.dtype = next(vision.parameters()).dtype
+        self.batch_size = batch_size
+        self.dim = int(vision.config.projection_dim)
+        self.image_size = int(vision.config.image_size)
+        self.max_text_length = int(min(text.config.max_position_embeddings, tokenizer.model_max_length))
+
+    @property
+    def key(self) -> str:
+        """Identifies the vector space: vectors from different keys must never be mixed."""
+        return f"{self.model_id}@{self.revision}" if self.revision else self.model_id
+
+    def preprocess(self, frame: np.ndarray) -> torch.Tensor:
+        return preprocess_frame(frame, self.prep)
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N,3,H,W) preprocessed pixels -> (N,dim) L2-normalised image embeddings (float32, on CPU)."""
+        out: list[torch.Tensor] = []
+        for start in range(0, len(pixel_values), self.batch_size):
+            chunk = pixel_values[start : start + self.batch_size].to(self.device, self.dtype, non_blocking=True)
+            embeds = self.vision(pixel_values=chunk).image_embeds.float()
+            out.append(l2_normalize(embeds).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.dim)
+
+    def embed_videos(self, videos: Sequence[torch.Tensor]) -> np.ndarray:
+        """CLIP4Clip mean-pooling: per video (n_i,3,H,W) frames -> normalised mean of normalised frame embeds.
+
+        Frames of all videos go through the model together so batches stay full across short clips.
+        """
+        if not videos:
+            return np.empty((0, self.dim), dtype=np.float32)
+        frame_embeds = self.embed_pixels(torch.cat(list(videos)))
+        vectors, start = [], 0
+        for frames in videos:
+            vectors.append(l2_normalize(frame_embeds[start : start + len(frames)].mean(dim=0)))
+            start += len(frames)
+        return torch.stack(vectors).numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Queries -> (N,dim) L2-normalised text embeddings; long queries are truncated to the model's limit."""
+        inputs = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_length,
+                                return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        embeds = self.text(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).text_embeds
+        return l2_normalize(embeds.float()).cpu().numpy().astype(np.float32)
+
+    def embed_text(self, text: str) -> np.ndarray:
+        return self.embed_texts([text])[0]
+
+
+def _is_local(model: str) -> bool:
+    return Path(model).expanduser().is_dir()
+
+
+def load_preprocessing(source: str, revision: str | None, image_size: int) -> Preprocessing:
+    """Read size/crop/mean/std from the checkpoint's image processor config; fall back to CLIP's defaults."""
+    from transformers import CLIPImageProcessorPil
+
+    try:
+        proc = CLIPImageProcessorPil.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as exc:
+        log.info("no image processor config in %s (%s); using CLIP defaults at %d px", source, exc, image_size)
+        return Preprocessing(image_size, None, (image_size, image_size), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    size, crop = dict(proc.size), dict(proc.crop_size or {})
+    shortest = size.get("shortest_edge")
+    resize_hw = None if shortest else (int(size["height"]), int(size["width"]))
+    crop_hw = (int(crop["height"]), int(crop["width"])) if crop and proc.do_center_crop else (
+        resize_hw or (int(shortest), int(shortest)))
+    return Preprocessing(
+        shortest_edge=int(shortest) if shortest else None,
+        resize_hw=resize_hw,
+        crop_hw=crop_hw,
+        mean=tuple(float(x) for x in proc.image_mean),  # type: ignore[arg-type]
+        std=tuple(float(x) for x in proc.image_std),  # type: ignore[arg-type]
+    )
+
+
+def load_encoder(model: str, revision: str | None = None, device: str = "auto", batch_size: int = 48) -> ClipEncoder:
+    """Load the text and vision towers from a hub id (at a pinned revision) or a local folder."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    local = _is_local(model)
+    source = str(Path(model).expanduser().resolve()) if local else model
+    rev = None if local else revision
+    torch_device = pick_device(device)
+    dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
+    try:
+        vision = CLIPVisionModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype)
+        text = CLIPTextModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=rev)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        raise ModelUnavailableError(
+            f"could not load the CLIP model {model!r}"
+            + (f" at revision {rev!r}" if rev else "")
+            + f": {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+            "Provide a model in one of two ways:\n"
+            "  - allow access to the Hugging Face Hub (network access"
+            + (", and unset HF_HUB_OFFLINE" if offline else "")
+            + ") so the checkpoint can be downloaded once into the cache, or\n"
+            "  - set VIDSEARCH_MODEL to a local folder holding a CLIP checkpoint "
+            "(config.json, model weights, tokenizer files), e.g. one saved with save_pretrained()."
+        ) from exc
+    vision.to(torch_device).eval()
+    text.to(torch_device).eval()
+    prep = load_preprocessing(source, rev, int(vision.config.image_size))
+    log.info("loaded %s (dim %d, %d px) on %s", source, vision.config.projection_dim, vision.config.image_size,
+             torch_device)
+    return ClipEncoder(vision, text, tokenizer, prep, model_id=source if local else model, revision=rev,
+                       device=torch_device, batch_size=batch_size)

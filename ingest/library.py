@@ -1,0 +1,141 @@
+"""Bringing files into the library: content hashing, content-addressed storage, enqueueing, deletion."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest.decode import looks_like_video
+from schema.catalog import Catalog, Job, Video, VideoStatus
+from schema.settings import Settings
+from schema.vectors import VectorStore
+
+log = logging.getLogger(__name__)
+
+MAX_TITLE = 255
+
+
+class Outcome(str, enum.Enum):
+    QUEUED = "queued"
+    ALREADY_PRESENT = "already present"
+    ALREADY_QUEUED = "already queued"
+    REQUEUED = "requeued"  # the same content failed before; try again
+    NOT_VIDEO = "not a video"
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    source: str
+    outcome: Outcome
+    video_id: int | None = None
+    job_id: int | None = None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_title(name: str) -> str:
+    """A display title from a client-supplied file name: base name only, no control characters, bounded."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C")
+    return name.strip()[:MAX_TITLE] or "untitled"
+
+
+def _safe_suffix(name: str) -> str:
+    """Keep a short alphanumeric extension so browsers can guess the media type; anything else is dropped."""
+    suffix = Path(safe_title(name)).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ""
+
+
+def stored_path_for(settings: Settings, sha256: str, name: str) -> Path:
+    return settings.videos_dir / sha256[:2] / f"{sha256}{_safe_suffix(name)}"
+
+
+def _copy_in(src: Path, dest: Path) -> None:
+    """Copy atomically: a crash never leaves a half-written file under the content-addressed name."""
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".incoming-")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as handle:
+            shutil.copyfileobj(handle, out, 1 << 20)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def enqueue_file(catalog: Catalog, settings: Settings, src: Path, *, title: str | None = None,
+                 link: bool = False, check_video: bool = True) -> Enqueued:
+    """Register one file for ingestion. Same content twice is recognised by its SHA-256 and not embedded again."""
+    src = Path(src)
+    shown = safe_title(title if title is not None else src.name)
+    if check_video and not looks_like_video(src):
+        return Enqueued(str(src), Outcome.NOT_VIDEO)
+    digest = sha256_file(src)
+    existing = catalog.find_by_sha(digest)
+    if existing is not None:
+        return _existing(catalog, str(src), existing)
+    if link:
+        stored, owned = src.resolve(), False
+    else:
+        stored, owned = stored_path_for(settings, digest, shown), True
+        _copy_in(src, stored)
+    try:
+        video, job = catalog.add_video(sha256=digest, title=shown, stored_path=str(stored), owned=owned,
+                                       size_bytes=src.stat().st_size)
+    except Exception as exc:  # another process registered the same content between our check and insert
+        from sqlalchemy.exc import IntegrityError
+
+        if isinstance(exc, IntegrityError) and (again := catalog.find_by_sha(digest)) is not None:
+            return _existing(catalog, str(src), again)
+        raise
+    return Enqueued(str(src), Outcome.QUEUED, video.id, job.id)
+
+
+def _existing(catalog: Catalog, source: str, video: Video) -> Enqueued:
+    if video.status == VideoStatus.FAILED:
+        job = catalog.requeue_video(video.id)
+        return Enqueued(source, Outcome.REQUEUED, video.id, job.id)
+    latest: Job | None = catalog.jobs_for([video.id]).get(video.id)
+    outcome = Outcome.ALREADY_PRESENT if video.status == VideoStatus.READY else Outcome.ALREADY_QUEUED
+    return Enqueued(source, outcome, video.id, latest.id if latest else None)
+
+
+def iter_candidate_files(paths: Iterable[Path], recursive: bool) -> Iterator[Path]:
+    """Files named directly, and the files inside named folders (recursively on request), in a stable order."""
+    for path in paths:
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            for child in sorted(path.glob(pattern)):
+                if child.is_file() and not child.name.startswith("."):
+                    yield child
+        else:
+            yield path
+
+
+def delete_video(catalog: Catalog, store: VectorStore, video_id: int) -> Video | None:
+    """Remove vectors first (so search never returns a video that no longer exists), then the row, then the file."""
+    video = catalog.get_video(video_id)
+    if video is None:
+        return None
+    store.delete([video_id])
+    catalog.delete_video(video_id)
+    if video.owned:
+        Path(video.stored_path).unlink(missing_ok=True)
+    return video

@@ -1,0 +1,50 @@
+"""Wiring: settings -> catalog, encoder, vector store. Used by the CLI and the web app alike."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+
+from ingest.encoder import ClipEncoder, load_encoder
+from schema.catalog import Catalog
+from schema.settings import Settings
+from schema.vectors import MilvusVectorStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Opens each component on first use, so `vidsearch list` never loads a model."""
+
+    settings: Settings
+
+    def __post_init__(self) -> None:
+        self.settings.ensure_dirs()
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog(self.settings.catalog_url)
+
+    @cached_property
+    def encoder(self) -> ClipEncoder:
+        s = self.settings
+        return load_encoder(s.model, s.model_revision, s.device, s.batch_size)
+
+    @cached_property
+    def store(self) -> MilvusVectorStore:
+        # The collection records the model's key and dimension; a different model is refused here.
+        return MilvusVectorStore.open(self.settings, self.encoder.dim, self.encoder.key)
+
+    def existing_store(self) -> MilvusVectorStore | None:
+        """The collection as it is, without loading a model (for delete and maintenance); None if absent."""
+        if "store" in self.__dict__:
+            return self.store
+        return MilvusVectorStore.attach(self.settings)
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+        if "catalog" in self.__dict__:
+            self.catalog.close()

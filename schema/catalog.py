@@ -1,0 +1,266 @@
+"""SQLAlchemy catalog: videos and ingestion jobs. The job table is the queue shared by all processes."""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class VideoStatus(str, enum.Enum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Video(Base):
+    __tablename__ = "videos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    title: Mapped[str] = mapped_column(Text)  # the client's file name: display only, never a path
+    stored_path: Mapped[str] = mapped_column(Text)
+    owned: Mapped[bool] = mapped_column(default=True)  # False when ingested in place (--link): never deleted by us
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    duration: Mapped[float | None] = mapped_column(Float)
+    fps: Mapped[float | None] = mapped_column(Float)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    codec: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    status: Mapped[VideoStatus] = mapped_column(
+        Enum(VideoStatus, values_callable=lambda e: [m.value for m in e]), default=VideoStatus.QUEUED, index=True
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="video", cascade="all, delete-orphan", passive_deletes=True)
+
+    def as_dict(self) -> dict:
+        return {
+            "video_id": self.id,
+            "title": self.title,
+            "path": self.stored_path,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "duration": self.duration,
+            "fps": self.fps,
+            "width": self.width,
+            "height": self.height,
+            "codec": self.codec,
+            "created_at": self.created_at.isoformat(timespec="seconds") + "Z",
+            "status": self.status.value,
+            "error": self.error,
+        }
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    state: Mapped[JobState] = mapped_column(
+        Enum(JobState, values_callable=lambda e: [m.value for m in e]), default=JobState.QUEUED, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    video: Mapped[Video] = relationship(back_populates="jobs")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets the UI read while a worker writes; busy_timeout makes writers from several processes wait, not fail.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Catalog:
+    """Owns the engine and session factory; every method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- videos -------------------------------------------------------------------------------------------------
+    def get_video(self, video_id: int) -> Video | None:
+        with self.sessions() as s:
+            return s.get(Video, video_id)
+
+    def find_by_sha(self, sha256: str) -> Video | None:
+        with self.sessions() as s:
+            return s.scalar(select(Video).where(Video.sha256 == sha256))
+
+    def list_videos(self, status: VideoStatus | None = None) -> list[Video]:
+        with self.sessions() as s:
+            query = select(Video).order_by(Video.id)
+            if status is not None:
+                query = query.where(Video.status == status)
+            return list(s.scalars(query))
+
+    def videos_by_ids(self, ids: Sequence[int]) -> dict[int, Video]:
+        if not ids:
+            return {}
+        with self.sessions() as s:
+            return {v.id: v for v in s.scalars(select(Video).where(Video.id.in_(list(ids))))}
+
+    def add_video(self, **fields) -> tuple[Video, Job]:
+        """Insert a video with a queued job, atomically."""
+        with self.sessions.begin() as s:
+            video = Video(status=VideoStatus.QUEUED, **fields)
+            s.add(video)
+            s.flush()
+            job = Job(video_id=video.id, state=JobState.QUEUED)
+            s.add(job)
+            s.flush()
+            return video, job
+
+    def requeue_video(self, video_id: int) -> Job:
+        """Give a failed video a fresh job."""
+        with self.sessions.begin() as s:
+            video = s.get(Video, video_id)
+            if video is None:
+                raise KeyError(video_id)
+            video.status, video.error = VideoStatus.QUEUED, None
+            job = Job(video_id=video_id, state=JobState.QUEUED)
+            s.add(job)
+            s.flush()
+            return job
+
+    def delete_video(self, video_id: int) -> Video | None:
+        with self.sessions.begin() as s:
+            video = s.get(Video, video_id)
+            if video is not None:
+                s.delete(video)
+            return video
+
+    # --- jobs ---------------------------------------------------------------------------------------------------
+    def claim_jobs(self, limit: int, worker: str | None = None) -> list[Job]:
+        """Atomically move up to `limit` queued jobs to running; safe with many worker processes."""
+        worker = worker or worker_name()
+        claimed: list[Job] = []
+        with self.sessions.begin() as s:
+            now = utcnow()
+            for _ in range(limit):
+                # One UPDATE ... WHERE state='queued' per job: a job another process claimed first simply
+                # matches no row here, so no two workers ever run the same job.
+                next_id = select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.id).limit(1).scalar_subquery()
+                row = s.execute(
+                    update(Job)
+                    .where(Job.id == next_id, Job.state == JobState.QUEUED)
+                    .values(state=JobState.RUNNING, worker=worker, started_at=now, updated_at=now,
+                            attempts=Job.attempts + 1)
+                    .returning(Job.id, Job.video_id)
+                ).first()
+                if row is None:
+                    break
+                s.execute(update(Video).where(Video.id == row.video_id).values(status=VideoStatus.PROCESSING))
+                claimed.append(s.get(Job, row.id))
+        return claimed
+
+    def finish_job(self, job_id: int, error: str | None = None, **video_fields) -> None:
+        """Mark a job done (video ready, with its probed metadata) or failed (video failed, with the reason)."""
+        with self.sessions.begin() as s:
+            job = s.get(Job, job_id)
+            if job is None:  # the video was deleted while it was being processed
+                return
+            job.state = JobState.FAILED if error else JobState.DONE
+            job.error = error
+            job.finished_at = utcnow()
+            video = s.get(Video, job.video_id)
+            if video is not None:
+                for name, value in video_fields.items():
+                    setattr(video, name, value)
+                video.status = VideoStatus.FAILED if error else VideoStatus.READY
+                video.error = error
+
+    def requeue_jobs(self, job_ids: Sequence[int]) -> None:
+        """Give running jobs back to the queue (worker interrupted)."""
+        if not job_ids:
+            return
+        with self.sessions.begin() as s:
+            jobs = list(s.scalars(select(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.RUNNING)))
+            for job in jobs:
+                job.state, job.worker, job.started_at = JobState.QUEUED, None, None
+                job.attempts = max(0, job.attempts - 1)
+                s.execute(update(Video).where(Video.id == job.video_id).values(status=VideoStatus.QUEUED))
+
+    def get_job(self, job_id: int) -> Job | None:
+        with self.sessions() as s:
+            return s.get(Job, job_id)
+
+    def jobs_for(self, video_ids: Sequence[int]) -> dict[int, Job]:
+        """The latest job of each video."""
+        with self.sessions() as s:
+            rows = s.scalars(select(Job).where(Job.video_id.in_(list(video_ids))).order_by(Job.id))
+            return {job.video_id: job for job in rows}
+
+    def job_counts(self) -> dict[str, int]:
+        with self.sessions() as s:
+            counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())
+        return {state.value: int(counts.get(state, 0)) for state in JobState}
+
+    def failed_jobs(self, limit: int = 100) -> list[tuple[Job, Video]]:
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Job, Video).join(Video)
+                .where(Job.state == JobState.FAILED, Video.status == VideoStatus.FAILED).order_by(Job.id.desc()).limit(limit)
+            ).tuples()
+            return list(rows)
+
+    def pending_count(self) -> int:
+        with self.sessions() as s:
+            return int(
+                s.scalar(select(func.count()).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))) or 0
+            )
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

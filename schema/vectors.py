@@ -1,0 +1,193 @@
+"""Milvus collection definition and the narrow VectorStore interface the rest of the app uses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from schema.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Collection properties recording which vector space the collection holds.
+PROP_MODEL = "vidsearch.model"
+PROP_DIM = "vidsearch.dim"
+# Inner product on L2-normalised vectors is cosine similarity.
+METRIC = "IP"
+# FLAT is exact; approximate indexes are chosen by measured recall, not assumed.
+INDEX_TYPE = "FLAT"
+
+
+class VectorStoreError(RuntimeError):
+    """The vector store is unreachable or refused an operation."""
+
+
+class ModelMismatchError(VectorStoreError):
+    """The collection was built with another model; mixing vector spaces would give meaningless results."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    video_id: int
+    score: float
+
+
+class VectorStore(Protocol):
+    """What ingest and search need from a vector database, and nothing more."""
+
+    dim: int
+
+    def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None: ...
+    def delete(self, video_ids: Sequence[int]) -> None: ...
+    def search(self, vector: np.ndarray, k: int) -> list[Hit]: ...
+    def video_ids(self) -> set[int]: ...
+    def count(self) -> int: ...
+
+
+def model_key(model: str, revision: str | None) -> str:
+    return f"{model}@{revision}" if revision else model
+
+
+def resolve_uri(settings: Settings) -> str:
+    """The Milvus endpoint: the configured server, or the shared embedded Milvus Lite server."""
+    if settings.milvus_uri:
+        return settings.milvus_uri
+    from schema.lite_server import ensure_server
+
+    return ensure_server(settings.milvus_lite_dir, port=settings.milvus_lite_port)
+
+
+def connect(settings: Settings):  # -> pymilvus.MilvusClient (imported lazily: it is slow to import)
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    uri = resolve_uri(settings)
+    try:
+        return MilvusClient(uri=uri, token=settings.milvus_token or "", timeout=30)
+    except MilvusException as exc:
+        raise VectorStoreError(f"cannot connect to Milvus at {uri}: {exc}") from exc
+
+
+class MilvusVectorStore:
+    """One collection: auto primary key, video id, float vector of the model's dimension."""
+
+    def __init__(self, client, collection: str, dim: int, model: str) -> None:
+        self.client = client
+        self.collection = collection
+        self.dim = dim
+        self.model = model
+
+    @classmethod
+    def open(cls, settings: Settings, dim: int, model: str) -> MilvusVectorStore:
+        """Connect, create the collection if needed, and refuse a collection built by another model."""
+        store = cls(connect(settings), settings.collection, dim, model)
+        store._ensure_collection()
+        return store
+
+    @classmethod
+    def attach(cls, settings: Settings) -> MilvusVectorStore | None:
+        """Open an existing collection whatever model built it; None if there is none yet."""
+        client = connect(settings)
+        if not client.has_collection(settings.collection):
+            client.close()
+            return None
+        info = client.describe_collection(settings.collection)
+        dim = next(int(f["params"]["dim"]) for f in info["fields"] if f.get("name") == "vector")
+        return cls(client, settings.collection, dim, (info.get("properties") or {}).get(PROP_MODEL, ""))
+
+    def _ensure_collection(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        if self.client.has_collection(self.collection):
+            self._check_compatible()
+            return
+        schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.INT64, is_primary=True)
+        schema.add_field("video_id", DataType.INT64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=INDEX_TYPE, metric_type=METRIC)
+        # Strong consistency: a video marked done must be searchable by the very next query.
+        self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
+        self.client.alter_collection_properties(
+            self.collection, properties={PROP_MODEL: self.model, PROP_DIM: str(self.dim)}
+        )
+        log.info("created Milvus collection %s (dim %d, model %s)", self.collection, self.dim, self.model)
+
+    def _check_compatible(self) -> None:
+        info = self.client.describe_collection(self.collection)
+        props = info.get("properties") or {}
+        stored_model = props.get(PROP_MODEL)
+        stored_dim = next(
+            (int(f["params"]["dim"]) for f in info.get("fields", []) if f.get("name") == "vector"), None
+        )
+        if stored_model != self.model or stored_dim != self.dim:
+            raise ModelMismatchError(
+                f"the Milvus collection '{self.collection}' holds vectors from model {stored_model!r} "
+                f"(dim {stored_dim}), but the configured model is {self.model!r} (dim {self.dim}). "
+                "Vectors from different models cannot be compared. Either set VIDSEARCH_MODEL/"
+                "VIDSEARCH_MODEL_REVISION back, use another VIDSEARCH_COLLECTION, or run `vidsearch reindex` "
+                "to rebuild the index with the new model."
+            )
+
+    def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None:
+        if len(video_ids) == 0:
+            return
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(video_ids), self.dim):
+            raise ValueError(f"expected {len(video_ids)} vectors of dim {self.dim}, got {vectors.shape}")
+        rows = [{"video_id": int(v), "vector": vec} for v, vec in zip(video_ids, vectors.tolist(), strict=True)]
+        self.client.insert(self.collection, rows)
+
+    def delete(self, video_ids: Sequence[int]) -> None:
+        if len(video_ids) == 0:
+            return
+        ids = ", ".join(str(int(v)) for v in video_ids)  # ints only: nothing user-typed reaches the expression
+        self.client.delete(self.collection, filter=f"video_id in [{ids}]")
+
+    def search(self, vector: np.ndarray, k: int) -> list[Hit]:
+        if k <= 0:
+            return []
+        result = self.client.search(
+            self.collection,
+            data=[np.asarray(vector, dtype=np.float32).tolist()],
+            limit=k,
+            output_fields=["video_id"],
+            search_params={"metric_type": METRIC},
+        )
+        return [Hit(video_id=int(h["entity"]["video_id"]), score=float(h["distance"])) for h in result[0]]
+
+    def video_ids(self) -> set[int]:
+        ids: set[int] = set()
+        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter="", output_fields=["video_id"])
+        try:
+            while batch := iterator.next():
+                ids.update(int(row["video_id"]) for row in batch)
+        finally:
+            iterator.close()
+        return ids
+
+    def count(self) -> int:
+        return int(self.client.get_collection_stats(self.collection)["row_count"])
+
+    def drop(self) -> None:
+        self.client.drop_collection(self.collection)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def drop_collection(settings: Settings) -> bool:
+    """Remove the collection entirely (used by `reindex`). True if it existed."""
+    client = connect(settings)
+    try:
+        if client.has_collection(settings.collection):
+            client.drop_collection(settings.collection)
+            return True
+        return False
+    finally:
+        client.close()

@@ -1,0 +1,206 @@
+"""Gradio Blocks UI (Search, Upload, Library) mounted on FastAPI, which also serves the stored media."""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from pathlib import Path
+
+import gradio as gr
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from ingest.library import Outcome, delete_video, enqueue_file
+from ingest.runtime import Runtime
+from ingest.worker import JobResult, Worker
+from schema.catalog import VideoStatus
+from search_app.search import QueryError, SearchResult, search_text
+
+log = logging.getLogger(__name__)
+
+MEDIA_ROUTE = "/media"
+STATUS_LABEL = {
+    VideoStatus.QUEUED: "queued",
+    VideoStatus.PROCESSING: "processing",
+    VideoStatus.READY: "done",
+    VideoStatus.FAILED: "failed",
+}
+LIBRARY_COLUMNS = ["id", "title", "status", "duration (s)", "resolution", "codec", "added", "error"]
+UPLOAD_COLUMNS = ["file", "status", "video id", "detail"]
+
+CSS = """
+.vs-results { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 12px; }
+.vs-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
+.vs-card video { width: 100%; max-height: 200px; background: #000; border-radius: 4px; }
+.vs-card .vs-title { font-weight: 600; overflow-wrap: anywhere; }
+.vs-card .vs-meta { color: var(--body-text-color-subdued); font-size: 0.9em; }
+.vs-empty { color: var(--body-text-color-subdued); padding: 12px 0; }
+"""
+
+
+def media_url(runtime: Runtime, stored_path: str) -> str | None:
+    """URL of a stored video under /media, or None for files kept outside the data folder (--link)."""
+    try:
+        relative = Path(stored_path).resolve().relative_to(runtime.settings.videos_dir)
+    except ValueError:
+        return None
+    return f"{MEDIA_ROUTE}/{relative.as_posix()}"
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def render_results(runtime: Runtime, query: str, results: list[SearchResult]) -> str:
+    if not results:
+        if not runtime.catalog.list_videos(VideoStatus.READY):
+            return '<div class="vs-empty">No videos yet — upload some in the Upload tab.</div>'
+        return f'<div class="vs-empty">No results for “{html.escape(query)}”.</div>'
+    cards = []
+    for r in results:
+        url = media_url(runtime, r.path)
+        player = (f'<video controls preload="metadata" src="{html.escape(url, quote=True)}"></video>'
+                  if url else "")
+        cards.append(
+            f'<div class="vs-card" data-video-id="{r.video_id}">{player}'
+            f'<div class="vs-title">{r.rank}. {html.escape(r.title)}</div>'
+            f'<div class="vs-meta">score {r.score:.3f} · {_fmt_duration(r.duration)} · id {r.video_id}</div></div>'
+        )
+    return f'<div class="vs-results">{"".join(cards)}</div>'
+
+
+def library_rows(runtime: Runtime) -> list[list]:
+    rows = []
+    for v in runtime.catalog.list_videos():
+        rows.append([
+            v.id, v.title, STATUS_LABEL[v.status],
+            round(v.duration, 2) if v.duration is not None else None,
+            f"{v.width}×{v.height}" if v.width else "",
+            v.codec or "", v.created_at.strftime("%Y-%m-%d %H:%M"), v.error or "",
+        ])
+    return rows
+
+
+def upload_rows(runtime: Runtime, tracked: list[dict]) -> list[list]:
+    videos = runtime.catalog.videos_by_ids([t["video_id"] for t in tracked if t.get("video_id")])
+    rows = []
+    for t in tracked:
+        video = videos.get(t["video_id"]) if t.get("video_id") else None
+        if video is None:
+            rows.append([t["file"], t["outcome"], t.get("video_id") or "", t.get("detail", "")])
+        else:
+            rows.append([t["file"], STATUS_LABEL[video.status], video.id, video.error or t.get("detail", "")])
+    return rows
+
+
+def build_ui(runtime: Runtime) -> gr.Blocks:
+    with gr.Blocks(title="vidsearch") as demo:
+        gr.Markdown("# vidsearch\nFind videos by describing what happens in them.")
+        with gr.Tab("Search"):
+            with gr.Row():
+                query = gr.Textbox(label="Describe the video", placeholder="a dog catching a frisbee on the beach",
+                                   scale=4, elem_id="query")
+                k = gr.Slider(1, 50, value=10, step=1, label="Results", scale=1)
+            search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
+            results = gr.HTML(elem_id="results")
+
+        with gr.Tab("Upload"):
+            files = gr.File(label="Videos", file_count="multiple", type="filepath", elem_id="upload-files")
+            add_btn = gr.Button("Add to library", variant="primary", elem_id="add-btn")
+            tracked = gr.State([])
+            uploads = gr.Dataframe(headers=UPLOAD_COLUMNS, value=[], interactive=False, elem_id="upload-status",
+                                   label="Uploads")
+            timer = gr.Timer(1.0)
+
+        with gr.Tab("Library"):
+            refresh_btn = gr.Button("Refresh")
+            library = gr.Dataframe(headers=LIBRARY_COLUMNS, value=lambda: library_rows(runtime), interactive=False,
+                                   elem_id="library", label="Videos")
+            with gr.Row():
+                delete_id = gr.Number(label="Video id", precision=0, elem_id="delete-id")
+                delete_btn = gr.Button("Delete", variant="stop", elem_id="delete-btn")
+            delete_msg = gr.Markdown()
+
+        def do_search(text: str, count: float) -> str:
+            try:
+                found = search_text(runtime.catalog, runtime.store, runtime.encoder, text, int(count))
+            except QueryError as exc:
+                return f'<div class="vs-empty">{html.escape(str(exc))}</div>'
+            return render_results(runtime, text, found)
+
+        def do_add(paths: list[str] | None, current: list[dict]) -> tuple[list[dict], list[list], None]:
+            current = list(current or [])
+            for p in paths or []:
+                path = Path(p)
+                try:
+                    r = enqueue_file(runtime.catalog, runtime.settings, path, title=path.name)
+                except OSError as exc:
+                    current.append({"file": path.name, "outcome": "failed", "video_id": None, "detail": str(exc)})
+                    continue
+                detail = "" if r.outcome is Outcome.QUEUED else r.outcome.value
+                if r.outcome is Outcome.NOT_VIDEO:
+                    detail = "not a video file (no decodable video stream)"
+                current.append({"file": path.name, "outcome": "failed" if r.outcome is Outcome.NOT_VIDEO else
+                                r.outcome.value, "video_id": r.video_id, "detail": detail})
+            return current, upload_rows(runtime, current), None
+
+        def do_delete(video_id: float | None) -> tuple[str, list[list]]:
+            if video_id is None:
+                return "Enter the id of the video to delete.", library_rows(runtime)
+            store = runtime.existing_store()
+            video = delete_video(runtime.catalog, store, int(video_id)) if store else None
+            if video is None and store is None:
+                video = runtime.catalog.delete_video(int(video_id))
+            msg = f"Deleted “{html.escape(video.title)}” (id {video.id})." if video else f"No video with id {int(video_id)}."
+            return msg, library_rows(runtime)
+
+        search_btn.click(do_search, [query, k], results)
+        query.submit(do_search, [query, k], results)
+        add_btn.click(do_add, [files, tracked], [tracked, uploads, files])
+        timer.tick(lambda t: upload_rows(runtime, t), tracked, uploads, show_progress="hidden")
+        refresh_btn.click(lambda: library_rows(runtime), None, library)
+        delete_btn.click(do_delete, delete_id, [delete_msg, library])
+    return demo
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="vidsearch")
+    runtime.settings.videos_dir.mkdir(parents=True, exist_ok=True)
+    # Only the content-addressed video folder is served; nothing else of the data folder is reachable.
+    app.mount(MEDIA_ROUTE, StaticFiles(directory=runtime.settings.videos_dir), name="media")
+    demo = build_ui(runtime)
+    demo.queue(default_concurrency_limit=4)
+    return gr.mount_gradio_app(app, demo, path="", css=CSS, footer_links=[])
+
+
+def start_worker_thread(runtime: Runtime, stop: threading.Event) -> threading.Thread:
+    worker = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames,
+                    runtime.settings.worker_poll_seconds)
+
+    def log_result(r: JobResult) -> None:
+        log.info("video %d %s: %s", r.video_id, "ready" if r.ok else "failed", r.error or r.title)
+
+    thread = threading.Thread(target=worker.run_forever, args=(stop, log_result), name="vidsearch-worker",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True) -> None:
+    import uvicorn
+
+    # Load the model and open the collection before accepting requests: fail fast with a clear message.
+    _ = runtime.encoder, runtime.store
+    stop = threading.Event()
+    thread = start_worker_thread(runtime, stop) if with_worker else None
+    app = create_app(runtime)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        stop.set()
+        if thread:
+            thread.join(timeout=30)

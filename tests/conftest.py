@@ -1,0 +1,112 @@
+"""Shared fixtures: a tiny trained CLIP checkpoint, synthetic videos, a Milvus Lite server, fresh data dirs."""
+
+from __future__ import annotations
+
+import os
+
+# No network in tests: the hub must never be reached, models come from local folders.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+for _name in [n for n in os.environ if n.startswith("VIDSEARCH_")]:
+    del os.environ[_name]  # a developer's own configuration must not leak into tests
+
+import itertools  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from schema.settings import Settings  # noqa: E402
+from tests.videos import write_video  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# (colour, shape, file name, codec): several containers and codecs, like an ordinary folder of clips.
+CLIPS = [
+    ("red", "circle", "red_circle.mp4", "libx264"),
+    ("green", "square", "green_square.webm", None),
+    ("blue", "triangle", "blue_triangle.mkv", "libx264"),
+    ("yellow", "square", "yellow_square.avi", "mpeg4"),
+    ("green", "circle", "green_circle.mov", "libx264"),
+    ("blue", "square", "blue_square.gif", None),
+]
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny CLIP checkpoint trained on colour x shape captions, saved like any hub checkpoint."""
+    from tests.tiny_clip import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> Path:
+    """Same architecture, untrained: for tests about numerics rather than meaning."""
+    from tests.tiny_clip import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("random-clip"), trained=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def clips_dir(tmp_path_factory) -> Path:
+    """A folder of short synthetic clips in several containers and codecs."""
+    folder = tmp_path_factory.mktemp("clips")
+    for colour, shape, name, codec in CLIPS:
+        kwargs = {"codec": codec} if codec else {}
+        write_video(folder / name, colour=colour, shape=shape, seconds=1.0, fps=8, size=64, **kwargs)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory) -> Iterator[str]:
+    """One real Milvus Lite server for the session; each test gets its own collection on it."""
+    from schema.lite_server import ensure_server, stop_server
+
+    data_dir = tmp_path_factory.mktemp("milvus-session") / "milvus"
+    uri = ensure_server(data_dir)
+    yield uri
+    stop_server(data_dir)
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model, milvus_uri) -> Settings:
+    """Fresh data folder and collection per test, on the shared Milvus Lite server, with the tiny model."""
+    return Settings(
+        home=tmp_path / "data",
+        model=str(tiny_model),
+        milvus_uri=milvus_uri,
+        collection=f"t{next(_counter)}_{uuid.uuid4().hex[:8]}",
+        frames=4,
+        batch_size=16,
+        worker_poll_seconds=0.2,
+    )
+
+
+@pytest.fixture
+def runtime(settings):
+    from ingest.runtime import Runtime
+
+    rt = Runtime(settings)
+    yield rt
+    rt.close()
+
+
+def cli_env(home: Path, model: Path, **extra: str) -> dict[str, str]:
+    """Environment for a real `vidsearch` subprocess on the embedded default (its own Milvus Lite server)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDSEARCH_")}
+    env.update({"VIDSEARCH_HOME": str(home), "VIDSEARCH_MODEL": str(model), "VIDSEARCH_FRAMES": "4",
+                "VIDSEARCH_BATCH_SIZE": "16", "VIDSEARCH_WORKER_POLL_SECONDS": "0.2", "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1", **extra})
+    return env

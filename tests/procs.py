@@ -1,0 +1,66 @@
+"""Helpers to run a real `vidsearch serve` process in tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.conftest import cli_env
+
+
+def vidsearch_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "vidsearch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ingest.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+@contextlib.contextmanager
+def running_server(home: Path, model: Path, log_path: Path, *extra: str) -> Iterator[str]:
+    """Start `vidsearch serve` on a free port; yield its base URL; stop it and its Milvus Lite server."""
+    port = free_port()
+    env = cli_env(home, model)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([*vidsearch_cmd(), "serve", "--port", str(port), *extra], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_http(url + "/", proc)
+        except (RuntimeError, TimeoutError):
+            raise RuntimeError("vidsearch serve did not start:\n" + log_path.read_text()[-4000:]) from None
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        subprocess.run([*vidsearch_cmd(), "milvus", "stop"], env=env, capture_output=True, timeout=120)

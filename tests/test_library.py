@@ -1,0 +1,114 @@
+"""Catalog, queue and library functions on real SQLite (and a real Milvus Lite server where vectors are involved)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from ingest.library import Outcome, enqueue_file, safe_title, stored_path_for
+from schema.catalog import Catalog, JobState, VideoStatus
+from schema.lite_server import ensure_server, read_state, stop_server
+from schema.settings import Settings
+
+
+@pytest.fixture
+def catalog(tmp_path) -> Catalog:
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def plain_settings(tmp_path) -> Settings:
+    s = Settings(home=tmp_path / "data")
+    s.ensure_dirs()
+    return s
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("../../etc/passwd", "passwd"),
+    ("/absolute/path/clip.mp4", "clip.mp4"),
+    ("C:\\Users\\me\\holiday.mov", "holiday.mov"),
+    ("nul\x00byte.mp4", "nulbyte.mp4"),
+    ("", "untitled"),
+    ("ünïcødé 動画.mp4", "ünïcødé 動画.mp4"),
+])
+def test_titles_never_carry_paths(name, expected):
+    assert safe_title(name) == expected
+
+
+def test_client_name_is_a_title_never_a_path(catalog, plain_settings, clips_dir):
+    r = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4", title="../../../evil<script>.mp4")
+    video = catalog.get_video(r.video_id)
+    assert video.title == "evil<script>.mp4"
+    stored = Path(video.stored_path)
+    assert stored == stored_path_for(plain_settings, video.sha256, "x.mp4")
+    assert stored.is_relative_to(plain_settings.videos_dir)
+    long = enqueue_file(catalog, plain_settings, clips_dir / "green_square.webm", title="a" * 5000 + ".webm")
+    assert len(catalog.get_video(long.video_id).title) == 255
+
+
+def test_non_video_is_not_queued(catalog, plain_settings, tmp_path):
+    note = tmp_path / "notes.mp4"
+    note.write_text("not a video at all")
+    assert enqueue_file(catalog, plain_settings, note).outcome is Outcome.NOT_VIDEO
+    assert catalog.list_videos() == []
+
+
+def test_failed_content_is_requeued_when_added_again(catalog, plain_settings, clips_dir):
+    first = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
+    [job] = catalog.claim_jobs(5)
+    catalog.finish_job(job.id, "decoder exploded")
+    assert catalog.get_video(first.video_id).status is VideoStatus.FAILED
+    again = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
+    assert again.outcome is Outcome.REQUEUED and again.video_id == first.video_id
+    assert catalog.get_video(first.video_id).status is VideoStatus.QUEUED
+
+
+def test_claims_are_exclusive_across_concurrent_workers(tmp_path, plain_settings, clips_dir):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    setup = Catalog(url)
+    for i in range(40):
+        setup.add_video(sha256=f"{i:064d}", title=f"v{i}", stored_path="/nowhere", size_bytes=1)
+    claimed: list[list[int]] = [[] for _ in range(4)]
+
+    def claim(slot: int) -> None:
+        cat = Catalog(url)  # one engine each, like separate processes
+        while jobs := cat.claim_jobs(3, worker=f"w{slot}"):
+            claimed[slot].extend(j.id for j in jobs)
+        cat.close()
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [j for c in claimed for j in c]
+    assert sorted(everything) == sorted(set(everything)) and len(everything) == 40
+    assert setup.job_counts()[JobState.RUNNING.value] == 40
+    setup.close()
+
+
+def test_requeue_gives_running_jobs_back(catalog, plain_settings, clips_dir):
+    r = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
+    jobs = catalog.claim_jobs(1)
+    assert catalog.get_video(r.video_id).status is VideoStatus.PROCESSING
+    catalog.requeue_jobs([j.id for j in jobs])
+    job = catalog.get_job(jobs[0].id)
+    assert job.state is JobState.QUEUED and job.attempts == 0
+    assert catalog.get_video(r.video_id).status is VideoStatus.QUEUED
+
+
+def test_lite_server_is_started_once_and_reused(tmp_path):
+    data_dir = tmp_path / "milvus"
+    first = ensure_server(data_dir)
+    try:
+        assert first.startswith("http://127.0.0.1:")
+        assert ensure_server(data_dir) == first  # reused, not a second process on the locked folder
+        assert read_state(data_dir) is not None
+    finally:
+        assert stop_server(data_dir)
+    assert read_state(data_dir) is None
+    assert stop_server(data_dir) is False
