@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,36 @@ def load_preprocessing(source: str, revision: str | None, image_size: int) -> Pr
     )
 
 
+def _tower_configs(source: str, revision: str | None):
+    """Vision and text configs of a checkpoint, with the projection size taken from the checkpoint itself.
+
+    A full CLIPConfig keeps `projection_dim` at the top level; the tower configs carry their own field with a
+    512 default, which is wrong for any checkpoint of another size, so the top-level value is copied down.
+    """
+    from transformers import AutoConfig, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    config = AutoConfig.from_pretrained(source, revision=revision)
+    if isinstance(config, CLIPConfig):
+        vision, text = config.vision_config, config.text_config
+        vision.projection_dim = text.projection_dim = config.projection_dim
+        return vision, text
+    if isinstance(config, (CLIPVisionConfig, CLIPTextConfig)):
+        raise ValueError(f"{source} holds only one CLIP tower ({type(config).__name__}); both are needed")
+    raise ValueError(f"{source} is not a CLIP checkpoint (model type {config.model_type!r})")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
 def load_encoder(model: str, revision: str | None = None, device: str = "auto", batch_size: int = 48) -> ClipEncoder:
     """Load the text and vision towers from a hub id (at a pinned revision) or a local folder."""
     from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
@@ -186,8 +217,11 @@ def load_encoder(model: str, revision: str | None = None, device: str = "auto", 
     torch_device = pick_device(device)
     dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
     try:
-        vision = CLIPVisionModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype)
-        text = CLIPTextModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype)
+        vision_config, text_config = _tower_configs(source, rev)
+        with _quiet_transformers():  # loading one tower from a full CLIP checkpoint lists the other's weights
+            vision = CLIPVisionModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype,
+                                                                   config=vision_config)
+            text = CLIPTextModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype, config=text_config)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=rev)
     except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")

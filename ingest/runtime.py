@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from ingest.encoder import ClipEncoder, load_encoder
 from schema.catalog import Catalog
 from schema.settings import Settings
 from schema.vectors import MilvusVectorStore
+
+if TYPE_CHECKING:
+    from ingest.encoder import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ class Runtime:
 
     @cached_property
     def encoder(self) -> ClipEncoder:
+        from ingest.encoder import load_encoder  # torch is slow to import: only commands that embed pay for it
+
         s = self.settings
         return load_encoder(s.model, s.model_revision, s.device, s.batch_size)
 

@@ -244,7 +244,7 @@ class Catalog:
 
     def job_counts(self) -> dict[str, int]:
         with self.sessions() as s:
-            counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())
+            counts = {state: n for state, n in s.execute(select(Job.state, func.count()).group_by(Job.state))}
         return {state.value: int(counts.get(state, 0)) for state in JobState}
 
     def failed_jobs(self, limit: int = 100) -> list[tuple[Job, Video]]:
@@ -252,8 +252,8 @@ class Catalog:
             rows = s.execute(
                 select(Job, Video).join(Video)
                 .where(Job.state == JobState.FAILED, Video.status == VideoStatus.FAILED).order_by(Job.id.desc()).limit(limit)
-            ).tuples()
-            return list(rows)
+            )
+            return [(job, video) for job, video in rows]
 
     def pending_count(self) -> int:
         with self.sessions() as s:

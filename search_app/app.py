@@ -116,7 +116,7 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
                                    label="Uploads")
             timer = gr.Timer(1.0)
 
-        with gr.Tab("Library"):
+        with gr.Tab("Library") as library_tab:
             refresh_btn = gr.Button("Refresh")
             library = gr.Dataframe(headers=LIBRARY_COLUMNS, value=lambda: library_rows(runtime), interactive=False,
                                    elem_id="library", label="Videos")
@@ -163,6 +163,7 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
         add_btn.click(do_add, [files, tracked], [tracked, uploads, files])
         timer.tick(lambda t: upload_rows(runtime, t), tracked, uploads, show_progress="hidden")
         refresh_btn.click(lambda: library_rows(runtime), None, library)
+        library_tab.select(lambda: library_rows(runtime), None, library)
         delete_btn.click(do_delete, delete_id, [delete_msg, library])
     return demo
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import CLIPS, cli_env
 from tests.procs import vidsearch_cmd
+from tests.videos import write_video
 
 RESULT_KEYS = {"rank", "score", "video_id", "title", "path", "duration"}
 
@@ -82,19 +83,24 @@ def test_ingest_search_list_status_delete(cli, mixed_folder):
     assert "no video with id 987654" in missing.stderr
 
 
-def test_failed_decode_is_reported_by_status(cli, tmp_path, clips_dir):
-    # Passes the content check (a real header) but cannot be decoded: fails in the worker, with its reason.
-    data = (clips_dir / "red_circle.mp4").read_bytes()
-    truncated = tmp_path / "cut.mp4"
-    truncated.write_bytes(data[: len(data) // 3])
-    result = cli("ingest", str(truncated), str(clips_dir / "green_square.webm"), "--wait", expect=None)
+def test_failed_decode_is_reported_by_status(cli, tmp_path):
+    # A real Matroska header followed by scrambled frame data: it passes the content check, then fails to decode
+    # in the worker. It must fail alone, with its reason, while the good file beside it is ingested.
+    source = write_video(tmp_path / "source.mkv", colour="red", shape="circle", seconds=1.0, fps=8)
+    data = bytearray(source.read_bytes())
+    for i in range(len(data) // 2, len(data)):
+        data[i] = (data[i] * 7 + 13) % 256
+    broken = tmp_path / "scrambled.mkv"
+    broken.write_bytes(bytes(data))
+    good = write_video(tmp_path / "good.mp4", colour="green", shape="square", seconds=1.0, fps=8)
+    result = cli("ingest", str(broken), str(good), "--wait", expect=1)
+    assert "Ingested: 1" in result.stdout and "failed: 1" in result.stdout
+    assert "scrambled.mkv: could not decode any frame" in result.stdout
     status = json.loads(cli("status", "--json").stdout)
-    if result.returncode == 1:
-        assert status["jobs"]["failed"] == 1 and status["failed"][0]["title"] == "cut.mp4"
-        assert status["failed"][0]["error"]
-    else:  # FFmpeg may decode the frames that survived the cut: then the file is simply ingested
-        assert status["jobs"]["done"] == 2
-    assert status["jobs"]["done"] >= 1
+    assert status["jobs"]["done"] == 1 and status["jobs"]["failed"] == 1
+    assert status["failed"][0]["title"] == "scrambled.mkv"
+    assert status["failed"][0]["error"].startswith("could not decode any frame")
+    assert "scrambled.mkv" in cli("status").stdout
 
 
 def test_other_model_is_refused_with_reindex_advice(cli, clips_dir, random_model):

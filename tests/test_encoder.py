@@ -5,12 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import (
-    AutoTokenizer,
-    CLIPImageProcessorPil,
-    CLIPTextModelWithProjection,
-    CLIPVisionModelWithProjection,
-)
+from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
 from ingest.decode import sample_frames
 from ingest.encoder import ModelUnavailableError, load_encoder, resize_output_size
@@ -42,9 +37,10 @@ def test_video_vector_equals_direct_transformers_computation(random_model):
     videos = [torch.randn(7, 3, 32, 32), torch.randn(4, 3, 32, 32)]
     ours = encoder.embed_videos(videos)
 
-    vision = CLIPVisionModelWithProjection.from_pretrained(random_model).eval()
+    clip = CLIPModel.from_pretrained(random_model).eval()  # the reference: the full model, its own projection
     with torch.no_grad():
-        expected = [_normalize(_normalize(vision(pixel_values=v).image_embeds).mean(0)) for v in videos]
+        frame_embeds = [clip.visual_projection(clip.vision_model(pixel_values=v).pooler_output) for v in videos]
+        expected = [_normalize(_normalize(f).mean(0)) for f in frame_embeds]
     assert ours.shape == (2, 24)
     np.testing.assert_allclose(ours, torch.stack(expected).numpy(), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
@@ -52,11 +48,11 @@ def test_video_vector_equals_direct_transformers_computation(random_model):
 
 def test_text_vector_equals_direct_transformers_computation(random_model):
     encoder = load_encoder(str(random_model), device="cpu")
-    text = CLIPTextModelWithProjection.from_pretrained(random_model).eval()
+    clip = CLIPModel.from_pretrained(random_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(random_model)
     inputs = tokenizer(["a red circle"], return_tensors="pt")
     with torch.no_grad():
-        expected = _normalize(text(**inputs).text_embeds)[0].numpy()
+        expected = _normalize(clip.text_projection(clip.text_model(**inputs).pooler_output))[0].numpy()
     np.testing.assert_allclose(encoder.embed_text("a red circle"), expected, atol=1e-5)
 
 

@@ -41,13 +41,14 @@ def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_mo
         page.get_by_role("tab", name="Upload").click()
         files = [clips_dir / "red_circle.mp4", clips_dir / "green_square.webm", clips_dir / "blue_triangle.mkv"]
         page.locator("#upload-files input[type=file]").set_input_files([str(f) for f in files])
-        page.get_by_text("green_square.webm").first.wait_for()
+        for f in files:  # wait until the browser has uploaded every file
+            page.locator(f'#upload-files td.filename[aria-label="{f.name}"]').wait_for()
         page.locator("#add-btn").click()
-        status = page.locator("#upload-status")
+        status = page.locator("#upload-status [role=row]")  # visible rows (Gradio also renders a hidden copy)
         for f in files:
             status.get_by_text(f.name).wait_for()
         page.wait_for_function(
-            "() => [...document.querySelectorAll('#upload-status tbody tr')]"
+            "() => [...document.querySelectorAll('#upload-status [role=row]')]"
             ".filter(r => r.innerText.includes('done')).length === 3",
             timeout=120_000,
         )
@@ -69,12 +70,13 @@ def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_mo
         # Delete from the Library tab: the video leaves the library and the results.
         page.get_by_role("tab", name="Library").click()
         page.get_by_role("button", name="Refresh").click()
-        library = page.locator("#library")
+        library = page.locator("#library [role=row]")
         library.get_by_text("blue_triangle.mkv").wait_for()
         video_id = first.get_attribute("data-video-id")
         page.locator("#delete-id input").fill(str(video_id))
         page.locator("#delete-btn").click()
         page.get_by_text("Deleted “red_circle.mp4”").wait_for()
+        library.get_by_text("green_square.webm").wait_for()
         page.wait_for_function("() => !document.querySelector('#library').innerText.includes('red_circle.mp4')")
         page.screenshot(path=str(artifacts_dir / "ui-library.png"), full_page=True)
         assert page.request.get(url + src).status == 404
