@@ -23,7 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 
 def utcnow() -> datetime:
@@ -251,7 +251,9 @@ class Catalog:
         with self.sessions() as s:
             rows = s.execute(
                 select(Job, Video).join(Video)
-                .where(Job.state == JobState.FAILED, Video.status == VideoStatus.FAILED).order_by(Job.id.desc()).limit(limit)
+                .where(Job.state == JobState.FAILED, Video.status == VideoStatus.FAILED)
+                .order_by(Job.id.desc())
+                .limit(limit)
             )
             return [(job, video) for job, video in rows]
 

@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDSEARCH_", extra="ignore")
 
     home: Path = Field(Path("vidsearch-data"), description="Data folder: catalog, Milvus Lite data, stored videos.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL of the catalog. Default: SQLite in the data folder.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the catalog. Default: SQLite in the data folder."
+    )
     milvus_uri: str | None = Field(
         None, description="Milvus server URI (e.g. http://localhost:19530). Default: embedded Milvus Lite server."
     )

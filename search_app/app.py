@@ -155,7 +155,9 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
             video = delete_video(runtime.catalog, store, int(video_id)) if store else None
             if video is None and store is None:
                 video = runtime.catalog.delete_video(int(video_id))
-            msg = f"Deleted “{html.escape(video.title)}” (id {video.id})." if video else f"No video with id {int(video_id)}."
+            if video is None:
+                return f"No video with id {int(video_id)}.", library_rows(runtime)
+            msg = f"Deleted “{html.escape(video.title)}” (id {video.id})."
             return msg, library_rows(runtime)
 
         search_btn.click(do_search, [query, k], results)
