@@ -159,6 +159,10 @@ def _process_now(runtime, queued: dict[int, str]) -> tuple[int, list[tuple[str, 
     return ok, failures
 
 
+def _interrupt(*_args: object) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command()
 def worker() -> None:
     """Process queued jobs until interrupted (Ctrl-C requeues the job in progress)."""
@@ -174,12 +178,12 @@ def worker() -> None:
                                                                                        else ""), err=True)
 
     # SIGTERM behaves like Ctrl-C so service managers get the same clean requeue.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     typer.echo(f"worker ready (model {runtime.encoder.key}); Ctrl-C to stop", err=True)
     try:
         w.run_forever(stop, report)
     except KeyboardInterrupt:
-        typer.echo("interrupted: the job in progress was put back in the queue", err=True)
+        typer.echo("worker stopped (any job in progress was put back in the queue)", err=True)
     finally:
         runtime.close()
 

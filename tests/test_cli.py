@@ -123,3 +123,26 @@ def test_missing_model_is_one_clear_message(cli):
 def test_bad_setting_is_reported(cli):
     proc = cli("list", expect=2, VIDSEARCH_DEVICE="tpu")
     assert "VIDSEARCH_DEVICE" in proc.stderr
+
+
+def test_worker_processes_the_queue_and_stops_cleanly_on_ctrl_c(cli, clips_dir, tmp_path):
+    import signal
+    import time
+
+    cli("ingest", str(clips_dir / "red_circle.mp4"), str(clips_dir / "blue_triangle.mkv"))
+    assert json.loads(cli("status", "--json").stdout)["jobs"]["queued"] == 2
+    worker = subprocess.Popen([*vidsearch_cmd(), "worker"], env=cli_env(cli.home, cli.model),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while json.loads(cli("status", "--json").stdout)["jobs"]["done"] < 2:
+            assert time.monotonic() < deadline and worker.poll() is None, worker.stderr.read()
+            time.sleep(1)
+    finally:
+        worker.send_signal(signal.SIGINT)
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "worker stopped" in err and "Traceback" not in err
+    assert "done: video" in err
+    results = json.loads(cli("search", "a blue triangle", "--json").stdout)
+    assert results[0]["title"] == "blue_triangle.mkv"

@@ -112,3 +112,23 @@ def test_vectors_are_unit_length_in_milvus(runtime, clips_dir):
     hits = runtime.store.search(runtime.encoder.embed_text("a blue triangle"), 10)
     scores = np.array([h.score for h in hits])
     assert np.all(scores <= 1.0 + 1e-5) and np.all(scores >= -1.0 - 1e-5)
+
+
+def test_interrupted_batch_is_requeued_and_leaves_nothing_visible(runtime, clips_dir, monkeypatch):
+    r = enqueue_file(runtime.catalog, runtime.settings, clips_dir / "red_circle.mp4")
+    worker = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames)
+
+    def interrupted(_videos):
+        raise KeyboardInterrupt  # Ctrl-C while the model runs
+
+    monkeypatch.setattr(runtime.encoder, "embed_videos", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        worker.run_once()
+    job = runtime.catalog.jobs_for([r.video_id])[r.video_id]
+    assert job.state is JobState.QUEUED and job.attempts == 0
+    assert runtime.catalog.get_video(r.video_id).status is VideoStatus.QUEUED
+    assert runtime.store.count() == 0
+
+    monkeypatch.undo()
+    [result] = worker.run_until_empty()
+    assert result.ok and runtime.store.video_ids() == {r.video_id}
