@@ -240,12 +240,7 @@ def delete(ids: Annotated[list[int], typer.Argument(help="Video ids (see `vidsea
     store = runtime.existing_store()
     missing = []
     for video_id in ids:
-        if store is not None:
-            video = delete_video(runtime.catalog, store, video_id)
-        else:  # nothing was ever indexed: only catalog rows and files to remove
-            video = runtime.catalog.delete_video(video_id)
-            if video is not None and video.owned:
-                Path(video.stored_path).unlink(missing_ok=True)
+        video = delete_video(runtime.catalog, store, video_id)
         if video is None:
             missing.append(video_id)
         else:

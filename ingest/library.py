@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
+
 from ingest.decode import looks_like_video
 from schema.catalog import Catalog, Job, Video, VideoStatus
 from schema.settings import Settings
@@ -99,12 +101,10 @@ def enqueue_file(catalog: Catalog, settings: Settings, src: Path, *, title: str 
     try:
         video, job = catalog.add_video(sha256=digest, title=shown, stored_path=str(stored), owned=owned,
                                        size_bytes=src.stat().st_size)
-    except Exception as exc:  # another process registered the same content between our check and insert
-        from sqlalchemy.exc import IntegrityError
-
-        if isinstance(exc, IntegrityError) and (again := catalog.find_by_sha(digest)) is not None:
-            return _existing(catalog, str(src), again)
-        raise
+    except IntegrityError:  # another process registered the same content between our check and insert
+        if (again := catalog.find_by_sha(digest)) is None:
+            raise
+        return _existing(catalog, str(src), again)
     return Enqueued(str(src), Outcome.QUEUED, video.id, job.id)
 
 
@@ -129,12 +129,15 @@ def iter_candidate_files(paths: Iterable[Path], recursive: bool) -> Iterator[Pat
             yield path
 
 
-def delete_video(catalog: Catalog, store: VectorStore, video_id: int) -> Video | None:
-    """Remove vectors first (so search never returns a video that no longer exists), then the row, then the file."""
+def delete_video(catalog: Catalog, store: VectorStore | None, video_id: int) -> Video | None:
+    """Remove vectors first (so search never returns a video that no longer exists), then the row, then the file.
+
+    `store` is None when no collection exists yet (nothing was ever indexed)."""
     video = catalog.get_video(video_id)
     if video is None:
         return None
-    store.delete([video_id])
+    if store is not None:
+        store.delete([video_id])
     catalog.delete_video(video_id)
     if video.owned:
         Path(video.stored_path).unlink(missing_ok=True)

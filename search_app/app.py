@@ -151,10 +151,7 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
         def do_delete(video_id: float | None) -> tuple[str, list[list]]:
             if video_id is None:
                 return "Enter the id of the video to delete.", library_rows(runtime)
-            store = runtime.existing_store()
-            video = delete_video(runtime.catalog, store, int(video_id)) if store else None
-            if video is None and store is None:
-                video = runtime.catalog.delete_video(int(video_id))
+            video = delete_video(runtime.catalog, runtime.existing_store(), int(video_id))
             if video is None:
                 return f"No video with id {int(video_id)}.", library_rows(runtime)
             msg = f"Deleted “{html.escape(video.title)}” (id {video.id})."

@@ -112,3 +112,25 @@ def test_lite_server_is_started_once_and_reused(tmp_path):
         assert stop_server(data_dir)
     assert read_state(data_dir) is None
     assert stop_server(data_dir) is False
+
+
+def test_delete_before_anything_was_indexed(catalog, plain_settings, clips_dir):
+    from ingest.library import delete_video
+
+    r = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
+    stored = Path(catalog.get_video(r.video_id).stored_path)
+    assert delete_video(catalog, None, r.video_id).id == r.video_id
+    assert not stored.exists() and catalog.get_video(r.video_id) is None
+    assert catalog.job_counts()[JobState.QUEUED.value] == 0  # its job went with it
+    assert delete_video(catalog, None, r.video_id) is None
+
+
+def test_linked_files_are_never_deleted(catalog, plain_settings, clips_dir, tmp_path):
+    from ingest.library import delete_video
+
+    original = tmp_path / "mine.mp4"
+    original.write_bytes((clips_dir / "red_circle.mp4").read_bytes())
+    r = enqueue_file(catalog, plain_settings, original, link=True)
+    assert catalog.get_video(r.video_id).stored_path == str(original.resolve())
+    delete_video(catalog, None, r.video_id)
+    assert original.exists()
