@@ -79,27 +79,32 @@ def sample_timestamps(duration: float, n: int) -> list[float]:
     return [(i + 0.5) * duration / n for i in range(n)]
 
 
-def iter_sampled_frames(path: str | os.PathLike, n: int, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
+def iter_sampled_frames(path: str | os.PathLike, n: int, info: VideoInfo | None = None, *,
+                        size: tuple[int, int] | None = None, seek: bool | None = None) -> Iterator[np.ndarray]:
     """Yield exactly n upright HxWx3 uint8 RGB frames, uniformly over the duration, in time order.
 
     Each target time gets the first frame shown at or after it; past the last frame the last one repeats,
     so videos with fewer than n frames still give n. Only the kept frames are ever converted or held.
+    size: (height, width) of the upright output; the resize happens in swscale during the RGB conversion,
+    which is several times cheaper than converting a full-resolution frame and resizing it afterwards.
+    seek: force seeking (True) or one straight pass (False); None chooses by the gap between samples.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     info = info or probe(path)
     targets = sample_timestamps(info.duration or 0.0, n)
-    seek = (info.duration or 0.0) / n > SEEK_MIN_GAP
+    if seek is None:
+        seek = (info.duration or 0.0) / n > SEEK_MIN_GAP
     done = 0
     if seek:
         try:
-            for frame in _sample_by_seeking(path, targets):
+            for frame in _sample_by_seeking(path, targets, size):
                 done += 1
                 yield frame
             return
         except _SeekUnreliable as why:
             log.info("seeking in %s is unreliable (%s); decoding straight through instead", path, why)
-    yield from _sample_straight_through(path, targets[done:])
+    yield from _sample_straight_through(path, targets[done:], size)
 
 
 def sample_frames(path: str | os.PathLike, n: int) -> tuple[VideoInfo, list[np.ndarray]]:
@@ -242,10 +247,17 @@ def _clockwise_rotation(frame: av.VideoFrame, stream: av.video.stream.VideoStrea
     return round(-ccw / 90) % 4 * 90
 
 
-def _to_rgb(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> np.ndarray:
-    """Upright, C-contiguous HxWx3 uint8 RGB (handles palettes, 10-bit and any other pixel format)."""
-    image = frame.to_ndarray(format="rgb24")
+def _to_rgb(frame: av.VideoFrame, stream: av.video.stream.VideoStream,
+            size: tuple[int, int] | None = None) -> np.ndarray:
+    """Upright, C-contiguous HxWx3 uint8 RGB (handles palettes, 10-bit and any other pixel format).
+
+    size: (height, width) of the upright result, produced by swscale's bicubic filter during the conversion."""
     quarter_turns = _clockwise_rotation(frame, stream) // 90
+    if size is None:
+        image = frame.to_ndarray(format="rgb24")
+    else:
+        height, width = size if quarter_turns % 2 == 0 else size[::-1]  # stored frames are sideways
+        image = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")
     if quarter_turns:
         image = np.rot90(image, -quarter_turns)  # np.rot90 turns counter-clockwise for positive k
     return np.ascontiguousarray(image)
@@ -277,7 +289,8 @@ def _origin(stream: av.video.stream.VideoStream) -> float:
     return 0.0
 
 
-def _sample_straight_through(path: str | os.PathLike, targets: list[float]) -> Iterator[np.ndarray]:
+def _sample_straight_through(path: str | os.PathLike, targets: list[float],
+                             size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """One decoding pass; each target takes the first frame at/after it, the last frame fills in at the end."""
     if not targets:
         return
@@ -291,7 +304,7 @@ def _sample_straight_through(path: str | os.PathLike, targets: list[float]) -> I
                 last = frame
                 if t < targets[index] - _EPS:
                     continue
-                picked = _to_rgb(frame, stream)
+                picked = _to_rgb(frame, stream, size)
                 repeat = False  # one frame may serve several close targets: hand out copies after the first
                 while index < len(targets) and t >= targets[index] - _EPS:
                     yield picked.copy() if repeat else picked
@@ -305,12 +318,13 @@ def _sample_straight_through(path: str | os.PathLike, targets: list[float]) -> I
             log.warning("decoding %s stopped early (%s); repeating the last good frame", path, _reason(err))
         if last is None:
             raise DecodeError("could not decode any frame: the video stream holds no pictures")
-        tail = _to_rgb(last, stream)
+        tail = _to_rgb(last, stream, size)
         for _ in range(index, len(targets)):
             yield tail.copy()
 
 
-def _sample_by_seeking(path: str | os.PathLike, targets: list[float]) -> Iterator[np.ndarray]:
+def _sample_by_seeking(path: str | os.PathLike, targets: list[float],
+                       size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Seek to each target's keyframe and decode forward to it; same picks as the straight pass."""
     with _open(path) as container:
         stream = _video_stream(container)
@@ -322,7 +336,7 @@ def _sample_by_seeking(path: str | os.PathLike, targets: list[float]) -> Iterato
                 current = _seek_and_advance(container, stream, tb, origin, fps, target)
             if current is None:
                 raise _SeekUnreliable("no frame at or after the target")  # straight pass fills in the tail
-            yield _to_rgb(current[1], stream)  # repeats are rare here (samples are seconds apart): no cache
+            yield _to_rgb(current[1], stream, size)  # repeats are rare here (samples are seconds apart): no cache
 
 
 def _seek_and_advance(container: av.container.InputContainer, stream: av.video.stream.VideoStream, tb: Fraction,

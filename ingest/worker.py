@@ -69,8 +69,10 @@ class Worker:
         if not path.is_file():
             raise DecodeError(f"the stored file is missing: {path}")
         info = probe(path)
-        # Frames are preprocessed as they are decoded: only small crops are held, never full-size frames.
-        pixels = torch.stack([self.encoder.preprocess(f) for f in iter_sampled_frames(path, self.frames, info)])
+        # Frames are resized by swscale while decoding and preprocessed at once: only small crops are held.
+        size = self.encoder.decode_size(info.height, info.width)
+        frames = iter_sampled_frames(path, self.frames, info, size=size)
+        pixels = torch.stack([self.encoder.preprocess(f) for f in frames])
         return _Decoded(job, video.title, info, pixels)
 
     def process(self, jobs: list[Job]) -> list[JobResult]:

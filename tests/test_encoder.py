@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
-from ingest.decode import sample_frames
+from ingest.decode import iter_sampled_frames, sample_frames
 from ingest.encoder import ModelUnavailableError, load_encoder, resize_output_size
 from tests.videos import write_video
 
@@ -62,7 +62,7 @@ def test_long_queries_are_truncated_not_rejected(random_model):
     assert vector.shape == (24,) and np.isfinite(vector).all()
 
 
-@pytest.mark.parametrize("size", [(120, 200), (200, 120), (64, 64)])
+@pytest.mark.parametrize("size", [(120, 200), (200, 120), (64, 64), (360, 640), (720, 400)])
 def test_preprocessing_matches_clip_image_processor_on_decoded_frames(wide_model, tmp_path, size):
     """Our torch preprocessing of real decoded frames vs the reference CLIPImageProcessor path: cosine >= 0.999."""
     height, width = size
@@ -78,6 +78,15 @@ def test_preprocessing_matches_clip_image_processor_on_decoded_frames(wide_model
     reference = CLIPImageProcessorPil.from_pretrained(wide_model)(images=decoded, return_tensors="pt")["pixel_values"]
     theirs = encoder.embed_pixels(reference)
     cosine = (ours * theirs).sum(-1)
+    assert cosine.min().item() >= 0.999, cosine
+
+    # The fast path the worker uses: swscale resizes while converting to RGB, torch only crops and normalises.
+    small = list(iter_sampled_frames(path, 4, size=encoder.decode_size(height, width)))
+    assert small[0].shape[:2] == encoder.decode_size(height, width)
+    if min(height, width) > 2 * 96:
+        assert small[0].shape[:2] != (height, width)  # the fast path really resized
+    fast = encoder.embed_pixels(torch.stack([encoder.preprocess(f) for f in small]))
+    cosine = (fast * theirs).sum(-1)
     assert cosine.min().item() >= 0.999, cosine
 
 
