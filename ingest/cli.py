@@ -137,7 +137,7 @@ def _process_now(runtime, queued: dict[int, str]) -> tuple[int, list[tuple[str, 
 
     from ingest.worker import Worker
 
-    worker = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames)
+    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
     pending = set(queued)
     with tqdm(total=len(queued), desc="Ingesting", unit="video", file=sys.stderr) as bar:
         while pending:
@@ -169,8 +169,7 @@ def worker() -> None:
     from ingest.worker import JobResult, Worker
 
     runtime = _runtime()
-    w = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames,
-               runtime.settings.worker_poll_seconds)
+    w = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
     stop = threading.Event()
 
     def report(r: JobResult) -> None:

@@ -14,10 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ingest.decode import DecodeError, VideoInfo, iter_sampled_frames, probe
+from ingest.decode import VideoInfo
 from ingest.encoder import ClipEncoder
+from ingest.pipeline import Embedded, embed_videos
 from schema.catalog import Catalog, Job
 from schema.vectors import VectorStore
 
@@ -36,81 +35,92 @@ class JobResult:
         return self.error is None
 
 
-@dataclass
-class _Decoded:
-    job: Job
-    title: str
-    info: VideoInfo
-    pixels: torch.Tensor  # (frames, 3, H, W), preprocessed
-
-
 def _info_fields(info: VideoInfo) -> dict:
     return {"duration": info.duration, "fps": info.fps, "width": info.width, "height": info.height,
             "codec": info.codec}
 
 
 class Worker:
-    """Processes jobs in batches of several videos so the model sees full batches of frames."""
+    """Streams claimed jobs through the decode/embed pipeline and writes finished videos in batches."""
 
     def __init__(self, catalog: Catalog, store: VectorStore, encoder: ClipEncoder, frames: int,
-                 poll_seconds: float = 1.0) -> None:
+                 poll_seconds: float = 1.0, *, decode_workers: int = 2, claim_size: int = 16,
+                 write_batch: int = 32) -> None:
         self.catalog = catalog
         self.store = store
         self.encoder = encoder
         self.frames = frames
         self.poll_seconds = poll_seconds
-        self.videos_per_batch = max(1, encoder.batch_size // frames)
+        self.decode_workers = decode_workers
+        self.claim_size = claim_size
+        self.write_batch = write_batch
 
-    def _decode(self, job: Job) -> _Decoded:
-        video = self.catalog.get_video(job.video_id)
-        if video is None:
-            raise DecodeError("the video was deleted before it could be processed")
-        path = Path(video.stored_path)
-        if not path.is_file():
-            raise DecodeError(f"the stored file is missing: {path}")
-        info = probe(path)
-        # Frames are resized by swscale while decoding and preprocessed at once: only small crops are held.
-        size = self.encoder.decode_size(info.height, info.width)
-        frames = iter_sampled_frames(path, self.frames, info, size=size)
-        pixels = torch.stack([self.encoder.preprocess(f) for f in frames])
-        return _Decoded(job, video.title, info, pixels)
+    @classmethod
+    def from_settings(cls, catalog: Catalog, store: VectorStore, encoder: ClipEncoder, settings) -> Worker:
+        return cls(catalog, store, encoder, settings.frames, settings.worker_poll_seconds,
+                   decode_workers=settings.decode_workers, claim_size=settings.claim_size,
+                   write_batch=settings.write_batch)
 
-    def process(self, jobs: list[Job]) -> list[JobResult]:
-        """Run claimed jobs to completion. A broken file fails alone; storage errors propagate (jobs stay running
-        until the caller requeues them)."""
+    def process(self, jobs: list[Job], on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
+        """Run claimed jobs to completion. A broken file fails alone; storage errors propagate (unfinished jobs
+        stay running until the caller requeues them)."""
+        by_id = {job.id: job for job in jobs}
+        videos = self.catalog.videos_by_ids([job.video_id for job in jobs])
+        titles = {job.id: videos[job.video_id].title if job.video_id in videos else "?" for job in jobs}
+        items = []
         results: list[JobResult] = []
-        decoded: list[_Decoded] = []
         for job in jobs:
-            try:
-                decoded.append(self._decode(job))
-            except DecodeError as exc:
-                results.append(self._fail(job, str(exc)))
-            except (OSError, MemoryError, ValueError, RuntimeError) as exc:
-                log.exception("unexpected error decoding job %d", job.id)
-                results.append(self._fail(job, f"could not read the video: {exc}"))
-        if decoded:
-            vectors = self.encoder.embed_videos([d.pixels for d in decoded])
-            ids = [d.job.video_id for d in decoded]
-            self.store.delete(ids)
-            self.store.add(ids, vectors)
-            for item in decoded:
-                self.catalog.finish_job(item.job.id, None, **_info_fields(item.info))
-                results.append(JobResult(item.job.id, item.job.video_id, item.title))
+            video = videos.get(job.video_id)
+            if video is None:
+                results.append(self._fail(job, titles[job.id], "the video was deleted before it was processed"))
+            else:
+                items.append((job.id, Path(video.stored_path)))
+        pending: list[Embedded] = []
+
+        def emit(result: JobResult) -> None:
+            results.append(result)
+            if on_result:
+                on_result(result)
+
+        for item in embed_videos(self.encoder, items, self.frames, decode_workers=self.decode_workers,
+                                 prefetch=max(2, 2 * self.decode_workers)):
+            job = by_id[item.key]
+            if item.error is not None:
+                emit(self._fail(job, titles[job.id], item.error))
+                continue
+            pending.append(item)
+            if len(pending) >= self.write_batch:
+                for r in self._write(pending, by_id, titles):
+                    emit(r)
+                pending = []
+        for r in self._write(pending, by_id, titles):
+            emit(r)
         return results
 
-    def _fail(self, job: Job, reason: str) -> JobResult:
-        video = self.catalog.get_video(job.video_id)
+    def _write(self, done: list[Embedded], jobs: dict[int, Job], titles: dict[int, str]) -> list[JobResult]:
+        """Vectors first (replacing any a retried job left), then the catalog marks the videos ready."""
+        if not done:
+            return []
+        import numpy as np
+
+        video_ids = [jobs[d.key].video_id for d in done]
+        self.store.delete(video_ids)
+        self.store.add(video_ids, np.stack([d.vector for d in done]))
+        self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done])
+        return [JobResult(d.key, jobs[d.key].video_id, titles[d.key]) for d in done]
+
+    def _fail(self, job: Job, title: str, reason: str) -> JobResult:
         self.catalog.finish_job(job.id, reason)
         log.warning("job %d (video %d) failed: %s", job.id, job.video_id, reason)
-        return JobResult(job.id, job.video_id, video.title if video else "?", reason)
+        return JobResult(job.id, job.video_id, title, reason)
 
-    def run_once(self) -> list[JobResult]:
-        """Claim one batch of queued jobs and process it. Interrupted or failed storage: the batch is requeued."""
-        jobs = self.catalog.claim_jobs(self.videos_per_batch)
+    def run_once(self, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
+        """Claim queued jobs and process them. Interrupted or failed storage: unfinished jobs are requeued."""
+        jobs = self.catalog.claim_jobs(self.claim_size)
         if not jobs:
             return []
         try:
-            return self.process(jobs)
+            return self.process(jobs, on_result)
         except BaseException:
             # Ctrl-C, or the vector store went away: give the unfinished jobs back to the queue.
             self.catalog.requeue_jobs([j.id for j in jobs])
@@ -118,11 +128,8 @@ class Worker:
 
     def run_until_empty(self, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
         done: list[JobResult] = []
-        while batch := self.run_once():
-            for result in batch:
-                done.append(result)
-                if on_result:
-                    on_result(result)
+        while batch := self.run_once(on_result):
+            done += batch
         return done
 
     def run_forever(self, stop: threading.Event, on_result: Callable[[JobResult], None] | None = None) -> None:
@@ -130,16 +137,13 @@ class Worker:
         backoff = self.poll_seconds
         while not stop.is_set():
             try:
-                batch = self.run_once()
+                batch = self.run_once(on_result)
             except Exception as exc:  # storage or model failure: keep the worker alive, retry later
                 log.error("worker batch failed, jobs requeued, retrying in %.0f s: %s", backoff, exc)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 60.0)
                 continue
             backoff = self.poll_seconds
-            for result in batch:
-                if on_result:
-                    on_result(result)
             if not batch:
                 stop.wait(self.poll_seconds)
 

@@ -205,21 +205,31 @@ class Catalog:
                 claimed.append(s.get(Job, row.id))
         return claimed
 
-    def finish_job(self, job_id: int, error: str | None = None, **video_fields) -> None:
-        """Mark a job done (video ready, with its probed metadata) or failed (video failed, with the reason)."""
+    def finish_job(self, job_id: int, error: str) -> None:
+        """Mark a job failed, and its video failed with the reason."""
         with self.sessions.begin() as s:
             job = s.get(Job, job_id)
             if job is None:  # the video was deleted while it was being processed
                 return
-            job.state = JobState.FAILED if error else JobState.DONE
-            job.error = error
-            job.finished_at = utcnow()
+            job.state, job.error, job.finished_at = JobState.FAILED, error, utcnow()
             video = s.get(Video, job.video_id)
             if video is not None:
-                for name, value in video_fields.items():
-                    setattr(video, name, value)
-                video.status = VideoStatus.FAILED if error else VideoStatus.READY
-                video.error = error
+                video.status, video.error = VideoStatus.FAILED, error
+
+    def finish_jobs(self, done: Sequence[tuple[int, dict]]) -> None:
+        """Mark many jobs done in one transaction, each with its video's probed metadata."""
+        with self.sessions.begin() as s:
+            now = utcnow()
+            for job_id, video_fields in done:
+                job = s.get(Job, job_id)
+                if job is None:  # deleted while being processed
+                    continue
+                job.state, job.error, job.finished_at = JobState.DONE, None, now
+                video = s.get(Video, job.video_id)
+                if video is not None:
+                    for name, value in video_fields.items():
+                        setattr(video, name, value)
+                    video.status, video.error = VideoStatus.READY, None
 
     def requeue_jobs(self, job_ids: Sequence[int]) -> None:
         """Give running jobs back to the queue (worker interrupted)."""

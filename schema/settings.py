@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(48, ge=1, description="Frames per model forward pass (batched across videos).")
     host: str = Field("127.0.0.1", description="Address the web app binds to.")
     port: int = Field(7860, ge=1, le=65535, description="Port of the web app.")
+    decode_workers: int = Field(2, ge=1, le=64, description="Threads decoding videos while the model runs.")
+    claim_size: int = Field(16, ge=1, description="Jobs a worker takes from the queue at once.")
+    write_batch: int = Field(32, ge=1, description="Videos written to Milvus and the catalog per write.")
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for new jobs.")
 
     @field_validator("device")

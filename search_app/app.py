@@ -178,8 +178,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
 
 def start_worker_thread(runtime: Runtime, stop: threading.Event) -> threading.Thread:
-    worker = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames,
-                    runtime.settings.worker_poll_seconds)
+    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
 
     def log_result(r: JobResult) -> None:
         log.info("video %d %s: %s", r.video_id, "ready" if r.ok else "failed", r.error or r.title)

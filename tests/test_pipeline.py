@@ -21,7 +21,7 @@ def _ingest_all(runtime, folder: Path) -> dict[str, int]:
         r = enqueue_file(runtime.catalog, runtime.settings, path)
         assert r.outcome is Outcome.QUEUED, (path, r)
         ids[path.name] = r.video_id
-    worker = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames)
+    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
     results = worker.run_until_empty()
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     return ids
@@ -67,7 +67,7 @@ def test_broken_file_fails_alone_with_a_reason(runtime, clips_dir, tmp_path):
     data = (clips_dir / "green_circle.mov").read_bytes()
     broken.write_bytes(data[:200])  # truncated: header only
     bad = enqueue_file(runtime.catalog, runtime.settings, broken, check_video=False)
-    worker = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames)
+    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
     results = {r.video_id: r for r in worker.run_until_empty()}
     assert results[good.video_id].ok
     assert not results[bad.video_id].ok and results[bad.video_id].error
@@ -116,12 +116,12 @@ def test_vectors_are_unit_length_in_milvus(runtime, clips_dir):
 
 def test_interrupted_batch_is_requeued_and_leaves_nothing_visible(runtime, clips_dir, monkeypatch):
     r = enqueue_file(runtime.catalog, runtime.settings, clips_dir / "red_circle.mp4")
-    worker = Worker(runtime.catalog, runtime.store, runtime.encoder, runtime.settings.frames)
+    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
 
     def interrupted(_videos):
         raise KeyboardInterrupt  # Ctrl-C while the model runs
 
-    monkeypatch.setattr(runtime.encoder, "embed_videos", interrupted)
+    monkeypatch.setattr(runtime.encoder, "embed_pixels", interrupted)
     with pytest.raises(KeyboardInterrupt):
         worker.run_once()
     job = runtime.catalog.jobs_for([r.video_id])[r.video_id]
@@ -132,3 +132,23 @@ def test_interrupted_batch_is_requeued_and_leaves_nothing_visible(runtime, clips
     monkeypatch.undo()
     [result] = worker.run_until_empty()
     assert result.ok and runtime.store.video_ids() == {r.video_id}
+
+
+def test_streamed_batches_across_videos_equal_per_video_embedding(random_model, clips_dir, tmp_path):
+    """Frames of several videos share model batches (batch 5, 4 frames each): same vectors as one at a time."""
+    from ingest.encoder import load_encoder
+    from ingest.pipeline import decode_video, embed_videos
+
+    encoder = load_encoder(str(random_model), device="cpu", batch_size=5)
+    broken = tmp_path / "broken.mkv"
+    broken.write_bytes(b"\x1aE\xdf\xa3" + bytes(500))
+    paths = sorted(clips_dir.iterdir())
+    items = [(p.name, p) for p in paths] + [("broken", broken)]
+    out = {e.key: e for e in embed_videos(encoder, items, 4, decode_workers=2, prefetch=2)}
+    assert set(out) == {p.name for p in paths} | {"broken"}
+    assert out["broken"].vector is None and out["broken"].error
+    for path in paths:
+        _, pixels = decode_video(encoder, path, 4)
+        expected = encoder.embed_videos([pixels])[0]
+        np.testing.assert_allclose(out[path.name].vector, expected, atol=1e-5)
+        assert out[path.name].info.width == 64

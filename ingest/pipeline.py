@@ -1,0 +1,136 @@
+"""Decode videos in parallel threads while the model embeds full batches of frames across videos.
+
+PyAV decoding, swscale and torch's preprocessing ops release the GIL, so decode threads overlap with the model
+without the cost of shipping frame tensors between processes. At most `prefetch` decoded videos wait in memory
+(back-pressure), and results come back in completion order so one slow or broken video never stalls the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ingest.decode import DecodeError, VideoInfo, iter_sampled_frames, probe
+from ingest.encoder import ClipEncoder, l2_normalize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One video's outcome: its CLIP4Clip vector and probed metadata, or why it failed."""
+
+    key: Hashable
+    info: VideoInfo | None = None
+    vector: np.ndarray | None = None
+    error: str | None = None
+
+
+def decode_video(encoder: ClipEncoder, path: Path, frames: int) -> tuple[VideoInfo, torch.Tensor]:
+    """Probe, sample `frames` frames (resized by swscale while decoding) and preprocess them: (n,3,H,W)."""
+    if not path.is_file():
+        raise DecodeError(f"the stored file is missing: {path}")
+    info = probe(path)
+    size = encoder.decode_size(info.height, info.width)
+    sampled = iter_sampled_frames(path, frames, info, size=size)
+    return info, torch.stack([encoder.preprocess(f) for f in sampled])
+
+
+def _decode_task(encoder: ClipEncoder, key: Hashable, path: Path, frames: int) -> Embedded | tuple:
+    try:
+        info, pixels = decode_video(encoder, path, frames)
+    except DecodeError as exc:
+        return Embedded(key, error=str(exc))
+    except (OSError, MemoryError, ValueError, RuntimeError) as exc:  # a broken file must fail alone
+        log.exception("unexpected error decoding %s", path)
+        return Embedded(key, error=f"could not read the video: {exc}")
+    return key, info, pixels
+
+
+@dataclass
+class _Waiting:
+    key: Hashable
+    info: VideoInfo
+    pixels: torch.Tensor  # frames not yet sent to the model
+    done: list[torch.Tensor] = field(default_factory=list)  # normalised frame embeddings so far
+
+
+class FrameBatcher:
+    """Feeds the model exactly `batch_size` frames at a time, whatever the video boundaries."""
+
+    def __init__(self, encoder: ClipEncoder, batch_size: int) -> None:
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.waiting: deque[_Waiting] = deque()
+        self.buffered = 0
+
+    def add(self, key: Hashable, info: VideoInfo, pixels: torch.Tensor) -> list[Embedded]:
+        self.waiting.append(_Waiting(key, info, pixels))
+        self.buffered += len(pixels)
+        out: list[Embedded] = []
+        while self.buffered >= self.batch_size:
+            out += self._run(self.batch_size)
+        return out
+
+    def flush(self) -> list[Embedded]:
+        out: list[Embedded] = []
+        while self.buffered:
+            out += self._run(min(self.buffered, self.batch_size))
+        return out
+
+    def _run(self, count: int) -> list[Embedded]:
+        taken: list[tuple[_Waiting, int]] = []
+        need = count
+        for item in self.waiting:
+            if need == 0:
+                break
+            k = min(need, len(item.pixels))
+            taken.append((item, k))
+            need -= k
+        embeds = self.encoder.embed_pixels(torch.cat([item.pixels[:k] for item, k in taken]))
+        self.buffered -= count
+        finished: list[Embedded] = []
+        start = 0
+        for item, k in taken:
+            item.done.append(embeds[start : start + k])
+            item.pixels = item.pixels[k:]
+            start += k
+            if len(item.pixels) == 0:
+                self.waiting.popleft()  # taken items are always a prefix of the queue
+                vector = l2_normalize(torch.cat(item.done).mean(dim=0)).numpy().astype(np.float32)
+                finished.append(Embedded(item.key, item.info, vector))
+        return finished
+
+
+def embed_videos(encoder: ClipEncoder, items: Iterable[tuple[Hashable, Path]], frames: int, *,
+                 decode_workers: int = 2, prefetch: int = 8) -> Iterator[Embedded]:
+    """Yield one Embedded per (key, path), in completion order. Memory: at most `prefetch` decoded videos."""
+    batcher = FrameBatcher(encoder, encoder.batch_size)
+    todo = iter(items)
+    with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool:
+        window: set[Future] = set()
+        exhausted = False
+        while True:
+            while not exhausted and len(window) < prefetch:
+                nxt = next(todo, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                window.add(pool.submit(_decode_task, encoder, nxt[0], Path(nxt[1]), frames))
+            if not window:
+                break
+            completed, window = wait(window, return_when=FIRST_COMPLETED)
+            for future in completed:
+                result = future.result()
+                if isinstance(result, Embedded):
+                    yield result
+                else:
+                    yield from batcher.add(*result)
+        yield from batcher.flush()
