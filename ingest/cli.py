@@ -279,6 +279,29 @@ def reindex(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for conf
                "Run `vidsearch worker` or `vidsearch serve` to process them.")
 
 
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Small corpus and sizes: a few minutes on 2 cores.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    model: Annotated[str | None, typer.Option(help="Checkpoint to measure (default VIDSEARCH_MODEL, or a random "
+                                                   "ViT-B/32 when that cannot be loaded).")] = None,
+    folder: Annotated[Path | None, typer.Option(help="Measure on these videos instead of a generated corpus.")] = None,
+) -> None:
+    """Measure ingestion and search against a naive baseline and ceilings, all in the same run.
+
+    Example: vidsearch bench --quick
+    """
+    from ingest.bench import format_table, run
+
+    report = run(Settings(), quick=quick, model=model, folder=folder,
+                 progress=lambda msg: typer.echo(f"[bench] {msg}", err=True))
+    if as_json:
+        _out(report)
+    else:
+        for line in format_table(report):
+            typer.echo(line)
+
+
 @milvus_app.command("stop")
 def milvus_stop() -> None:
     """Stop the embedded Milvus Lite server of this data folder (it is restarted on demand)."""

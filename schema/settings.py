@@ -29,6 +29,13 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Loopback port of the embedded Milvus Lite server (0 = pick a free one)."
     )
     collection: str = Field("vidsearch_videos", description="Milvus collection name.")
+    index_type: str = Field("FLAT", description="Milvus index type (FLAT is exact; see `vidsearch bench` for recall).")
+    index_params: dict[str, int | float | str] = Field(
+        default_factory=dict, description='Index build parameters as JSON, e.g. {"M": 16, "efConstruction": 200}.'
+    )
+    search_params: dict[str, int | float | str] = Field(
+        default_factory=dict, description='Search parameters as JSON, e.g. {"ef": 128} or {"nprobe": 32}.'
+    )
     model: str = Field(DEFAULT_MODEL, description="Hugging Face CLIP checkpoint id or local folder.")
     model_revision: str | None = Field(
         DEFAULT_MODEL_REVISION, description="Hub revision (commit, tag or branch) of the model; ignored for folders."

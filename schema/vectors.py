@@ -18,8 +18,6 @@ PROP_MODEL = "vidsearch.model"
 PROP_DIM = "vidsearch.dim"
 # Inner product on L2-normalised vectors is cosine similarity.
 METRIC = "IP"
-# FLAT is exact; approximate indexes are chosen by measured recall, not assumed.
-INDEX_TYPE = "FLAT"
 
 
 class VectorStoreError(RuntimeError):
@@ -75,16 +73,22 @@ def connect(settings: Settings):  # -> pymilvus.MilvusClient (imported lazily: i
 class MilvusVectorStore:
     """One collection: auto primary key, video id, float vector of the model's dimension."""
 
-    def __init__(self, client, collection: str, dim: int, model: str) -> None:
+    def __init__(self, client, collection: str, dim: int, model: str, *, index_type: str = "FLAT",
+                 index_params: dict | None = None, search_params: dict | None = None) -> None:
         self.client = client
         self.collection = collection
         self.dim = dim
         self.model = model
+        # FLAT (exact) by default: approximate indexes are chosen by measured recall (`vidsearch bench`).
+        self.index_type = index_type
+        self.index_params = dict(index_params or {})
+        self.search_params = dict(search_params or {})
 
     @classmethod
     def open(cls, settings: Settings, dim: int, model: str) -> MilvusVectorStore:
         """Connect, create the collection if needed, and refuse a collection built by another model."""
-        store = cls(connect(settings), settings.collection, dim, model)
+        store = cls(connect(settings), settings.collection, dim, model, index_type=settings.index_type,
+                    index_params=settings.index_params, search_params=settings.search_params)
         store._ensure_collection()
         return store
 
@@ -110,7 +114,7 @@ class MilvusVectorStore:
         schema.add_field("video_id", DataType.INT64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         index = self.client.prepare_index_params()
-        index.add_index(field_name="vector", index_type=INDEX_TYPE, metric_type=METRIC)
+        index.add_index(field_name="vector", index_type=self.index_type, metric_type=METRIC, params=self.index_params)
         # Strong consistency: a video marked done must be searchable by the very next query.
         self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
         self.client.alter_collection_properties(
@@ -157,7 +161,7 @@ class MilvusVectorStore:
             data=[np.asarray(vector, dtype=np.float32).tolist()],
             limit=k,
             output_fields=["video_id"],
-            search_params={"metric_type": METRIC},
+            search_params={"metric_type": METRIC, "params": self.search_params},
         )
         return [Hit(video_id=int(h["entity"]["video_id"]), score=float(h["distance"])) for h in result[0]]
 

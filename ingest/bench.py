@@ -1,0 +1,399 @@
+"""`vidsearch bench`: ingestion and search figures of the real pipeline, with baselines and ceilings from the same run.
+
+Speed does not depend on weight values, so with no checkpoint reachable the bench builds a randomly initialised
+CLIP of the real ViT-B/32 architecture and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from ingest.decode import probe
+from ingest.encoder import ClipEncoder, ModelUnavailableError, l2_normalize, load_encoder
+from ingest.pipeline import decode_video
+from schema.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Corpus and search sizes: --quick fits in a few minutes on 2 cores."""
+
+    clips_360p: int
+    clips_1080p: int
+    clip_seconds: float
+    search_sizes: tuple[int, ...]
+    queries: int
+    long_minutes: float
+
+
+QUICK = Plan(clips_360p=6, clips_1080p=2, clip_seconds=10, search_sizes=(10_000,), queries=30, long_minutes=10)
+FULL = Plan(clips_360p=24, clips_1080p=8, clip_seconds=20, search_sizes=(10_000, 100_000), queries=100,
+            long_minutes=10)
+
+
+# --------------------------------------------------------------------------------------------------- model
+
+
+def byte_level_tokenizer():
+    """A CLIP tokenizer over single bytes: no vocabulary download needed; speed is what is measured."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def build_random_vit_b32(path: Path) -> Path:
+    """Random weights, real architecture: CLIPConfig's defaults are ViT-B/32 (224 px, patch 32, 512-d)."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    tokenizer = byte_level_tokenizer()
+    config = CLIPConfig(text_config={"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                                     "pad_token_id": tokenizer.pad_token_id})
+    CLIPModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    CLIPImageProcessorPil().save_pretrained(path)
+    return path
+
+
+def load_bench_encoder(settings: Settings, model: str | None, workdir: Path) -> tuple[ClipEncoder, str]:
+    source = model or settings.model
+    try:
+        encoder = load_encoder(source, settings.model_revision, settings.device, settings.batch_size)
+        return encoder, source
+    except ModelUnavailableError as exc:
+        if model:  # asked for explicitly: do not measure something else
+            raise
+        log.warning("model %s unavailable (%s); benchmarking a random-weight ViT-B/32", source, exc)
+    path = build_random_vit_b32(workdir / "random-vit-b32")
+    return load_encoder(str(path), None, settings.device, settings.batch_size), "random-init ViT-B/32 (CLIPConfig())"
+
+
+# -------------------------------------------------------------------------------------------------- corpus
+
+
+def _frame_source(width: int, height: int, seed: int) -> Callable[[int], np.ndarray]:
+    """Moving shapes over a textured background: real work for the codec, cheap to draw."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    background = np.stack([(xx * 255 // max(1, width)), (yy * 255 // max(1, height)),
+                           ((xx // 16 + yy // 16) % 2) * 60 + 40], axis=-1).astype(np.uint8)
+    noise = rng.integers(0, 24, (height, width, 3), dtype=np.uint8)
+    colour = rng.integers(60, 255, 3, dtype=np.uint8)
+
+    def frame(i: int) -> np.ndarray:
+        img = background + np.roll(noise, i * 3, axis=1)
+        size = height // 3
+        x = (i * width // 97) % max(1, width - size)
+        y = (height - size) // 2
+        img[y : y + size, x : x + size] = colour
+        return img
+
+    return frame
+
+
+def write_clip(path: Path, width: int, height: int, seconds: float, fps: int = 24, seed: int = 0) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "g": str(2 * fps)})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        draw = _frame_source(width, height, seed)
+        for i in range(int(seconds * fps)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(draw(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_corpus(folder: Path, plan: Plan) -> dict[str, list[Path]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    sets = {"360p": [write_clip(folder / f"c360_{i}.mp4", 640, 360, plan.clip_seconds, seed=i)
+                     for i in range(plan.clips_360p)],
+            "1080p": [write_clip(folder / f"c1080_{i}.mp4", 1920, 1080, plan.clip_seconds, seed=100 + i)
+                      for i in range(plan.clips_1080p)]}
+    return {k: v for k, v in sets.items() if v}
+
+
+# ------------------------------------------------------------------------------------------------- measure
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def measure_pipeline(settings: Settings, encoder: ClipEncoder, clips: list[Path]) -> float:
+    """Seconds for the real worker to take `clips` from the queue to searchable (Milvus + catalog)."""
+    from ingest.library import enqueue_file
+    from ingest.worker import Worker
+    from schema.catalog import Catalog
+    from schema.vectors import MilvusVectorStore
+
+    catalog = Catalog(settings.catalog_url)
+    store = MilvusVectorStore.open(settings, encoder.dim, encoder.key)
+    for clip in clips:
+        enqueue_file(catalog, settings, clip, link=True, check_video=False)
+    worker = Worker.from_settings(catalog, store, encoder, settings)
+    start = time.perf_counter()
+    results = worker.run_until_empty()
+    elapsed = time.perf_counter() - start
+    failed = [r.error for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"pipeline failed on the bench corpus: {failed[:3]}")
+    catalog.close()
+    store.close()
+    return elapsed
+
+
+def measure_baseline(settings: Settings, encoder: ClipEncoder, clips: list[Path], frames: int) -> float:
+    """The naive way: decode every frame into a list, CLIPImageProcessor, the model once per video, one insert each."""
+    from transformers import CLIPImageProcessorPil
+
+    from schema.vectors import MilvusVectorStore
+
+    processor = CLIPImageProcessorPil(size={"shortest_edge": encoder.image_size},
+                                      crop_size={"height": encoder.image_size, "width": encoder.image_size})
+    baseline_settings = settings.model_copy(update={"collection": settings.collection + "_baseline"})
+    store = MilvusVectorStore.open(baseline_settings, encoder.dim, encoder.key)
+    start = time.perf_counter()
+    for video_id, clip in enumerate(clips):
+        with av.open(str(clip)) as container:
+            every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        picks = [every[int((i + 0.5) * len(every) / frames)] for i in range(frames)]
+        pixels = processor(images=picks, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            embeds = encoder.vision(pixel_values=pixels.to(encoder.device, encoder.dtype)).image_embeds.float()
+        vector = l2_normalize(l2_normalize(embeds).mean(0)).cpu().numpy()[None]
+        store.add([video_id], vector)
+        del every
+    elapsed = time.perf_counter() - start
+    store.drop()
+    store.close()
+    return elapsed
+
+
+def measure_decode_ceiling(encoder: ClipEncoder, clips: list[Path], frames: int, workers: int) -> float:
+    """Frames/s of sampling + preprocessing alone, with the pipeline's decode threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda c: decode_video(encoder, c, frames), clips))
+    return len(clips) * frames / (time.perf_counter() - start)
+
+
+def measure_model_ceiling(encoder: ClipEncoder, seconds: float = 5.0) -> float:
+    """Frames/s of the vision tower on ready tensors of the pipeline's batch size."""
+    size = encoder.prep.crop_hw
+    pixels = torch.randn(encoder.batch_size, 3, *size)
+    encoder.embed_pixels(pixels)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done == 0:
+        encoder.embed_pixels(pixels)
+        done += len(pixels)
+    return done / (time.perf_counter() - start)
+
+
+def measure_seek_vs_straight(encoder: ClipEncoder, clip: Path, frames: int) -> dict:
+    from ingest.decode import iter_sampled_frames
+
+    info = probe(clip)
+    size = encoder.decode_size(info.height, info.width)
+    out = {}
+    for name, seek in (("seek_s", True), ("straight_s", False)):
+        start = time.perf_counter()
+        list(iter_sampled_frames(clip, frames, info, size=size, seek=seek))
+        out[name] = round(time.perf_counter() - start, 4)
+    return out
+
+
+def peak_rss_mb(model: str, video: Path, frames: int) -> float:
+    """Peak RSS of a fresh process that loads the model and ingests one video (decode + embed).
+
+    Read from VmHWM: getrusage's ru_maxrss survives exec and would report the forking parent's peak."""
+    code = ("from pathlib import Path; "
+            "from ingest.encoder import load_encoder; from ingest.pipeline import decode_video; "
+            f"e = load_encoder({model!r}, device='cpu'); _, p = decode_video(e, Path({str(video)!r}), {frames}); "
+            "e.embed_videos([p]); "
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def clustered_unit_vectors(n: int, dim: int, rng: np.random.Generator, clusters: int = 256) -> np.ndarray:
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + 0.6 * rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def measure_search(settings: Settings, dim: int, n: int, queries: int, rng: np.random.Generator) -> dict:
+    """Milvus latency and recall@10 against exact search, with numpy brute force as the floor."""
+    from schema.vectors import MilvusVectorStore
+
+    data = clustered_unit_vectors(n, dim, rng)
+    qs = data[rng.integers(0, n, queries)] + 0.1 * rng.normal(size=(queries, dim)).astype(np.float32)
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    bench_settings = settings.model_copy(update={"collection": f"{settings.collection}_search_{n}"})
+    store = MilvusVectorStore.open(bench_settings, dim, "bench")
+    for start in range(0, n, 5000):
+        store.add(list(range(start, min(n, start + 5000))), data[start : start + 5000])
+    store.search(qs[0], 10)  # warm-up (loads / builds the index)
+    latencies, recalls, brute = [], [], []
+    for q in qs:
+        t0 = time.perf_counter()
+        hits = store.search(q, 10)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        scores = data @ q
+        top = np.argpartition(-scores, 10)[:10]
+        brute.append((time.perf_counter() - t0) * 1000)
+        recalls.append(len({h.video_id for h in hits} & set(top.tolist())) / 10)
+    store.drop()
+    store.close()
+    p50, brute_p50 = statistics.median(latencies), statistics.median(brute)
+    return {"n": n, "index": settings.index_type, "p50_ms": round(p50, 2), "p95_ms": round(_pct(latencies, 0.95), 2),
+            "recall_at_10": round(float(np.mean(recalls)), 4), "brute_p50_ms": round(brute_p50, 2),
+            "ratio_vs_brute": round(p50 / brute_p50, 2)}
+
+
+def measure_query_e2e(settings: Settings, encoder: ClipEncoder, queries: int) -> dict:
+    from schema.catalog import Catalog
+    from schema.vectors import MilvusVectorStore
+    from search_app.search import search_text
+
+    catalog = Catalog(settings.catalog_url)
+    store = MilvusVectorStore.open(settings, encoder.dim, encoder.key)
+    phrases = ["a dog catching a frisbee on the beach", "a man riding a bike", "a red square moving right",
+               "people dancing at a party", "a car driving at night"]
+    search_text(catalog, store, encoder, phrases[0], 10)  # warm-up
+    latencies = []
+    for i in range(queries):
+        t0 = time.perf_counter()
+        search_text(catalog, store, encoder, f"{phrases[i % len(phrases)]} {i}", 10)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    catalog.close()
+    store.close()
+    return {"p50_ms": round(statistics.median(latencies), 2), "p95_ms": round(_pct(latencies, 0.95), 2)}
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def run(settings: Settings, *, quick: bool = True, model: str | None = None, folder: Path | None = None,
+        progress: Callable[[str], None] = lambda _msg: None) -> dict:
+    plan = QUICK if quick else FULL
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="vidsearch-bench-") as tmp:
+        work = Path(tmp)
+        home_settings = settings.model_copy(update={"home": work / "home", "database_url": None,
+                                                     "collection": "bench_videos"})
+        home_settings.ensure_dirs()
+        progress("loading the model")
+        encoder, model_name = load_bench_encoder(settings, model, work)
+        frames = settings.frames
+        if folder:
+            corpus = {"folder": sorted(p for p in folder.iterdir() if p.is_file())}
+        else:
+            progress("encoding the corpus")
+            corpus = make_corpus(work / "corpus", plan)
+        all_clips = [c for clips in corpus.values() for c in clips]
+
+        progress("pipeline")
+        pipeline_s = measure_pipeline(home_settings, encoder, all_clips)
+        progress("naive baseline")
+        baseline_s = measure_baseline(home_settings, encoder, all_clips, frames)
+        progress("ceilings")
+        decode_fps = measure_decode_ceiling(encoder, all_clips, frames, settings.decode_workers)
+        model_fps = measure_model_ceiling(encoder, seconds=3.0 if quick else 10.0)
+        pipeline_fps = len(all_clips) * frames / pipeline_s
+        per_set = {}
+        for name, clips in corpus.items():
+            per_set[name] = {"videos": len(clips), "seek_vs_straight": measure_seek_vs_straight(encoder, clips[0],
+                                                                                                frames)}
+
+        progress("memory")
+        short = write_clip(work / "short.mp4", 426, 240, 10, fps=12)
+        long = write_clip(work / "long.mp4", 426, 240, plan.long_minutes * 60, fps=12)
+        model_path = encoder.model_id
+        rss_short, rss_long = peak_rss_mb(model_path, short, frames), peak_rss_mb(model_path, long, frames)
+
+        progress("search")
+        search = [measure_search(home_settings, encoder.dim, n, plan.queries, rng) for n in plan.search_sizes]
+        progress("end-to-end queries")
+        e2e = measure_query_e2e(home_settings, encoder, plan.queries)
+
+        from schema.lite_server import stop_server
+
+        if not settings.milvus_uri:
+            stop_server(home_settings.milvus_lite_dir)
+
+    return {
+        "device": describe_device(encoder.device),
+        "model": model_name,
+        "frames_per_video": frames,
+        "batch_size": encoder.batch_size,
+        "decode_workers": settings.decode_workers,
+        "torch_threads": torch.get_num_threads(),
+        "corpus": {name: len(clips) for name, clips in corpus.items()},
+        "ingest": {
+            "videos_per_s": round(len(all_clips) / pipeline_s, 3),
+            "frames_per_s": round(pipeline_fps, 2),
+            "baseline_videos_per_s": round(len(all_clips) / baseline_s, 3),
+            "speedup_vs_baseline": round(baseline_s / pipeline_s, 2),
+            "decode_ceiling_fps": round(decode_fps, 2),
+            "model_ceiling_fps": round(model_fps, 2),
+            "efficiency": round(pipeline_fps / min(decode_fps, model_fps), 3),
+            "sets": per_set,
+        },
+        "memory": {"rss_short_mb": round(rss_short, 1), "rss_long_mb": round(rss_long, 1),
+                   "ratio": round(rss_long / rss_short, 3), "long_minutes": plan.long_minutes},
+        "search": search,
+        "query_e2e": e2e,
+    }
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {os.cpu_count()} cores"
+
+
+def format_table(report: dict) -> Iterator[str]:
+    ing, mem = report["ingest"], report["memory"]
+    yield f"device {report['device']} · model {report['model']} · {report['frames_per_video']} frames/video"
+    yield (f"ingest    {ing['videos_per_s']:.2f} videos/s  {ing['frames_per_s']:.1f} frames/s   "
+           f"baseline {ing['baseline_videos_per_s']:.2f} videos/s  -> x{ing['speedup_vs_baseline']:.2f}")
+    yield (f"ceilings  decode {ing['decode_ceiling_fps']:.1f} fps  model {ing['model_ceiling_fps']:.1f} fps  "
+           f"-> efficiency {ing['efficiency']:.2f}")
+    for name, s in ing["sets"].items():
+        yield f"  {name}: {s['videos']} clips, sampling one clip: {json.dumps(s['seek_vs_straight'])}"
+    yield (f"memory    peak RSS {mem['rss_short_mb']:.0f} MB (10 s) vs {mem['rss_long_mb']:.0f} MB "
+           f"({mem['long_minutes']:.0f} min) -> x{mem['ratio']:.2f}")
+    for s in report["search"]:
+        yield (f"search    n={s['n']:>8} {s['index']:<8} p50 {s['p50_ms']:.1f} ms  p95 {s['p95_ms']:.1f} ms  "
+               f"recall@10 {s['recall_at_10']:.3f}  numpy {s['brute_p50_ms']:.2f} ms -> x{s['ratio_vs_brute']:.1f}")
+    e2e = report["query_e2e"]
+    yield f"query     end to end p50 {e2e['p50_ms']:.1f} ms  p95 {e2e['p95_ms']:.1f} ms"
+

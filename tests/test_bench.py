@@ -1,0 +1,39 @@
+"""`vidsearch bench --quick` on the tiny model: every figure the benchmark promises is present and sane."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import cli_env
+from tests.procs import vidsearch_cmd
+
+
+@pytest.mark.slow
+def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
+    env = cli_env(tmp_path / "home", tiny_model)
+    env.pop("VIDSEARCH_FRAMES")  # the bench measures the product's default: 12 frames per video
+    proc = subprocess.run([*vidsearch_cmd(), "bench", "--quick", "--json", "--model", str(tiny_model)], env=env,
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)  # one JSON document, nothing else on stdout
+
+    assert report["device"].startswith("cpu") and report["model"] == str(tiny_model)
+    ingest = report["ingest"]
+    for key in ("videos_per_s", "frames_per_s", "baseline_videos_per_s", "speedup_vs_baseline",
+                "decode_ceiling_fps", "model_ceiling_fps", "efficiency"):
+        assert ingest[key] > 0, key
+    assert ingest["frames_per_s"] == pytest.approx(ingest["videos_per_s"] * 12, rel=1e-2)
+    assert set(ingest["sets"]) == {"360p", "1080p"}
+    memory = report["memory"]
+    assert memory["rss_short_mb"] > 0 and memory["rss_long_mb"] > 0
+    assert memory["ratio"] == pytest.approx(memory["rss_long_mb"] / memory["rss_short_mb"], rel=1e-2)
+    [search] = report["search"]
+    assert search["n"] == 10_000 and search["index"] == "FLAT"
+    assert search["recall_at_10"] == 1.0  # FLAT is exact: anything else means the measurement is broken
+    for key in ("p50_ms", "p95_ms", "brute_p50_ms", "ratio_vs_brute"):
+        assert search[key] > 0, key
+    assert report["query_e2e"]["p95_ms"] >= report["query_e2e"]["p50_ms"] > 0
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())  # worked in a temp dir
