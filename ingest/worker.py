@@ -95,6 +95,7 @@ class Worker:
                 pending = []
         for r in self._write(pending, by_id, titles):
             emit(r)
+        self.store.flush()
         return results
 
     def _write(self, done: list[Embedded], jobs: dict[int, Job], titles: dict[int, str]) -> list[JobResult]:

@@ -23,7 +23,8 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     assert report["device"].startswith("cpu") and report["model"] == str(tiny_model)
     ingest = report["ingest"]
     for key in ("videos_per_s", "frames_per_s", "baseline_videos_per_s", "speedup_vs_baseline",
-                "decode_ceiling_fps", "model_ceiling_fps", "efficiency"):
+                "decode_ceiling_fps", "model_ceiling_fps", "efficiency", "shared_cpu_ceiling_fps",
+                "efficiency_vs_shared_cpu"):
         assert ingest[key] > 0, key
     assert ingest["frames_per_s"] == pytest.approx(ingest["videos_per_s"] * 12, rel=1e-2)
     assert set(ingest["sets"]) == {"360p", "1080p"}
