@@ -1,15 +1,21 @@
-# vidsearch web app + worker. Built by docker-compose.yml, which points it at Milvus standalone.
+# vidsearch web app + ingestion worker. Built by docker-compose.yml, which points it at Milvus standalone.
 FROM python:3.11-slim
 
-# PyTorch is installed first so its build can be chosen: the default resolves to the regular build from the package
-# index; pass e.g. --build-arg TORCH_SPEC="torch==2.13.0" (or a CPU-only wheel from your mirror) to pick another.
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+
+# PyTorch goes in first, in its own layer, so that its build can be chosen (pyproject leaves torch open on purpose):
+#   GPU (default): TORCH_SPEC="torch" gives PyPI's regular Linux wheel, which bundles CUDA; it also runs on CPU, but
+#                  the image is several GB. Run it with a GPU reserved (see the commented `deploy:` in the compose file).
+#   CPU only:      a much smaller image: pass the CPU wheel index of PyTorch's install instructions, e.g.
+#                  docker compose build --build-arg TORCH_SPEC="torch --index-url <PyTorch CPU wheel index>"
+#   Pin a version: --build-arg TORCH_SPEC="torch==2.9.1"
+# TORCH_SPEC is split into words on purpose so that it may carry pip options.
 ARG TORCH_SPEC="torch"
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
-RUN pip install "$TORCH_SPEC"
+RUN pip install $TORCH_SPEC
 
 RUN useradd --create-home --uid 1000 vidsearch \
     && mkdir -p /data /home/vidsearch/.cache/huggingface \
-    && chown -R vidsearch /data /home/vidsearch/.cache
+    && chown -R vidsearch:vidsearch /data /home/vidsearch/.cache
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY ingest ./ingest
@@ -18,6 +24,7 @@ COPY search_app ./search_app
 RUN pip install .
 
 USER vidsearch
-ENV VIDSEARCH_HOME=/data VIDSEARCH_HOST=0.0.0.0
+ENV HF_HOME=/home/vidsearch/.cache/huggingface VIDSEARCH_HOME=/data VIDSEARCH_HOST=0.0.0.0
+VOLUME ["/data", "/home/vidsearch/.cache/huggingface"]
 EXPOSE 7860
 CMD ["vidsearch", "serve", "--host", "0.0.0.0"]
