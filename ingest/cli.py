@@ -27,6 +27,9 @@ VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".mpg
                   ".3gp", ".ogv", ".mts", ".m2ts"}
 
 
+VIDSEARCH_DB_HINT = "check VIDSEARCH_DATABASE_URL and VIDSEARCH_HOME"
+
+
 class UserError(Exception):
     """Anything a person can fix: shown as one line, exit status 1."""
 
@@ -314,6 +317,8 @@ def milvus_stop() -> None:
 def main() -> None:
     """Console entry point: turn known errors into one readable line instead of a traceback."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+    from sqlalchemy.exc import SQLAlchemyError
 
     from ingest.encoder import ModelUnavailableError
     from schema.lite_server import LiteServerError
@@ -326,9 +331,15 @@ def main() -> None:
     except (UserError, ModelUnavailableError, VectorStoreError, LiteServerError, QueryError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         sys.exit(1)
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         typer.echo(f"Error: invalid configuration: {exc}", err=True)
         sys.exit(2)
+    except SQLAlchemyError as exc:
+        typer.echo(f"Error: the catalog database failed ({VIDSEARCH_DB_HINT}): {exc}", err=True)
+        sys.exit(1)
+    except (OSError, ModuleNotFoundError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except typer.Exit as exc:

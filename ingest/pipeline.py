@@ -48,9 +48,9 @@ def _decode_task(encoder: ClipEncoder, key: Hashable, path: Path, frames: int) -
         info, pixels = decode_video(encoder, path, frames)
     except DecodeError as exc:
         return Embedded(key, error=str(exc))
-    except (OSError, MemoryError, ValueError, RuntimeError) as exc:  # a broken file must fail alone
+    except Exception as exc:  # any other failure is still this file's alone: it must not stall the batch
         log.exception("unexpected error decoding %s", path)
-        return Embedded(key, error=f"could not read the video: {exc}")
+        return Embedded(key, error=f"could not read the video: {exc.__class__.__name__}: {exc}")
     return key, info, pixels
 
 

@@ -22,6 +22,10 @@ from schema.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
+# A running job whose worker has not renewed it for this long is presumed dead and handed to another worker.
+LEASE_SECONDS = 600.0
+MAX_ATTEMPTS = 3
+
 
 @dataclass(frozen=True)
 class JobResult:
@@ -84,6 +88,7 @@ class Worker:
 
         for item in embed_videos(self.encoder, items, self.frames, decode_workers=self.decode_workers,
                                  prefetch=max(2, 2 * self.decode_workers)):
+            self.catalog.heartbeat([j.id for j in jobs])
             job = by_id[item.key]
             if item.error is not None:
                 emit(self._fail(job, titles[job.id], item.error))
@@ -117,13 +122,18 @@ class Worker:
 
     def run_once(self, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
         """Claim queued jobs and process them. Interrupted or failed storage: unfinished jobs are requeued."""
+        self.catalog.recover(LEASE_SECONDS, MAX_ATTEMPTS)
         jobs = self.catalog.claim_jobs(self.claim_size)
         if not jobs:
             return []
         try:
             return self.process(jobs, on_result)
+        except KeyboardInterrupt:
+            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False)
+            raise
         except BaseException:
-            # Ctrl-C, or the vector store went away: give the unfinished jobs back to the queue.
+            # The vector store went away (or a bug): the unfinished jobs go back to the queue, and the attempt
+            # counts, so a batch that always fails ends as failed jobs rather than an endless retry loop.
             self.catalog.requeue_jobs([j.id for j in jobs])
             raise
 

@@ -6,7 +6,7 @@ import enum
 import os
 import socket
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (
     DateTime,
@@ -231,16 +231,43 @@ class Catalog:
                         setattr(video, name, value)
                     video.status, video.error = VideoStatus.READY, None
 
-    def requeue_jobs(self, job_ids: Sequence[int]) -> None:
-        """Give running jobs back to the queue (worker interrupted)."""
+    def requeue_jobs(self, job_ids: Sequence[int], *, count_attempt: bool = True) -> None:
+        """Give running jobs back to the queue. An interruption (Ctrl-C) does not count as an attempt; a failure
+        does, so a job that keeps failing is eventually given up instead of retried forever."""
         if not job_ids:
             return
         with self.sessions.begin() as s:
             jobs = list(s.scalars(select(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.RUNNING)))
             for job in jobs:
                 job.state, job.worker, job.started_at = JobState.QUEUED, None, None
-                job.attempts = max(0, job.attempts - 1)
+                if not count_attempt:
+                    job.attempts = max(0, job.attempts - 1)
                 s.execute(update(Video).where(Video.id == job.video_id).values(status=VideoStatus.QUEUED))
+
+    def heartbeat(self, job_ids: Sequence[int]) -> None:
+        """Renew the lease of running jobs: a worker that stops renewing is presumed dead."""
+        if job_ids:
+            with self.sessions.begin() as s:
+                s.execute(update(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.RUNNING)
+                          .values(updated_at=utcnow()))
+
+    def recover(self, lease_seconds: float, max_attempts: int) -> None:
+        """Requeue running jobs whose worker died (its pid is gone on this host, or its lease expired), and give up
+        on queued jobs that already failed `max_attempts` times."""
+        host = socket.gethostname()
+        stale_before = utcnow() - timedelta(seconds=lease_seconds)
+        with self.sessions.begin() as s:
+            for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING)):
+                name, _, pid = (job.worker or "").rpartition(":")
+                dead_here = name == host and pid.isdigit() and not _pid_alive(int(pid))
+                if dead_here or job.updated_at < stale_before:
+                    job.state, job.worker, job.started_at = JobState.QUEUED, None, None
+                    s.execute(update(Video).where(Video.id == job.video_id).values(status=VideoStatus.QUEUED))
+            for job in s.scalars(select(Job).where(Job.state == JobState.QUEUED, Job.attempts >= max_attempts)):
+                reason = f"gave up after {job.attempts} attempts (the worker failed each time; see its log)"
+                job.state, job.error, job.finished_at = JobState.FAILED, reason, utcnow()
+                s.execute(update(Video).where(Video.id == job.video_id)
+                          .values(status=VideoStatus.FAILED, error=reason))
 
     def get_job(self, job_id: int) -> Job | None:
         with self.sessions() as s:
@@ -276,3 +303,13 @@ class Catalog:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -115,6 +115,9 @@ def ensure_server(data_dir: Path, port: int = 0, timeout: float = 120.0) -> str:
 
 
 def _start(data_dir: Path, port: int, timeout: float) -> ServerState:
+    if _port_open(port):  # otherwise another service answering there would pass for our server
+        raise LiteServerError(f"port {port} on {LOOPBACK} is already in use (VIDSEARCH_MILVUS_LITE_PORT); "
+                              "choose another or 0 for any free port")
     log_path = _log_path(data_dir)
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
@@ -134,7 +137,7 @@ def _start(data_dir: Path, port: int, timeout: float) -> ServerState:
                 f"the Milvus Lite server for {data_dir} exited at start (code {proc.returncode}). "
                 f"Last lines of {log_path}:\n{_tail(log_path)}"
             )
-        if _port_open(port):
+        if _port_open(port) and proc.poll() is None:
             return ServerState(pid=proc.pid, port=port)
         time.sleep(0.1)
     proc.kill()
@@ -144,20 +147,21 @@ def _start(data_dir: Path, port: int, timeout: float) -> ServerState:
 def stop_server(data_dir: Path, timeout: float = 15.0) -> bool:
     """Stop the recorded server gracefully (SIGINT lets it flush and release the lock). True if one was running."""
     data_dir = data_dir.resolve()
+    # The lock is held until the old server is gone: a new one started meanwhile would find the folder locked.
     with _locked(data_dir):
         state = read_state(data_dir)
         _state_path(data_dir).unlink(missing_ok=True)
-    if state is None:
-        return False
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state.pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _pid_alive(state.pid):
-                return True
-            time.sleep(0.1)
-    return True
+        if state is None:
+            return False
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _pid_alive(state.pid):
+                    return True
+                time.sleep(0.1)
+        return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:

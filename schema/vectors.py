@@ -47,10 +47,6 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
 
 
-def model_key(model: str, revision: str | None) -> str:
-    return f"{model}@{revision}" if revision else model
-
-
 def resolve_uri(settings: Settings) -> str:
     """The Milvus endpoint: the configured server, or the shared embedded Milvus Lite server."""
     if settings.milvus_uri:
@@ -108,28 +104,38 @@ class MilvusVectorStore:
         return cls(client, settings.collection, dim, (info.get("properties") or {}).get(PROP_MODEL, ""))
 
     def _ensure_collection(self) -> None:
+        """Create the collection if missing (losing a creation race to another process is fine), then check it."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            if not self.client.has_collection(self.collection):
+                try:
+                    self._create()
+                except MilvusException:
+                    if not self.client.has_collection(self.collection):  # a real failure, not a lost race
+                        raise
+            self._check_compatible()
+        except MilvusException as exc:
+            raise VectorStoreError(f"Milvus could not open collection '{self.collection}': {exc}") from exc
+
+    def _create(self) -> None:
         from pymilvus import DataType, MilvusClient
 
-        if self.client.has_collection(self.collection):
-            self._check_compatible()
-            return
         schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
         schema.add_field("pk", DataType.INT64, is_primary=True)
         schema.add_field("video_id", DataType.INT64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         index = self.client.prepare_index_params()
         index.add_index(field_name="vector", index_type=self.index_type, metric_type=METRIC, params=self.index_params)
-        # Strong consistency: a video marked done must be searchable by the very next query.
-        self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
-        self.client.alter_collection_properties(
-            self.collection, properties={PROP_MODEL: self.model, PROP_DIM: str(self.dim)}
-        )
+        # Strong consistency: a video marked done must be searchable by the very next query. The model is recorded
+        # at creation, so no other process can ever see the collection untagged.
+        self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong",
+                                      properties={PROP_MODEL: self.model, PROP_DIM: str(self.dim)})
         log.info("created Milvus collection %s (dim %d, model %s)", self.collection, self.dim, self.model)
 
     def _check_compatible(self) -> None:
         info = self.client.describe_collection(self.collection)
-        props = info.get("properties") or {}
-        stored_model = props.get(PROP_MODEL)
+        stored_model = (info.get("properties") or {}).get(PROP_MODEL)
         stored_dim = next(
             (int(f["params"]["dim"]) for f in info.get("fields", []) if f.get("name") == "vector"), None
         )
@@ -142,6 +148,23 @@ class MilvusVectorStore:
                 "to rebuild the index with the new model."
             )
 
+    def _call(self, what: str, fn):
+        """Run one Milvus operation; its errors become VectorStoreError. A collection dropped under a running
+        process (`vidsearch reindex`) is created again once, so workers and the UI keep going."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return fn()
+        except MilvusException as exc:
+            text = str(exc).lower()
+            if "not exist" not in text and "not found" not in text:
+                raise VectorStoreError(f"Milvus {what} failed: {exc}") from exc
+        self._ensure_collection()
+        try:
+            return fn()
+        except MilvusException as exc:
+            raise VectorStoreError(f"Milvus {what} failed: {exc}") from exc
+
     def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None:
         if len(video_ids) == 0:
             return
@@ -149,30 +172,30 @@ class MilvusVectorStore:
         if vectors.shape != (len(video_ids), self.dim):
             raise ValueError(f"expected {len(video_ids)} vectors of dim {self.dim}, got {vectors.shape}")
         rows = [{"video_id": int(v), "vector": vec} for v, vec in zip(video_ids, vectors.tolist(), strict=True)]
-        self.client.insert(self.collection, rows)
+        self._call("insert", lambda: self.client.insert(self.collection, rows))
 
     def delete(self, video_ids: Sequence[int]) -> None:
         if len(video_ids) == 0:
             return
         ids = ", ".join(str(int(v)) for v in video_ids)  # ints only: nothing user-typed reaches the expression
-        self.client.delete(self.collection, filter=f"video_id in [{ids}]")
+        self._call("delete", lambda: self.client.delete(self.collection, filter=f"video_id in [{ids}]"))
 
     def flush(self) -> None:
         """After a burst of writes. Milvus Lite searches unsealed rows by a slow scan (586 ms vs 21 ms at 10k rows,
         measured), so its segments are sealed; a Milvus server indexes growing segments itself and is left alone."""
         if self.seal_writes:
-            self.client.flush(self.collection)
+            self._call("flush", lambda: self.client.flush(self.collection))
 
     def search(self, vector: np.ndarray, k: int) -> list[Hit]:
         if k <= 0:
             return []
-        result = self.client.search(
+        result = self._call("search", lambda: self.client.search(
             self.collection,
             data=[np.asarray(vector, dtype=np.float32).tolist()],
             limit=k,
             output_fields=["video_id"],
             search_params={"metric_type": METRIC, "params": self.search_params},
-        )
+        ))
         return [Hit(video_id=int(h["entity"]["video_id"]), score=float(h["distance"])) for h in result[0]]
 
     def video_ids(self) -> set[int]:
@@ -186,7 +209,7 @@ class MilvusVectorStore:
         return ids
 
     def count(self) -> int:
-        return int(self.client.get_collection_stats(self.collection)["row_count"])
+        return int(self._call("count", lambda: self.client.get_collection_stats(self.collection))["row_count"])
 
     def drop(self) -> None:
         self.client.drop_collection(self.collection)

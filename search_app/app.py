@@ -141,6 +141,8 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
                 except OSError as exc:
                     current.append({"file": path.name, "outcome": "failed", "video_id": None, "detail": str(exc)})
                     continue
+                finally:
+                    path.unlink(missing_ok=True)  # Gradio's upload copy: the library keeps its own
                 detail = "" if r.outcome is Outcome.QUEUED else r.outcome.value
                 if r.outcome is Outcome.NOT_VIDEO:
                     detail = "not a video file (no decodable video stream)"

@@ -95,7 +95,7 @@ def test_requeue_gives_running_jobs_back(catalog, plain_settings, clips_dir):
     r = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
     jobs = catalog.claim_jobs(1)
     assert catalog.get_video(r.video_id).status is VideoStatus.PROCESSING
-    catalog.requeue_jobs([j.id for j in jobs])
+    catalog.requeue_jobs([j.id for j in jobs], count_attempt=False)  # an interruption is not an attempt
     job = catalog.get_job(jobs[0].id)
     assert job.state is JobState.QUEUED and job.attempts == 0
     assert catalog.get_video(r.video_id).status is VideoStatus.QUEUED
@@ -134,3 +134,38 @@ def test_linked_files_are_never_deleted(catalog, plain_settings, clips_dir, tmp_
     assert catalog.get_video(r.video_id).stored_path == str(original.resolve())
     delete_video(catalog, None, r.video_id)
     assert original.exists()
+
+
+def test_jobs_of_a_dead_worker_are_recovered_and_endless_failures_given_up(catalog, plain_settings, clips_dir):
+    import socket
+
+    r = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
+    [job] = catalog.claim_jobs(1, worker=f"{socket.gethostname()}:999999999")  # a pid that cannot exist
+    catalog.recover(lease_seconds=600, max_attempts=3)
+    assert catalog.get_job(job.id).state is JobState.QUEUED  # its worker died: the job is free again
+    for _ in range(2):  # two more attempts that never finish
+        catalog.claim_jobs(1, worker=f"{socket.gethostname()}:999999999")
+        catalog.recover(lease_seconds=600, max_attempts=3)
+    job = catalog.get_job(job.id)
+    assert job.state is JobState.FAILED and "gave up after 3 attempts" in job.error
+    assert catalog.get_video(r.video_id).status is VideoStatus.FAILED
+
+
+def test_live_workers_keep_their_jobs(catalog, plain_settings, clips_dir):
+    enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
+    [job] = catalog.claim_jobs(1)  # this process: alive
+    catalog.heartbeat([job.id])
+    catalog.recover(lease_seconds=600, max_attempts=3)
+    assert catalog.get_job(job.id).state is JobState.RUNNING
+
+
+def test_a_busy_fixed_port_is_refused(tmp_path):
+    import socket
+
+    from schema.lite_server import LiteServerError
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(LiteServerError, match="already in use"):
+            ensure_server(tmp_path / "milvus", port=other.getsockname()[1])

@@ -152,3 +152,35 @@ def test_streamed_batches_across_videos_equal_per_video_embedding(random_model, 
         expected = encoder.embed_videos([pixels])[0]
         np.testing.assert_allclose(out[path.name].vector, expected, atol=1e-5)
         assert out[path.name].info.width == 64
+
+
+def test_any_decoder_exception_fails_only_its_file(random_model, clips_dir, monkeypatch):
+    from ingest import pipeline
+    from ingest.encoder import load_encoder
+
+    encoder = load_encoder(str(random_model), device="cpu")
+    real = pipeline.decode_video
+
+    def flaky(enc, path, frames):
+        if path.name == "red_circle.mp4":
+            raise TypeError("a bug deep in a decoder")
+        return real(enc, path, frames)
+
+    monkeypatch.setattr(pipeline, "decode_video", flaky)
+    items = [(p.name, p) for p in sorted(clips_dir.iterdir())]
+    out = {e.key: e for e in pipeline.embed_videos(encoder, items, 4)}
+    assert "TypeError: a bug deep in a decoder" in out["red_circle.mp4"].error
+    assert all(e.vector is not None for k, e in out.items() if k != "red_circle.mp4")
+
+
+def test_a_collection_dropped_under_a_running_process_is_recreated(runtime, clips_dir):
+    from schema.vectors import drop_collection
+
+    ids = _ingest_all(runtime, clips_dir)
+    assert drop_collection(runtime.settings)  # what `vidsearch reindex` does from another process
+    assert search_text(runtime.catalog, runtime.store, runtime.encoder, "a red circle", k=3) == []
+    video = runtime.catalog.get_video(ids["red_circle.mp4"])
+    runtime.catalog.requeue_video(video.id)
+    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
+    assert all(r.ok for r in worker.run_until_empty())
+    assert search_text(runtime.catalog, runtime.store, runtime.encoder, "a red circle", k=3)[0].video_id == video.id
