@@ -40,8 +40,10 @@ def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_mo
         # Upload several videos at once; each row goes queued -> processing -> done.
         page.get_by_role("tab", name="Upload").click()
         files = [clips_dir / "red_circle.mp4", clips_dir / "green_square.webm", clips_dir / "blue_triangle.mkv"]
-        page.locator("#upload-files input[type=file]").set_input_files([str(f) for f in files])
-        for f in files:  # wait until the browser has uploaded every file
+        fake = tmp_path / "holiday.mp4"
+        fake.write_text("this is a shopping list, not a video")
+        page.locator("#upload-files input[type=file]").set_input_files([str(f) for f in [*files, fake]])
+        for f in [*files, fake]:  # wait until the browser has uploaded every file
             page.locator(f'#upload-files td.filename[aria-label="{f.name}"]').wait_for()
         page.locator("#add-btn").click()
         status = page.locator("#upload-status [role=row]")  # visible rows (Gradio also renders a hidden copy)
@@ -52,6 +54,8 @@ def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_mo
             ".filter(r => r.innerText.includes('done')).length === 3",
             timeout=120_000,
         )
+        fake_row = page.locator("#upload-status [role=row]", has_text="holiday.mp4")
+        assert "failed" in fake_row.inner_text() and "not a video file" in fake_row.inner_text()
         page.screenshot(path=str(artifacts_dir / "ui-upload.png"), full_page=True)
 
         # Search finds the uploaded clip at once, with a player that the browser can load.
