@@ -25,6 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
+from schema.lite_server import pid_alive
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -259,7 +261,7 @@ class Catalog:
         with self.sessions.begin() as s:
             for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING)):
                 name, _, pid = (job.worker or "").rpartition(":")
-                dead_here = name == host and pid.isdigit() and not _pid_alive(int(pid))
+                dead_here = name == host and pid.isdigit() and not pid_alive(int(pid))
                 if dead_here or job.updated_at < stale_before:
                     job.state, job.worker, job.started_at = JobState.QUEUED, None, None
                     s.execute(update(Video).where(Video.id == job.video_id).values(status=VideoStatus.QUEUED))
@@ -304,12 +306,3 @@ class Catalog:
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -62,7 +62,7 @@ def _locked(data_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -96,7 +96,7 @@ def read_state(data_dir: Path) -> ServerState | None:
         state = ServerState(pid=int(raw["pid"]), port=int(raw["port"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _pid_alive(state.pid) and _port_open(state.port):
+    if pid_alive(state.pid) and _port_open(state.port):
         return state
     return None
 
@@ -158,7 +158,7 @@ def stop_server(data_dir: Path, timeout: float = 15.0) -> bool:
                 os.kill(state.pid, sig)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                if not _pid_alive(state.pid):
+                if not pid_alive(state.pid):
                     return True
                 time.sleep(0.1)
         return True
