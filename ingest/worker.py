@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ingest.decode import VideoInfo
 from ingest.encoder import ClipEncoder
@@ -71,20 +72,21 @@ class Worker:
         by_id = {job.id: job for job in jobs}
         videos = self.catalog.videos_by_ids([job.video_id for job in jobs])
         titles = {job.id: videos[job.video_id].title if job.video_id in videos else "?" for job in jobs}
-        items = []
         results: list[JobResult] = []
-        for job in jobs:
-            video = videos.get(job.video_id)
-            if video is None:
-                results.append(self._fail(job, titles[job.id], "the video was deleted before it was processed"))
-            else:
-                items.append((job.id, Path(video.stored_path)))
-        pending: list[Embedded] = []
 
         def emit(result: JobResult) -> None:
             results.append(result)
             if on_result:
                 on_result(result)
+
+        items = []
+        for job in jobs:
+            video = videos.get(job.video_id)
+            if video is None:
+                emit(self._fail(job, titles[job.id], "the video was deleted before it was processed"))
+            else:
+                items.append((job.id, Path(video.stored_path)))
+        pending: list[Embedded] = []
 
         for item in embed_videos(self.encoder, items, self.frames, decode_workers=self.decode_workers,
                                  prefetch=max(2, 2 * self.decode_workers)):
@@ -107,8 +109,6 @@ class Worker:
         """Vectors first (replacing any a retried job left), then the catalog marks the videos ready."""
         if not done:
             return []
-        import numpy as np
-
         video_ids = [jobs[d.key].video_id for d in done]
         self.store.delete(video_ids)
         self.store.add(video_ids, np.stack([d.vector for d in done]))
@@ -158,13 +158,3 @@ class Worker:
             if not batch:
                 stop.wait(self.poll_seconds)
 
-
-def wait_for_jobs(catalog: Catalog, job_ids: list[int], timeout: float, poll: float = 0.5) -> bool:
-    """True once none of `job_ids` is queued or running (used by tests and `ingest` without a local worker)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [catalog.get_job(j) for j in job_ids]
-        if all(j is None or j.state.value in ("done", "failed") for j in jobs):
-            return True
-        time.sleep(poll)
-    return False

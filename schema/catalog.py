@@ -296,12 +296,6 @@ class Catalog:
             )
             return [(job, video) for job, video in rows]
 
-    def pending_count(self) -> int:
-        with self.sessions() as s:
-            return int(
-                s.scalar(select(func.count()).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))) or 0
-            )
-
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
