@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from schema.lite_server import pid_alive
@@ -109,6 +110,23 @@ class Job(Base):
     video: Mapped[Video] = relationship(back_populates="jobs")
 
 
+class Counter(Base):
+    """Named counters. `ready` changes whenever the set of ready videos (or their vectors) may have changed, so a
+    search process can tell with one primary-key read whether its in-memory copy of the vectors is current."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+READY_COUNTER = "ready"
+
+
+def _bump_ready(s) -> None:
+    s.execute(update(Counter).where(Counter.name == READY_COUNTER).values(value=Counter.value + 1))
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # WAL lets the UI read while a worker writes; busy_timeout makes writers from several processes wait, not fail.
     cursor = dbapi_connection.cursor()
@@ -127,6 +145,15 @@ class Catalog:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._ensure_counter(READY_COUNTER)
+
+    def _ensure_counter(self, name: str) -> None:
+        try:
+            with self.sessions.begin() as s:
+                if s.get(Counter, name) is None:
+                    s.add(Counter(name=name, value=0))
+        except IntegrityError:
+            pass  # another process created it first
 
     def close(self) -> None:
         self.engine.dispose()
@@ -173,6 +200,7 @@ class Catalog:
             video.status, video.error = VideoStatus.QUEUED, None
             job = Job(video_id=video_id, state=JobState.QUEUED)
             s.add(job)
+            _bump_ready(s)
             s.flush()
             return job
 
@@ -181,7 +209,21 @@ class Catalog:
             video = s.get(Video, video_id)
             if video is not None:
                 s.delete(video)
+                _bump_ready(s)
             return video
+
+    def ready_generation(self) -> int:
+        """Changes whenever the ready set may have changed (see Counter)."""
+        with self.sessions() as s:
+            return int(s.scalar(select(Counter.value).where(Counter.name == READY_COUNTER)) or 0)
+
+    def ready_jobs(self) -> dict[int, int]:
+        """Ready video id -> id of the job that produced its current vectors (a re-ingest has a new job)."""
+        with self.sessions() as s:
+            rows = s.execute(select(Video.id, func.max(Job.id)).join(Job)
+                             .where(Video.status == VideoStatus.READY, Job.state == JobState.DONE)
+                             .group_by(Video.id))
+            return {int(v): int(j) for v, j in rows}
 
     # --- jobs ---------------------------------------------------------------------------------------------------
     def claim_jobs(self, limit: int, worker: str | None = None) -> list[Job]:
@@ -232,6 +274,7 @@ class Catalog:
                     for name, value in video_fields.items():
                         setattr(video, name, value)
                     video.status, video.error = VideoStatus.READY, None
+            _bump_ready(s)
 
     def requeue_jobs(self, job_ids: Sequence[int], *, count_attempt: bool = True) -> None:
         """Give running jobs back to the queue. An interruption (Ctrl-C) does not count as an attempt; a failure

@@ -18,6 +18,9 @@ PROP_MODEL = "vidsearch.model"
 PROP_DIM = "vidsearch.dim"
 # Inner product on L2-normalised vectors is cosine similarity.
 METRIC = "IP"
+# Ids per `fetch` query: larger chunks amortise Milvus Lite's per-query cost (18 s vs 41 s per 100k vectors
+# for 16k vs 1k ids, measured).
+FETCH_CHUNK = 16_000
 
 
 class VectorStoreError(RuntimeError):
@@ -38,12 +41,14 @@ class VectorStore(Protocol):
     """What ingest and search need from a vector database, and nothing more."""
 
     dim: int
+    model: str
 
     def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None: ...
     def delete(self, video_ids: Sequence[int]) -> None: ...
     def flush(self) -> None: ...
     def search(self, vector: np.ndarray, k: int) -> list[Hit]: ...
     def video_ids(self) -> set[int]: ...
+    def fetch(self, video_ids: Sequence[int]) -> dict[int, np.ndarray]: ...
     def count(self) -> int: ...
 
 
@@ -197,6 +202,19 @@ class MilvusVectorStore:
             search_params={"metric_type": METRIC, "params": self.search_params},
         ))
         return [Hit(video_id=int(h["entity"]["video_id"]), score=float(h["distance"])) for h in result[0]]
+
+    def fetch(self, video_ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The stored vector of each of these videos (absent ones are left out)."""
+        found: dict[int, np.ndarray] = {}
+        ids = [int(v) for v in video_ids]
+        for start in range(0, len(ids), FETCH_CHUNK):
+            chunk = ids[start : start + FETCH_CHUNK]
+            expr = f"video_id in [{', '.join(map(str, chunk))}]"  # ints only
+            rows = self._call("query", lambda expr=expr, n=len(chunk): self.client.query(  # noqa: B008
+                self.collection, filter=expr, output_fields=["video_id", "vector"], limit=n))
+            for row in rows:
+                found[int(row["video_id"])] = np.asarray(row["vector"], dtype=np.float32)
+        return found
 
     def video_ids(self) -> set[int]:
         ids: set[int] = set()
