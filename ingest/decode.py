@@ -44,13 +44,40 @@ class VideoInfo:
     rotation: int  # degrees clockwise needed to make stored frames upright: 0, 90, 180 or 270
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a video may be before anything is decoded: a crafted header must not make us allocate gigabytes."""
+
+    max_side: int | None = None  # pixels, the longer side
+    max_duration: float | None = None  # seconds
+
+    def check_size(self, width: int, height: int) -> None:
+        if self.max_side and max(width, height) > self.max_side:
+            raise DecodeError(f"the video is {width}×{height} pixels; the limit is {self.max_side} on the longer "
+                              "side (VIDSEARCH_MAX_VIDEO_SIDE)")
+
+    def check_duration(self, duration: float | None) -> None:
+        if self.max_duration and duration is not None and duration > self.max_duration:
+            raise DecodeError(f"the video lasts {_hms(duration)}; the limit is {_hms(self.max_duration)} "
+                              "(VIDSEARCH_MAX_DURATION_SECONDS)")
+
+
+def _hms(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
 # ----------------------------------------------------------------------------------------------- public API
 
 
-def probe(path: str | os.PathLike) -> VideoInfo:
-    """Read a video's metadata; decodes only the first frame (which carries the rotation)."""
+def probe(path: str | os.PathLike, limits: Limits = Limits()) -> VideoInfo:  # noqa: B008 (frozen)
+    """Read a video's metadata; decodes only the first frame (which carries the rotation), and only once the
+    header's size and duration are within `limits`."""
     with _open(path) as container:
         stream = _video_stream(container)
+        limits.check_size(stream.codec_context.width, stream.codec_context.height)
+        limits.check_duration(_header_duration(container, stream))
         with _wrap("could not decode any frame"):
             first = next(container.decode(stream), None)
         if first is None:
@@ -61,10 +88,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         frame_count = stream.frames or None
         fps = _rate(stream)
         codec = _codec_name(stream)
+    limits.check_size(width, height)
     if duration is None:
         # Headers did not say (live-recorded WebM/MKV, raw streams): walk the packets, without decoding them.
         duration, packets = _scan_packets(path, fps)
         frame_count = frame_count or packets or None
+        limits.check_duration(duration)
     if fps is None and duration and frame_count:
         fps = frame_count / duration
     return VideoInfo(duration=duration, fps=fps, width=width, height=height, codec=codec,

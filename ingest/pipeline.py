@@ -1,8 +1,8 @@
-"""Decode videos in parallel threads while the model embeds full batches of frames across videos.
+"""Decode videos in parallel workers while the model embeds full batches of frames across videos.
 
-PyAV decoding, swscale and torch's preprocessing ops release the GIL, so decode threads overlap with the model
-without the cost of shipping frame tensors between processes. At most `prefetch` decoded videos wait in memory
-(back-pressure), and results come back in completion order so one slow or broken video never stalls the rest.
+Decoding runs in a DecodePool (killable processes by default, threads on request; see decode_pool.py). At most
+`prefetch` decoded videos wait in memory (back-pressure), and results come back in completion order so one slow or
+broken video never stalls the rest.
 """
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ingest.decode import DecodeError, VideoInfo, iter_sampled_frames, probe
+from ingest.decode import VideoInfo
+from ingest.decode_pool import DecodePool, decode_pixels
 from ingest.encoder import ClipEncoder, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -34,24 +35,9 @@ class Embedded:
 
 
 def decode_video(encoder: ClipEncoder, path: Path, frames: int) -> tuple[VideoInfo, torch.Tensor]:
-    """Probe, sample `frames` frames (resized by swscale while decoding) and preprocess them: (n,3,H,W)."""
-    if not path.is_file():
-        raise DecodeError(f"the stored file is missing: {path}")
-    info = probe(path)
-    size = encoder.decode_size(info.height, info.width)
-    sampled = iter_sampled_frames(path, frames, info, size=size)
-    return info, torch.stack([encoder.preprocess(f) for f in sampled])
-
-
-def _decode_task(encoder: ClipEncoder, key: Hashable, path: Path, frames: int) -> Embedded | tuple:
-    try:
-        info, pixels = decode_video(encoder, path, frames)
-    except DecodeError as exc:
-        return Embedded(key, error=str(exc))
-    except Exception as exc:  # any other failure is still this file's alone: it must not stall the batch
-        log.exception("unexpected error decoding %s", path)
-        return Embedded(key, error=f"could not read the video: {exc.__class__.__name__}: {exc}")
-    return key, info, pixels
+    """Probe, sample `frames` frames and preprocess them, in this thread: (n,3,H,W)."""
+    info, pixels = decode_pixels(encoder.prep, path, frames)
+    return info, torch.from_numpy(pixels)
 
 
 @dataclass
@@ -110,12 +96,18 @@ class FrameBatcher:
 
 
 def embed_videos(encoder: ClipEncoder, items: Iterable[tuple[Hashable, Path]], frames: int, *,
-                 decode_workers: int = 2, prefetch: int = 8) -> Iterator[Embedded]:
-    """Yield one Embedded per (key, path), in completion order. Memory: at most `prefetch` decoded videos."""
+                 pool: DecodePool | None = None, decode_workers: int = 2, prefetch: int = 8) -> Iterator[Embedded]:
+    """Yield one Embedded per (key, path), in completion order. Memory: at most `prefetch` decoded videos.
+
+    `pool` is the caller's long-lived DecodePool (the worker keeps one); without it a thread pool is used for
+    this call."""
+    own_pool = pool is None
+    if pool is None:
+        pool = DecodePool(encoder.prep, frames, workers=decode_workers, mode="thread")
     batcher = FrameBatcher(encoder, encoder.batch_size)
     todo = iter(items)
-    with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool:
-        window: set[Future] = set()
+    window: dict[Future, Hashable] = {}
+    try:
         exhausted = False
         while True:
             while not exhausted and len(window) < prefetch:
@@ -123,14 +115,21 @@ def embed_videos(encoder: ClipEncoder, items: Iterable[tuple[Hashable, Path]], f
                 if nxt is None:
                     exhausted = True
                     break
-                window.add(pool.submit(_decode_task, encoder, nxt[0], Path(nxt[1]), frames))
+                window[pool.submit(Path(nxt[1]))] = nxt[0]
             if not window:
                 break
-            completed, window = wait(window, return_when=FIRST_COMPLETED)
+            completed, _ = wait(window, return_when=FIRST_COMPLETED)
             for future in completed:
-                result = future.result()
-                if isinstance(result, Embedded):
-                    yield result
+                key = window.pop(future)
+                outcome = pool.outcome(future)
+                if isinstance(outcome, str):
+                    yield Embedded(key, error=outcome)
                 else:
-                    yield from batcher.add(*result)
+                    info, pixels = outcome
+                    yield from batcher.add(key, info, torch.from_numpy(pixels))
         yield from batcher.flush()
+    finally:
+        for future in window:
+            future.cancel()
+        if own_pool:
+            pool.close()

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.decode import VideoInfo
+from ingest.decode import Limits, VideoInfo
+from ingest.decode_pool import DecodeMode, DecodePool
 from ingest.encoder import ClipEncoder
 from ingest.pipeline import Embedded, embed_videos
 from schema.catalog import Catalog, Job
@@ -50,7 +51,8 @@ class Worker:
 
     def __init__(self, catalog: Catalog, store: VectorStore, encoder: ClipEncoder, frames: int,
                  poll_seconds: float = 1.0, *, decode_workers: int = 2, claim_size: int = 16,
-                 write_batch: int = 32) -> None:
+                 write_batch: int = 32, decode_mode: DecodeMode = "process",
+                 decode_timeout: float | None = 120.0, limits: Limits = Limits()) -> None:  # noqa: B008 (frozen)
         self.catalog = catalog
         self.store = store
         self.encoder = encoder
@@ -59,12 +61,36 @@ class Worker:
         self.decode_workers = decode_workers
         self.claim_size = claim_size
         self.write_batch = write_batch
+        self.decode_mode = decode_mode
+        self.decode_timeout = decode_timeout
+        self.limits = limits
+        self._pool: DecodePool | None = None  # started on first use, kept for the worker's life
 
     @classmethod
     def from_settings(cls, catalog: Catalog, store: VectorStore, encoder: ClipEncoder, settings) -> Worker:
         return cls(catalog, store, encoder, settings.frames, settings.worker_poll_seconds,
                    decode_workers=settings.decode_workers, claim_size=settings.claim_size,
-                   write_batch=settings.write_batch)
+                   write_batch=settings.write_batch, decode_mode=settings.decode_mode,
+                   decode_timeout=settings.decode_timeout_seconds,
+                   limits=Limits(max_side=settings.max_video_side, max_duration=settings.max_duration_seconds))
+
+    def decode_pool(self) -> DecodePool:
+        if self._pool is None:
+            self._pool = DecodePool(self.encoder.prep, self.frames, workers=self.decode_workers,
+                                    mode=self.decode_mode, timeout=self.decode_timeout, limits=self.limits)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the decode workers."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def process(self, jobs: list[Job], on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
         """Run claimed jobs to completion. A broken file fails alone; storage errors propagate (unfinished jobs
@@ -88,7 +114,7 @@ class Worker:
                 items.append((job.id, Path(video.stored_path)))
         pending: list[Embedded] = []
 
-        for item in embed_videos(self.encoder, items, self.frames, decode_workers=self.decode_workers,
+        for item in embed_videos(self.encoder, items, self.frames, pool=self.decode_pool(),
                                  prefetch=max(2, 2 * self.decode_workers)):
             self.catalog.heartbeat([j.id for j in jobs])
             job = by_id[item.key]
@@ -146,15 +172,18 @@ class Worker:
     def run_forever(self, stop: threading.Event, on_result: Callable[[JobResult], None] | None = None) -> None:
         """Process jobs until `stop` is set; sleep when the queue is empty, back off when storage fails."""
         backoff = self.poll_seconds
-        while not stop.is_set():
-            try:
-                batch = self.run_once(on_result)
-            except Exception as exc:  # storage or model failure: keep the worker alive, retry later
-                log.error("worker batch failed, jobs requeued, retrying in %.0f s: %s", backoff, exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 60.0)
-                continue
-            backoff = self.poll_seconds
-            if not batch:
-                stop.wait(self.poll_seconds)
+        try:
+            while not stop.is_set():
+                try:
+                    batch = self.run_once(on_result)
+                except Exception as exc:  # storage or model failure: keep the worker alive, retry later
+                    log.error("worker batch failed, jobs requeued, retrying in %.0f s: %s", backoff, exc)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 60.0)
+                    continue
+                backoff = self.poll_seconds
+                if not batch:
+                    stop.wait(self.poll_seconds)
+        finally:
+            self.close()
 

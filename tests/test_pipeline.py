@@ -21,8 +21,8 @@ def _ingest_all(runtime, folder: Path) -> dict[str, int]:
         r = enqueue_file(runtime.catalog, runtime.settings, path)
         assert r.outcome is Outcome.QUEUED, (path, r)
         ids[path.name] = r.video_id
-    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
-    results = worker.run_until_empty()
+    with Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings) as worker:
+        results = worker.run_until_empty()
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     return ids
 
@@ -155,18 +155,18 @@ def test_streamed_batches_across_videos_equal_per_video_embedding(random_model, 
 
 
 def test_any_decoder_exception_fails_only_its_file(random_model, clips_dir, monkeypatch):
-    from ingest import pipeline
+    from ingest import decode_pool, pipeline
     from ingest.encoder import load_encoder
 
     encoder = load_encoder(str(random_model), device="cpu")
-    real = pipeline.decode_video
+    real = decode_pool.decode_pixels
 
-    def flaky(enc, path, frames):
+    def flaky(prep, path, frames):
         if path.name == "red_circle.mp4":
             raise TypeError("a bug deep in a decoder")
-        return real(enc, path, frames)
+        return real(prep, path, frames)
 
-    monkeypatch.setattr(pipeline, "decode_video", flaky)
+    monkeypatch.setattr(decode_pool, "decode_pixels", flaky)  # the thread pool looks it up at each call
     items = [(p.name, p) for p in sorted(clips_dir.iterdir())]
     out = {e.key: e for e in pipeline.embed_videos(encoder, items, 4)}
     assert "TypeError: a bug deep in a decoder" in out["red_circle.mp4"].error
@@ -181,6 +181,6 @@ def test_a_collection_dropped_under_a_running_process_is_recreated(runtime, clip
     assert search_text(runtime.catalog, runtime.store, runtime.encoder, "a red circle", k=3) == []
     video = runtime.catalog.get_video(ids["red_circle.mp4"])
     runtime.catalog.requeue_video(video.id)
-    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
-    assert all(r.ok for r in worker.run_until_empty())
+    with Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings) as worker:
+        assert all(r.ok for r in worker.run_until_empty())
     assert search_text(runtime.catalog, runtime.store, runtime.encoder, "a red circle", k=3)[0].video_id == video.id
