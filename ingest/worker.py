@@ -20,7 +20,7 @@ from ingest.decode_pool import DecodeMode, DecodePool
 from ingest.encoder import ClipEncoder
 from ingest.pipeline import Embedded, embed_videos
 from schema.catalog import Catalog, Job
-from schema.vectors import VectorStore
+from schema.vectors import VectorStore, VectorStoreError
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,12 @@ class Worker:
             return self.process(jobs, on_result)
         except KeyboardInterrupt:
             self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False)
+            raise
+        except VectorStoreError as exc:
+            # Milvus is down or refused: not the videos' fault. They wait in the queue, saying why, and the caller
+            # retries with backoff; nothing was marked ready, so nothing unsearchable is visible.
+            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False,
+                                      reason=f"waiting for the vector store, will retry: {exc}")
             raise
         except BaseException:
             # The vector store went away (or a bug): the unfinished jobs go back to the queue, and the attempt

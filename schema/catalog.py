@@ -276,18 +276,21 @@ class Catalog:
                     video.status, video.error = VideoStatus.READY, None
             _bump_ready(s)
 
-    def requeue_jobs(self, job_ids: Sequence[int], *, count_attempt: bool = True) -> None:
-        """Give running jobs back to the queue. An interruption (Ctrl-C) does not count as an attempt; a failure
-        does, so a job that keeps failing is eventually given up instead of retried forever."""
+    def requeue_jobs(self, job_ids: Sequence[int], *, count_attempt: bool = True, reason: str | None = None
+                     ) -> None:
+        """Give running jobs back to the queue. An interruption (Ctrl-C) or an outage of the vector store does not
+        count as an attempt; a failure does, so a job that keeps failing is eventually given up instead of retried
+        forever. `reason` is shown on the job and its video until the next attempt succeeds."""
         if not job_ids:
             return
         with self.sessions.begin() as s:
             jobs = list(s.scalars(select(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.RUNNING)))
             for job in jobs:
-                job.state, job.worker, job.started_at = JobState.QUEUED, None, None
+                job.state, job.worker, job.started_at, job.error = JobState.QUEUED, None, None, reason
                 if not count_attempt:
                     job.attempts = max(0, job.attempts - 1)
-                s.execute(update(Video).where(Video.id == job.video_id).values(status=VideoStatus.QUEUED))
+                s.execute(update(Video).where(Video.id == job.video_id)
+                          .values(status=VideoStatus.QUEUED, error=reason))
 
     def heartbeat(self, job_ids: Sequence[int]) -> None:
         """Renew the lease of running jobs: a worker that stops renewing is presumed dead."""
@@ -296,23 +299,59 @@ class Catalog:
                 s.execute(update(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.RUNNING)
                           .values(updated_at=utcnow()))
 
-    def recover(self, lease_seconds: float, max_attempts: int) -> None:
+    def recover(self, lease_seconds: float, max_attempts: int) -> list[int]:
         """Requeue running jobs whose worker died (its pid is gone on this host, or its lease expired), and give up
-        on queued jobs that already failed `max_attempts` times."""
-        host = socket.gethostname()
-        stale_before = utcnow() - timedelta(seconds=lease_seconds)
+        on queued jobs that already failed `max_attempts` times. Returns the requeued job ids."""
+        requeued = []
         with self.sessions.begin() as s:
-            for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING)):
-                name, _, pid = (job.worker or "").rpartition(":")
-                dead_here = name == host and pid.isdigit() and not pid_alive(int(pid))
-                if dead_here or job.updated_at < stale_before:
-                    job.state, job.worker, job.started_at = JobState.QUEUED, None, None
-                    s.execute(update(Video).where(Video.id == job.video_id).values(status=VideoStatus.QUEUED))
+            for job in self._dead_jobs(s, lease_seconds):
+                # The file is decoded in child processes, so a worker's own death (SIGKILL, OOM, power loss) says
+                # nothing about the file: the attempt is given back. Failures the file causes count (finish_job,
+                # requeue_jobs after a storage error).
+                job.state, job.worker, job.started_at = JobState.QUEUED, None, None
+                job.attempts = max(0, job.attempts - 1)
+                s.execute(update(Video).where(Video.id == job.video_id).values(status=VideoStatus.QUEUED))
+                requeued.append(job.id)
             for job in s.scalars(select(Job).where(Job.state == JobState.QUEUED, Job.attempts >= max_attempts)):
                 reason = f"gave up after {job.attempts} attempts (the worker failed each time; see its log)"
                 job.state, job.error, job.finished_at = JobState.FAILED, reason, utcnow()
                 s.execute(update(Video).where(Video.id == job.video_id)
                           .values(status=VideoStatus.FAILED, error=reason))
+        return requeued
+
+    def dead_jobs(self, lease_seconds: float) -> list[Job]:
+        """Running jobs whose worker is gone (see `recover`)."""
+        with self.sessions() as s:
+            return self._dead_jobs(s, lease_seconds)
+
+    @staticmethod
+    def _dead_jobs(s, lease_seconds: float) -> list[Job]:
+        host = socket.gethostname()
+        stale_before = utcnow() - timedelta(seconds=lease_seconds)
+        dead = []
+        for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING)):
+            name, _, pid = (job.worker or "").rpartition(":")
+            if (name == host and pid.isdigit() and not pid_alive(int(pid))) or job.updated_at < stale_before:
+                dead.append(job)
+        return dead
+
+    def fail_video(self, video_id: int, reason: str) -> None:
+        """Mark a video failed (and its unfinished jobs), e.g. when its stored file has disappeared."""
+        with self.sessions.begin() as s:
+            video = s.get(Video, video_id)
+            if video is None:
+                return
+            if video.status == VideoStatus.READY:
+                _bump_ready(s)
+            video.status, video.error = VideoStatus.FAILED, reason
+            for job in s.scalars(select(Job).where(Job.video_id == video_id,
+                                                   Job.state.in_([JobState.QUEUED, JobState.RUNNING]))):
+                job.state, job.error, job.finished_at = JobState.FAILED, reason, utcnow()
+
+    def video_states(self) -> dict[int, tuple[VideoStatus, str]]:
+        """Every video: id -> (status, stored path)."""
+        with self.sessions() as s:
+            return {int(i): (st, p) for i, st, p in s.execute(select(Video.id, Video.status, Video.stored_path))}
 
     def get_job(self, job_id: int) -> Job | None:
         with self.sessions() as s:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,9 @@ class MemoryIndex:
 
     def video_ids(self) -> set[int]:
         return self.store.video_ids()
+
+    def vector_counts(self) -> Counter[int]:
+        return self.store.vector_counts()
 
     def fetch(self, video_ids: Sequence[int]) -> dict[int, np.ndarray]:
         return self.store.fetch(video_ids)

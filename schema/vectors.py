@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +23,8 @@ METRIC = "IP"
 # Ids per `fetch` query: larger chunks amortise Milvus Lite's per-query cost (18 s vs 41 s per 100k vectors
 # for 16k vs 1k ids, measured).
 FETCH_CHUNK = 16_000
+# Words of pymilvus/gRPC errors that mean the server could not be reached (as opposed to refusing the operation).
+CONNECTION_ERRORS = ("fail connecting", "unavailable", "connection refused", "failed to connect")
 
 
 class VectorStoreError(RuntimeError):
@@ -48,6 +52,7 @@ class VectorStore(Protocol):
     def flush(self) -> None: ...
     def search(self, vector: np.ndarray, k: int) -> list[Hit]: ...
     def video_ids(self) -> set[int]: ...
+    def vector_counts(self) -> Counter[int]: ...
     def fetch(self, video_ids: Sequence[int]) -> dict[int, np.ndarray]: ...
     def count(self) -> int: ...
 
@@ -67,7 +72,9 @@ def connect(settings: Settings):  # -> pymilvus.MilvusClient (imported lazily: i
 
     uri = resolve_uri(settings)
     try:
-        return MilvusClient(uri=uri, token=settings.milvus_token or "", timeout=30)
+        # dedicated: pymilvus otherwise shares one channel per address, and a channel whose recovery failed while
+        # the server was down stays broken for every client built on it afterwards (seen in tests/test_outage.py).
+        return MilvusClient(uri=uri, token=settings.milvus_token or "", timeout=30, dedicated=True)
     except MilvusException as exc:
         raise VectorStoreError(f"cannot connect to Milvus at {uri}: {exc}") from exc
 
@@ -87,6 +94,7 @@ class MilvusVectorStore:
         self.index_params = dict(index_params or {})
         self.search_params = dict(search_params or {})
         self.seal_writes = seal_writes
+        self.reconnect: Callable[[], object] | None = None  # makes a new client after a lost connection
 
     @classmethod
     def open(cls, settings: Settings, dim: int, model: str) -> MilvusVectorStore:
@@ -94,6 +102,7 @@ class MilvusVectorStore:
         store = cls(connect(settings), settings.collection, dim, model, index_type=settings.index_type,
                     index_params=settings.index_params, search_params=settings.search_params,
                     seal_writes=settings.milvus_uri is None)
+        store.reconnect = lambda: connect(settings)
         store._ensure_collection()
         return store
 
@@ -106,7 +115,9 @@ class MilvusVectorStore:
             return None
         info = client.describe_collection(settings.collection)
         dim = next(int(f["params"]["dim"]) for f in info["fields"] if f.get("name") == "vector")
-        return cls(client, settings.collection, dim, (info.get("properties") or {}).get(PROP_MODEL, ""))
+        store = cls(client, settings.collection, dim, (info.get("properties") or {}).get(PROP_MODEL, ""))
+        store.reconnect = lambda: connect(settings)
+        return store
 
     def _ensure_collection(self) -> None:
         """Create the collection if missing (losing a creation race to another process is fine), then check it."""
@@ -155,20 +166,38 @@ class MilvusVectorStore:
 
     def _call(self, what: str, fn):
         """Run one Milvus operation; its errors become VectorStoreError. A collection dropped under a running
-        process (`vidsearch reindex`) is created again once, so workers and the UI keep going."""
+        process (`vidsearch reindex`) is created again once, so workers and the UI keep going; a lost connection
+        is opened again once (a pymilvus client does not recover by itself after the server comes back: every
+        call kept failing, measured)."""
         from pymilvus.exceptions import MilvusException
 
         try:
             return fn()
         except MilvusException as exc:
             text = str(exc).lower()
-            if "not exist" not in text and "not found" not in text:
+            if self.reconnect is not None and any(s in text for s in CONNECTION_ERRORS):
+                try:
+                    self._new_client()
+                except (MilvusException, VectorStoreError, OSError) as again:
+                    raise VectorStoreError(f"Milvus {what} failed: {exc}") from again
+            elif "not exist" in text or "not found" in text:
+                self._ensure_collection()
+            elif "released" in text or "not loaded" in text:  # a restarted server loads nothing by itself
+                try:
+                    self.client.load_collection(self.collection)
+                except MilvusException as again:
+                    raise VectorStoreError(f"Milvus {what} failed: {exc}") from again
+            else:
                 raise VectorStoreError(f"Milvus {what} failed: {exc}") from exc
-        self._ensure_collection()
         try:
             return fn()
         except MilvusException as exc:
             raise VectorStoreError(f"Milvus {what} failed: {exc}") from exc
+
+    def _new_client(self) -> None:
+        old, self.client = self.client, self.reconnect()
+        with contextlib.suppress(Exception):
+            old.close()
 
     def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None:
         if len(video_ids) == 0:
@@ -217,14 +246,23 @@ class MilvusVectorStore:
         return found
 
     def video_ids(self) -> set[int]:
-        ids: set[int] = set()
-        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter="", output_fields=["video_id"])
-        try:
-            while batch := iterator.next():
-                ids.update(int(row["video_id"]) for row in batch)
-        finally:
-            iterator.close()
-        return ids
+        return set(self.vector_counts())
+
+    def vector_counts(self) -> Counter[int]:
+        """How many vectors each video has (exactly one, when all is well)."""
+        counts: Counter[int] = Counter()
+
+        def scan() -> None:
+            iterator = self.client.query_iterator(self.collection, batch_size=4000, filter="",
+                                                  output_fields=["video_id"])
+            try:
+                while batch := iterator.next():
+                    counts.update(int(row["video_id"]) for row in batch)
+            finally:
+                iterator.close()
+
+        self._call("query", scan)
+        return counts
 
     def count(self) -> int:
         return int(self._call("count", lambda: self.client.get_collection_stats(self.collection))["row_count"])

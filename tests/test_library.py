@@ -140,11 +140,14 @@ def test_jobs_of_a_dead_worker_are_recovered_and_endless_failures_given_up(catal
     import socket
 
     r = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
-    [job] = catalog.claim_jobs(1, worker=f"{socket.gethostname()}:999999999")  # a pid that cannot exist
-    catalog.recover(lease_seconds=600, max_attempts=3)
-    assert catalog.get_job(job.id).state is JobState.QUEUED  # its worker died: the job is free again
-    for _ in range(2):  # two more attempts that never finish
-        catalog.claim_jobs(1, worker=f"{socket.gethostname()}:999999999")
+    dead = f"{socket.gethostname()}:999999999"  # a pid that cannot exist
+    for _ in range(5):  # the worker keeps dying (killed, OOM): not the file's fault, the job stays available
+        [job] = catalog.claim_jobs(1, worker=dead)
+        assert catalog.recover(lease_seconds=600, max_attempts=3) == [job.id]
+        assert catalog.get_job(job.id).state is JobState.QUEUED and catalog.get_job(job.id).attempts == 0
+    for _ in range(3):  # three attempts that fail (e.g. storage errors): then it is given up
+        [job] = catalog.claim_jobs(1)
+        catalog.requeue_jobs([job.id])
         catalog.recover(lease_seconds=600, max_attempts=3)
     job = catalog.get_job(job.id)
     assert job.state is JobState.FAILED and "gave up after 3 attempts" in job.error
