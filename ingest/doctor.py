@@ -1,0 +1,107 @@
+"""`vidsearch doctor [--repair]`: find (and fix) disagreements between the catalog, Milvus and the stored files.
+
+The write order makes most of these impossible in normal operation (vectors are written before a video is marked
+ready; a retried job replaces what it left), so a finding means a crash outside that order, a file removed behind
+our back, or a bug. Reads are ordered so that a worker running at the same time never causes a false finding:
+the ready set is read before the vectors (vectors precede readiness), the vectors before the catalog rows (rows
+precede vectors).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from schema.catalog import Catalog, VideoStatus
+from schema.settings import Settings
+from schema.vectors import VectorStore
+
+# A `.incoming-*` copy older than this belongs to an upload that died; younger ones may still be being written.
+STALE_TEMP_SECONDS = 3600.0
+MISSING_FILE = "the stored file is missing (moved or deleted outside vidsearch); add the video again"
+
+
+@dataclass
+class Finding:
+    kind: str
+    detail: str
+    video_ids: list[int] = field(default_factory=list)
+    repaired: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, lease_seconds: float,
+            repair: bool = False) -> list[Finding]:
+    """Every inconsistency found, each repaired when `repair` is set."""
+    findings: list[Finding] = []
+
+    def found(kind: str, detail: str, ids: list[int], fix) -> None:
+        if not ids and kind != "stale_temp_files":
+            return
+        finding = Finding(kind, detail, sorted(ids))
+        if repair:
+            fix()
+            finding.repaired = True
+        findings.append(finding)
+
+    dead = [job.video_id for job in catalog.dead_jobs(lease_seconds)]
+    found("dead_worker_jobs", "jobs left running by a worker that is gone: requeued", dead,
+          lambda: catalog.recover(lease_seconds, max_attempts=10**9))
+
+    before = catalog.video_states()
+    missing = [v for v, (status, path) in before.items()
+               if status is not VideoStatus.FAILED and not Path(path).exists()]
+
+    def fail_missing() -> None:
+        for v in missing:
+            catalog.fail_video(v, MISSING_FILE)
+        if store is not None:
+            store.delete(missing)
+
+    found("missing_files", "videos whose stored file is gone: marked failed, vectors removed", missing, fail_missing)
+
+    if store is not None:
+        ready_before = {v for v, (status, _) in catalog.video_states().items() if status is VideoStatus.READY}
+        counts = store.vector_counts()
+        after = catalog.video_states()
+        orphans = [v for v in counts if v not in after]
+        found("orphan_vectors", "vectors of videos the catalog does not have: deleted", orphans,
+              lambda: store.delete(orphans))
+        failed = [v for v in counts if v in after and after[v][0] is VideoStatus.FAILED]
+        found("vectors_of_failed_videos", "vectors of failed videos (never searchable): deleted", failed,
+              lambda: store.delete(failed))
+        unindexed = [v for v in ready_before if v in after and after[v][0] is VideoStatus.READY and counts[v] == 0]
+
+        def requeue() -> None:
+            for v in unindexed:
+                try:
+                    catalog.requeue_video(v)
+                except KeyError:  # deleted meanwhile
+                    pass
+
+        found("ready_without_vectors", "ready videos with no vector (unsearchable): queued again", unindexed,
+              requeue)
+        duplicated = [v for v, n in counts.items() if n > 1 and v in after and after[v][0] is VideoStatus.READY]
+
+        def dedupe() -> None:
+            vectors = store.fetch(duplicated)
+            store.delete(duplicated)
+            if vectors:
+                import numpy as np
+
+                store.add(list(vectors), np.stack(list(vectors.values())))
+
+        found("duplicate_vectors", "videos with more than one vector: one kept", duplicated, dedupe)
+        if repair and (orphans or failed or duplicated or missing):
+            store.flush()
+
+    now = time.time()
+    stale = [p for p in settings.videos_dir.rglob(".incoming-*")
+             if p.is_file() and now - p.stat().st_mtime > STALE_TEMP_SECONDS] if settings.videos_dir.exists() else []
+    if stale:
+        found("stale_temp_files", f"{len(stale)} partial upload copies: removed", [],
+              lambda: [p.unlink(missing_ok=True) for p in stale])
+    return findings

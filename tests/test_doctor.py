@@ -1,0 +1,58 @@
+"""`vidsearch doctor`: each kind of disagreement between catalog, Milvus and files is found, then repaired."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import numpy as np
+
+from ingest.doctor import examine
+from ingest.library import enqueue_file
+from ingest.worker import LEASE_SECONDS, Worker
+from schema.catalog import VideoStatus
+
+
+def test_doctor_finds_and_repairs_every_kind_of_damage(runtime, clips_dir):
+    catalog, store, settings = runtime.catalog, runtime.store, runtime.settings
+    names = ["red_circle.mp4", "green_square.webm", "blue_triangle.mkv", "yellow_square.avi"]
+    ids = {n: enqueue_file(catalog, settings, clips_dir / n).video_id for n in names}
+    with Worker.from_settings(catalog, store, runtime.encoder, settings) as worker:
+        assert all(r.ok for r in worker.run_until_empty())
+    assert examine(catalog, store, settings, lease_seconds=LEASE_SECONDS) == []
+
+    dim = store.dim
+    store.add([424242], np.ones((1, dim), np.float32) / np.sqrt(dim))  # orphan: no such video
+    store.delete([ids["red_circle.mp4"]])  # ready without a vector
+    store.add([ids["green_square.webm"]], store.fetch([ids["green_square.webm"]])[ids["green_square.webm"]][None])
+    os.unlink(catalog.get_video(ids["blue_triangle.mkv"]).stored_path)  # file removed behind our back
+    late = enqueue_file(catalog, settings, clips_dir / "green_circle.mov").video_id
+    catalog.claim_jobs(1, worker=f"{socket.gethostname()}:999999999")  # its worker died
+    temp = settings.videos_dir / "ab" / ".incoming-dead"
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    temp.write_bytes(b"half an upload")
+    os.utime(temp, (time.time() - 7200, time.time() - 7200))
+    store.flush()
+
+    found = {f.kind: f.video_ids for f in examine(catalog, store, settings, lease_seconds=LEASE_SECONDS)}
+    assert found == {
+        "dead_worker_jobs": [late],
+        "missing_files": [ids["blue_triangle.mkv"]],
+        "orphan_vectors": [424242],
+        "ready_without_vectors": [ids["red_circle.mp4"]],
+        "duplicate_vectors": [ids["green_square.webm"]],
+        "stale_temp_files": [],
+    }
+    repaired = examine(catalog, store, settings, lease_seconds=LEASE_SECONDS, repair=True)
+    assert all(f.repaired for f in repaired) and not temp.exists()
+    assert examine(catalog, store, settings, lease_seconds=LEASE_SECONDS) == []
+
+    with Worker.from_settings(catalog, store, runtime.encoder, settings) as worker:
+        assert all(r.ok for r in worker.run_until_empty())  # the requeued videos are embedded again
+    counts = store.vector_counts()
+    ready = {v.id for v in catalog.list_videos(VideoStatus.READY)}
+    assert ready == {ids["red_circle.mp4"], ids["green_square.webm"], ids["yellow_square.avi"], late}
+    assert counts == {v: 1 for v in ready}
+    blue = catalog.get_video(ids["blue_triangle.mkv"])
+    assert blue.status is VideoStatus.FAILED and "stored file is missing" in blue.error
