@@ -51,10 +51,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def safe_title(name: str) -> str:
-    """A display title from a client-supplied file name: base name only, no control characters, bounded."""
+    """A display title from a client-supplied file name: base name only, no control or bidi-override characters,
+    line breaks and tabs as single spaces, bounded (a long name keeps its extension). Never used as a path."""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C")
-    return name.strip()[:MAX_TITLE] or "untitled"
+    name = "".join(" " if ch.isspace() else ch for ch in unicodedata.normalize("NFC", name)
+                   if ch.isspace() or unicodedata.category(ch)[0] != "C")
+    name = " ".join(name.split())
+    if len(name) > MAX_TITLE:
+        stem, dot, ext = name.rpartition(".")
+        suffix = f".{ext}" if dot and stem and len(ext) <= 16 else ""
+        name = name[: MAX_TITLE - len(suffix)].rstrip() + suffix
+    return name or "untitled"
 
 
 def _safe_suffix(name: str) -> str:
