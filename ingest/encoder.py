@@ -62,6 +62,24 @@ def preprocess_frame(frame: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     return (image - mean) / std
 
 
+def decode_size_for(prep: Preprocessing, height: int, width: int) -> tuple[int, int]:
+    """(height, width) to decode frames of this size at: twice the model's input, or as they are if smaller.
+
+    swscale does the bulk of the downscale while converting to RGB (cheap), torch's antialiased bicubic the
+    last 2x. Going straight to the final size in swscale loses agreement with CLIPImageProcessor (cosine
+    0.993 on 1080p noise); the 2x step keeps it >= 0.999 at a fraction of the full-resolution cost.
+    """
+    if prep.shortest_edge is not None:
+        target_h, target_w = resize_output_size(height, width, prep.shortest_edge)
+    else:
+        assert prep.resize_hw is not None
+        target_h, target_w = prep.resize_hw
+    if height <= 2 * target_h or width <= 2 * target_w:
+        return height, width
+    return resize_output_size(height, width, 2 * min(target_h, target_w)) if prep.shortest_edge else (
+        2 * target_h, 2 * target_w)
+
+
 def center_crop(image: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
     """Centre crop a CxHxW tensor, zero-padding first when it is smaller than the crop (as transformers does)."""
     crop_h, crop_w = crop_hw
@@ -114,21 +132,7 @@ class ClipEncoder:
         return preprocess_frame(frame, self.prep)
 
     def decode_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) to decode frames of this size at: twice the model's input, or as they are if smaller.
-
-        swscale does the bulk of the downscale while converting to RGB (cheap), torch's antialiased bicubic the
-        last 2x. Going straight to the final size in swscale loses agreement with CLIPImageProcessor (cosine
-        0.993 on 1080p noise); the 2x step keeps it >= 0.999 at a fraction of the full-resolution cost.
-        """
-        if self.prep.shortest_edge is not None:
-            target_h, target_w = resize_output_size(height, width, self.prep.shortest_edge)
-        else:
-            assert self.prep.resize_hw is not None
-            target_h, target_w = self.prep.resize_hw
-        if height <= 2 * target_h or width <= 2 * target_w:
-            return height, width
-        return resize_output_size(height, width, 2 * min(target_h, target_w)) if self.prep.shortest_edge else (
-            2 * target_h, 2 * target_w)
+        return decode_size_for(self.prep, height, width)
 
     @torch.inference_mode()
     def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -165,6 +169,38 @@ class ClipEncoder:
 
     def embed_text(self, text: str) -> np.ndarray:
         return self.embed_texts([text])[0]
+
+    def embed_images(self, images: Sequence) -> np.ndarray:
+        """Still images (HxWx3 uint8 RGB arrays or PIL images) -> (N,dim) L2-normalised image embeddings.
+
+        The same preprocessing and vision tower as video frames, so an image and a video live in one space: a
+        one-frame video's vector equals its image's vector. Greyscale (HxW) and RGBA arrays are accepted too.
+        """
+        if not images:
+            return np.empty((0, self.dim), dtype=np.float32)
+        pixels = torch.stack([self.preprocess(as_rgb_array(image)) for image in images])
+        return self.embed_pixels(pixels).numpy().astype(np.float32)
+
+    def embed_image(self, image) -> np.ndarray:
+        return self.embed_images([image])[0]
+
+
+def as_rgb_array(image) -> np.ndarray:
+    """A PIL image or an HxW / HxWx1 / HxWx3 / HxWx4 uint8 array -> HxWx3 uint8 RGB array (alpha dropped)."""
+    if not isinstance(image, np.ndarray):
+        convert = getattr(image, "convert", None)
+        if convert is None:
+            raise TypeError(f"expected an HxWx3 uint8 array or a PIL image, got {type(image).__name__}")
+        image = np.array(convert("RGB"))  # a writable copy: torch.from_numpy warns on read-only arrays
+    if image.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected an HxWx3 image array, got shape {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return image[:, :, :3]
 
 
 def _is_local(model: str) -> bool:

@@ -2,17 +2,63 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import re
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ingest.encoder import ClipEncoder
-from schema.catalog import Catalog, VideoStatus
+from schema.catalog import Catalog, Video, VideoStatus
 from schema.vectors import VectorStore
+
+# Query images: bounded before anything is decoded (a small PNG can claim gigapixels: a decompression bomb).
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 class QueryError(ValueError):
     """The query cannot be run as given (empty text, bad k)."""
+
+
+class ImageQueryError(QueryError):
+    """The query image cannot be read (not an image, truncated, bad base64)."""
+
+
+class ImageTooLargeError(ImageQueryError):
+    """The query image is over MAX_IMAGE_BYTES or MAX_IMAGE_PIXELS."""
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Conditions on the catalog row, applied to vector hits (more hits are fetched when some are filtered out)."""
+
+    min_duration: float | None = None  # seconds
+    max_duration: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_duration", "max_duration"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value >= 0):
+                raise QueryError(f"{name} must be a number of seconds >= 0")
+        if self.min_duration is not None and self.max_duration is not None and self.min_duration > self.max_duration:
+            raise QueryError("min_duration must not be larger than max_duration")
+
+    @property
+    def active(self) -> bool:
+        return self.min_duration is not None or self.max_duration is not None
+
+    def accepts(self, video: Video) -> bool:
+        if not self.active:
+            return True
+        if video.duration is None:
+            return False  # unknown duration: cannot be shown to satisfy a duration condition
+        if self.min_duration is not None and video.duration < self.min_duration:
+            return False
+        return self.max_duration is None or video.duration <= self.max_duration
 
 
 @dataclass(frozen=True)
@@ -31,8 +77,10 @@ class SearchResult:
 MAX_K = 1000
 
 
-def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int) -> list[SearchResult]:
-    """Top-k ready videos for a query vector. Vectors whose video is not (or no longer) ready are skipped."""
+def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
+                  filters: SearchFilters | None = None) -> list[SearchResult]:
+    """Top-k ready videos for a query vector. Vectors whose video is not (or no longer) ready, or that the filters
+    reject, are skipped."""
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}")
     fetch = k
@@ -45,6 +93,8 @@ def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: i
             video = videos.get(hit.video_id)
             if video is None or video.status != VideoStatus.READY or hit.video_id in seen:
                 continue
+            if filters is not None and not filters.accepts(video):
+                continue
             seen.add(hit.video_id)
             results.append(SearchResult(len(results) + 1, round(hit.score, 6), video.id, video.title,
                                         video.stored_path, video.duration))
@@ -55,9 +105,101 @@ def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: i
         fetch *= 4
 
 
-def search_text(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, query: str, k: int = 10
-                ) -> list[SearchResult]:
+def search_text(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, query: str, k: int = 10,
+                filters: SearchFilters | None = None) -> list[SearchResult]:
     query = query.strip()
     if not query:
         raise QueryError("type something to search for, e.g. 'a dog catching a frisbee'")
-    return search_vector(catalog, store, encoder.embed_text(query), k)
+    _check_k(k)
+    return search_vector(catalog, store, encoder.embed_text(query), k, filters)
+
+
+def _check_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:  # checked before the model runs, too
+        raise QueryError(f"k must be between 1 and {MAX_K}")
+
+
+_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.I)
+
+
+def decode_base64_image(data: str) -> bytes:
+    """Base64 (standard or URL-safe alphabet, or a data: URL) -> bytes, bounded by MAX_IMAGE_BYTES."""
+    text = _DATA_URL.sub("", data.strip(), count=1)
+    text = "".join(text.split())  # line-wrapped base64 is common
+    if len(text) > (MAX_IMAGE_BYTES + 2) // 3 * 4:
+        raise ImageTooLargeError(f"the image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageQueryError("the image is not valid base64") from None
+    if not raw:
+        raise ImageQueryError("the image is empty")
+    return raw
+
+
+def decode_image(data: bytes):
+    """Encoded image bytes (PNG, JPEG, WebP, GIF: first frame, ...) -> an upright RGB PIL image.
+
+    The size in the header is checked against MAX_IMAGE_PIXELS before any pixel is decoded."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageTooLargeError(f"the image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+    if not data:
+        raise ImageQueryError("the image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageTooLargeError(f"the image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS:,} "
+                                         "pixels are accepted")
+            image.load()
+            image = ImageOps.exif_transpose(image).convert("RGB")  # phone photos: upright, as a viewer shows them
+    except QueryError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLargeError(f"the image has more than {MAX_IMAGE_PIXELS:,} pixels") from None
+    except UnidentifiedImageError:
+        raise ImageQueryError("the file is not an image in a known format (PNG, JPEG, WebP, GIF, ...)") from None
+    except Exception as exc:  # truncated or corrupt data: Pillow's plugins raise many kinds of error
+        raise ImageQueryError(f"the image could not be decoded ({type(exc).__name__}: {exc})") from None
+    if image.width == 0 or image.height == 0:
+        raise ImageQueryError("the image has no pixels")
+    return image
+
+
+def query_image_array(encoder: ClipEncoder, image) -> np.ndarray:
+    """Bytes, a PIL image or an array -> HxWx3 uint8, downscaled (as video frames are at decode time) when it is
+    more than twice the model's input, so a large photo never becomes a huge float tensor."""
+    from PIL import Image
+
+    from ingest.encoder import as_rgb_array
+
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        image = decode_image(bytes(image))
+    if isinstance(image, Image.Image):
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise ImageTooLargeError(f"the image has more than {MAX_IMAGE_PIXELS:,} pixels")
+        height, width = encoder.decode_size(image.height, image.width)
+        if (height, width) != (image.height, image.width):
+            image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    try:
+        array = as_rgb_array(image)
+    except (TypeError, ValueError) as exc:
+        raise ImageQueryError(str(exc)) from None
+    if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
+        raise ImageTooLargeError(f"the image has more than {MAX_IMAGE_PIXELS:,} pixels")
+    return array
+
+
+def embed_query_image(encoder: ClipEncoder, image) -> np.ndarray:
+    return encoder.embed_image(query_image_array(encoder, image))
+
+
+def search_image(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, image, k: int = 10,
+                 filters: SearchFilters | None = None) -> list[SearchResult]:
+    """Videos that look like a still image: encoded bytes, a PIL image, or an HxWx3 uint8 array."""
+    _check_k(k)
+    return search_vector(catalog, store, embed_query_image(encoder, image), k, filters)
