@@ -8,11 +8,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from schema.settings import Settings
+
+if TYPE_CHECKING:
+    from ingest.runtime import Runtime
 
 app = typer.Typer(
     help="Self-hosted text-to-video search.\n\nData lives in ./vidsearch-data (set VIDSEARCH_HOME to move it).",
@@ -140,9 +143,9 @@ def _process_now(runtime, queued: dict[int, str]) -> tuple[int, list[tuple[str, 
 
     from ingest.worker import Worker
 
-    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
     pending = set(queued)
-    with tqdm(total=len(queued), desc="Ingesting", unit="video", file=sys.stderr) as bar:
+    with Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings) as worker, \
+            tqdm(total=len(queued), desc="Ingesting", unit="video", file=sys.stderr) as bar:
         while pending:
             batch = worker.run_once()
             finished = [j for j in pending if (job := runtime.catalog.get_job(j)) is None
@@ -192,18 +195,35 @@ def worker() -> None:
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="What happens in the video.")],
+    query: Annotated[str | None, typer.Argument(help="What happens in the video.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Find videos that look like this still image "
+                                                               "(PNG, JPEG, WebP, ...) instead.")] = None,
     k: Annotated[int, typer.Option("-k", "--top", help="Number of results.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
-    """Find videos by description.
+    """Find videos by description, or by a still image.
 
-    Example: vidsearch search "a man riding a bike" -k 5
+    Examples:
+      vidsearch search "a man riding a bike" -k 5
+      vidsearch search --image photo.jpg
     """
-    from search_app.search import search_text
+    from search_app.search import MAX_IMAGE_BYTES, search_image, search_text
 
+    if (query is None) == (image is None):
+        raise UserError("give either a text query or --image PATH (exactly one)")
+    data = None
+    if image is not None:
+        if not image.is_file():
+            raise UserError(f"no such image file: {image}")
+        if image.stat().st_size > MAX_IMAGE_BYTES:
+            raise UserError(f"{image} is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+        data = image.read_bytes()
     runtime = _runtime()
-    results = search_text(runtime.catalog, runtime.store, runtime.encoder, query, k)
+    if data is not None:
+        results = search_image(runtime.catalog, runtime.search_store, runtime.encoder, data, k)
+    else:
+        assert query is not None
+        results = search_text(runtime.catalog, runtime.search_store, runtime.encoder, query, k)
     if as_json:
         _out([r.as_dict() for r in results])
         return
@@ -258,12 +278,59 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
     counts = runtime.catalog.job_counts()
     failures = [{"job_id": j.id, "video_id": v.id, "title": v.title, "error": j.error}
                 for j, v in runtime.catalog.failed_jobs()]
+    store = _vector_store_health(runtime)
+    runtime.close()
     if as_json:
-        _out({"jobs": counts, "failed": failures})
+        _out({"jobs": counts, "failed": failures, "vector_store": store})
         return
     typer.echo("  ".join(f"{state}: {n}" for state, n in counts.items()))
     for f in failures:
         typer.echo(f"  failed: video {f['video_id']} {f['title']}: {f['error']}")
+    if store["reachable"]:
+        typer.echo(f"vector store: reachable ({store['endpoint']}), {store['vectors']} vectors")
+    else:
+        typer.echo(f"vector store: NOT reachable ({store['endpoint']}): {store['error']}")
+
+
+def _vector_store_health(runtime: Runtime) -> dict:
+    """Whether Milvus answers, and how many vectors it holds. A probe: any failure is reported, not raised."""
+    s = runtime.settings
+    endpoint = s.milvus_uri or f"Milvus Lite in {s.milvus_lite_dir}"
+    try:
+        store = runtime.existing_store()
+        vectors = store.count() if store is not None else 0
+    except Exception as exc:  # noqa: BLE001 (whatever the client raises, the answer is "not reachable, because")
+        return {"endpoint": endpoint, "reachable": False, "error": str(exc).splitlines()[0][:300]}
+    return {"endpoint": endpoint, "reachable": True, "vectors": vectors}
+
+
+@app.command()
+def doctor(
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what is found.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Check that the catalog, the vectors and the stored files agree (orphan vectors, ready videos without
+    vectors, duplicates, jobs of dead workers, missing files). Exit status 1 if a problem is left unrepaired."""
+    from ingest.doctor import examine
+    from ingest.worker import LEASE_SECONDS
+
+    runtime = _runtime()
+    findings = examine(runtime.catalog, runtime.existing_store(), runtime.settings, lease_seconds=LEASE_SECONDS,
+                       repair=repair)
+    runtime.close()
+    if as_json:
+        _out({"findings": [f.as_dict() for f in findings], "repaired": repair})
+    elif not findings:
+        typer.echo("All consistent: catalog, vectors and stored files agree.")
+    else:
+        for f in findings:
+            ids = f" (videos {', '.join(map(str, f.video_ids[:20]))}{' …' if len(f.video_ids) > 20 else ''})" \
+                if f.video_ids else ""
+            typer.echo(f"{'repaired' if f.repaired else 'found'}: {f.kind}: {f.detail}{ids}")
+        if not repair:
+            typer.echo("Run `vidsearch doctor --repair` to fix these.")
+    if findings and not repair:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -289,13 +356,27 @@ def bench(
     model: Annotated[str | None, typer.Option(help="Checkpoint to measure (default VIDSEARCH_MODEL, or a random "
                                                    "ViT-B/32 when that cannot be loaded).")] = None,
     folder: Annotated[Path | None, typer.Option(help="Measure on these videos instead of a generated corpus.")] = None,
+    search_only: Annotated[str | None, typer.Option(
+        "--search-only", help="Only the search step, at these comma-separated sizes (e.g. 100000,1000000).")] = None,
 ) -> None:
     """Measure ingestion and search against a naive baseline and ceilings, all in the same run.
 
     Example: vidsearch bench --quick
     """
-    from ingest.bench import format_table, run
+    from ingest.bench import format_search, format_table, run, run_search_only
 
+    if search_only:
+        try:
+            sizes = tuple(int(n) for n in search_only.split(","))
+        except ValueError:
+            raise typer.BadParameter("--search-only takes sizes like 100000,1000000") from None
+        report = run_search_only(Settings(), sizes, progress=lambda msg: typer.echo(f"[bench] {msg}", err=True))
+        if as_json:
+            _out(report)
+        else:
+            for line in format_search(report):
+                typer.echo(line)
+        return
     report = run(Settings(), quick=quick, model=model, folder=folder,
                  progress=lambda msg: typer.echo(f"[bench] {msg}", err=True))
     if as_json:
@@ -312,6 +393,7 @@ def milvus_stop() -> None:
 
     settings = Settings()
     typer.echo("stopped" if stop_server(settings.milvus_lite_dir) else "no server was running")
+
 
 
 def main() -> None:

@@ -95,6 +95,11 @@ class DecodePool:
                 log.warning("decoding failed: %s", exc, exc_info=not _is_expired(exc))
             return failure_message(exc, self.timeout)
 
+    def map(self, paths: list[Path]) -> list[tuple[VideoInfo, np.ndarray] | str]:
+        """Decode all of `paths` (in parallel), in order: each the decoded video or why it failed."""
+        futures = [self.submit(p) for p in paths]
+        return [self.outcome(f) for f in futures]
+
     def close(self) -> None:
         if self.mode == "process":
             self._pool.stop()

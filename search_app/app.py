@@ -9,12 +9,13 @@ from pathlib import Path
 
 import gradio as gr
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
 from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
 from ingest.worker import JobResult, Worker
 from schema.catalog import VideoStatus
+from schema.vectors import VectorStoreError
+from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
 from search_app.search import QueryError, SearchResult, search_text
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,23 @@ def render_results(runtime: Runtime, query: str, results: list[SearchResult]) ->
     return f'<div class="vs-results">{"".join(cards)}</div>'
 
 
+def message_html(text: str) -> str:
+    return f'<div class="vs-empty">{html.escape(text)}</div>'
+
+
+def search_html(runtime: Runtime, text: str, k: int) -> str:
+    """The Search tab's answer: results, or a message saying what is wrong (never a stack trace)."""
+    try:
+        found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, text, k)
+    except QueryError as exc:
+        return message_html(str(exc))
+    except VectorStoreError as exc:
+        log.warning("search failed: %s", exc)
+        return message_html(f"The vector store is not reachable, so searching is not possible right now ({exc}). "
+                            "Uploads are kept and processed once it is back.")
+    return render_results(runtime, text, found)
+
+
 def library_rows(runtime: Runtime) -> list[list]:
     rows = []
     for v in runtime.catalog.list_videos():
@@ -106,6 +124,10 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
                                    scale=4, elem_id="query")
                 k = gr.Slider(1, 50, value=10, step=1, label="Results", scale=1)
             search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
+            with gr.Row():  # ... or find videos that look like a still image
+                image_query = gr.Image(type="numpy", label="…or search with an image", elem_id="query-image",
+                                       height=200, scale=4)
+                image_btn = gr.Button("Search by image", elem_id="image-search-btn", scale=1)
             results = gr.HTML(elem_id="results")
 
         with gr.Tab("Upload"):
@@ -126,11 +148,18 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
             delete_msg = gr.Markdown()
 
         def do_search(text: str, count: float) -> str:
+            return search_html(runtime, text, int(count))
+
+        def do_image_search(image, count: float) -> str:
+            from search_app.search import search_image
+
+            if image is None:
+                return '<div class="vs-empty">Choose an image first.</div>'
             try:
-                found = search_text(runtime.catalog, runtime.store, runtime.encoder, text, int(count))
+                found = search_image(runtime.catalog, runtime.search_store, runtime.encoder, image, int(count))
             except QueryError as exc:
                 return f'<div class="vs-empty">{html.escape(str(exc))}</div>'
-            return render_results(runtime, text, found)
+            return render_results(runtime, "this image", found)
 
         def do_add(paths: list[str] | None, current: list[dict]) -> tuple[list[dict], list[list], None]:
             current = list(current or [])
@@ -161,6 +190,7 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
 
         search_btn.click(do_search, [query, k], results)
         query.submit(do_search, [query, k], results)
+        image_btn.click(do_image_search, [image_query, k], results)
         add_btn.click(do_add, [files, tracked], [tracked, uploads, files])
         timer.tick(lambda t: upload_rows(runtime, t), tracked, uploads, show_progress="hidden")
         refresh_btn.click(lambda: library_rows(runtime), None, library)
@@ -172,11 +202,24 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="vidsearch")
     runtime.settings.videos_dir.mkdir(parents=True, exist_ok=True)
-    # Only the content-addressed video folder is served; nothing else of the data folder is reachable.
-    app.mount(MEDIA_ROUTE, StaticFiles(directory=runtime.settings.videos_dir), name="media")
+    credentials = load_credentials(runtime.settings.auth)  # None: no login
+    # Only the content-addressed video folder is served; nothing else of the data folder is reachable
+    # (follow_symlink=False: a symlink inside the folder that points out of it is refused).
+    # MediaFiles: never served as a page of this site (no HTML/SVG from /media, nosniff, sandbox CSP).
+    app.mount(MEDIA_ROUTE, MediaFiles(directory=runtime.settings.videos_dir, follow_symlink=False), name="media")
+    from search_app.api import build_api  # JSON API under /api, before the Gradio mount at "" takes the rest
+
+    app.include_router(build_api(runtime))
     demo = build_ui(runtime)
     demo.queue(default_concurrency_limit=4)
-    return gr.mount_gradio_app(app, demo, path="", css=CSS, footer_links=[])
+    # Gradio's own file routes (/gradio_api/file=...) must never serve anything of the data folder.
+    blocked = gradio_blocked_paths(runtime.settings.home_dir, [Path(gr.utils.get_upload_folder()),
+                                                               gr.utils.get_cache_folder()])
+    app = gr.mount_gradio_app(app, demo, path="", css=CSS, footer_links=[], blocked_paths=blocked,
+                              auth=credentials.check if credentials else None)
+    if credentials is not None:
+        protect(app, credentials)  # every route, including ones added after this: Basic or Gradio login, else 401
+    return app
 
 
 def start_worker_thread(runtime: Runtime, stop: threading.Event) -> threading.Thread:
@@ -194,8 +237,14 @@ def start_worker_thread(runtime: Runtime, stop: threading.Event) -> threading.Th
 def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True) -> None:
     import uvicorn
 
+    warn_if_exposed(host, load_credentials(runtime.settings.auth))  # also rejects a malformed VIDSEARCH_AUTH early
     # Load the model and open the collection before accepting requests: fail fast with a clear message.
     _ = runtime.encoder, runtime.store
+    # Start building the in-memory copy now (in the background when large) so the first searches are fast.
+    from schema.memory_index import MemoryIndex
+
+    if isinstance(runtime.search_store, MemoryIndex):
+        runtime.search_store.current()
     stop = threading.Event()
     thread = start_worker_thread(runtime, stop) if with_worker else None
     app = create_app(runtime)

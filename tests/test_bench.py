@@ -26,6 +26,9 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
                 "decode_ceiling_fps", "model_ceiling_fps", "efficiency", "shared_cpu_ceiling_fps",
                 "efficiency_vs_shared_cpu"):
         assert ingest[key] > 0, key
+    by_mode = ingest["decode_fps_by_mode"]
+    assert ingest["decode_mode"] == "process" and ingest["decode_ceiling_fps"] == by_mode["process"]
+    assert by_mode["thread"] > 0
     assert ingest["frames_per_s"] == pytest.approx(ingest["videos_per_s"] * 12, rel=1e-2)
     assert set(ingest["sets"]) == {"360p", "1080p"}
     memory = report["memory"]

@@ -71,6 +71,7 @@ def test_ingest_search_list_status_delete(cli, mixed_folder):
     assert len(listed) == len(CLIPS)  # the broken file never became a video row: it failed at the content check
     status = json.loads(cli("status", "--json").stdout)
     assert status["jobs"]["done"] == len(CLIPS) and status["jobs"]["queued"] == 0
+    assert status["vector_store"]["reachable"] is True and status["vector_store"]["vectors"] == len(CLIPS)
 
     victim = next(v for v in listed if v["title"] == "red_circle.mp4")
     assert "deleted" in cli("delete", str(victim["video_id"])).stdout

@@ -79,9 +79,13 @@ def test_a_crashed_decoder_fails_its_file_and_the_pool_recovers(corpus, random_m
     with DecodePool(prep, 4, workers=1, mode="process", timeout=None) as pool:
         assert not isinstance(pool.outcome(pool.submit(good[1])), str)  # the worker process is up
         future = pool.submit(slow)
-        time.sleep(1.0)  # let it start decoding
-        victims = [c for c in _children(os.getpid()) if "python" in Path(f"/proc/{c}/cmdline").read_text()]
-        assert victims
+        deadline = time.monotonic() + 30
+        while not future.running() and time.monotonic() < deadline:  # a decoder has taken the file (~1 s of work)
+            time.sleep(0.01)
+        assert future.running()
+        # Only the pool's spawned decoders: the session's Milvus Lite server is a child of this process too.
+        victims = [c for c in _children(os.getpid()) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(victims) == 1
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         reason = pool.outcome(future)
