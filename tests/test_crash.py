@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,24 +15,22 @@ import pytest
 
 from schema.catalog import VideoStatus
 from tests.conftest import cli_env
-from tests.procs import vidsearch_cmd
 from tests.test_cli import Cli
 from tests.videos import COLOURS, SHAPES, render_frame, write_video
+from tests.zygote import Forked, Zygote
 
 TRIALS = 20
 CLIPS_PER_TRIAL = 4
 
 
-def _start_worker(home: Path, model: Path, log: Path) -> subprocess.Popen:
-    # Threads decode here: the property under test is the write order of the worker, and decode processes would
-    # only add their start-up time to each of the 20 lives. Its own session, so the kill takes everything.
-    env = cli_env(home, model, VIDSEARCH_DECODE_MODE="thread")
-    with open(log, "ab") as out:
-        return subprocess.Popen([*vidsearch_cmd(), "worker"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+def _start_worker(zygote: Zygote, home: Path, model: Path, log: Path) -> Forked:
+    # A real `vidsearch worker` process in its own session (so the kill takes everything), forked from a process
+    # that has imported vidsearch already: 21 lives would otherwise spend minutes importing torch. Threads decode
+    # here: the property under test is the worker's write order, and decode processes would only add start-up time.
+    return zygote.spawn(["worker"], cli_env(home, model, VIDSEARCH_DECODE_MODE="thread"), log)
 
 
-def _wait_for(log: Path, text: str, count: int, proc: subprocess.Popen, timeout: float = 180) -> float:
+def _wait_for(log: Path, text: str, count: int, proc: Forked, timeout: float = 180) -> float:
     start = time.monotonic()
     while log.read_text(errors="replace").count(text) < count:
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -58,6 +55,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
     settings.ensure_dirs()
     catalog = Catalog(settings.catalog_url)
     cli = Cli(home, tiny_model)
+    zygote = Zygote(Path(__file__).resolve().parent.parent)
     rng = random.Random(20261123)  # a fixed schedule, so a failure can be replayed
     sources: list[Path] = []
     (tmp_path / "in").mkdir()
@@ -71,7 +69,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
     try:
         # Calibration: how long a worker takes, once ready, to finish one trial's clips on this machine.
         add_clips(-1)
-        worker = _start_worker(home, tiny_model, log)
+        worker = _start_worker(zygote, home, tiny_model, log)
         _wait_for(log, "worker ready", 1, worker)
         busy = _wait_for(log, "done: video", CLIPS_PER_TRIAL, worker)
         worker.send_signal(signal.SIGTERM)
@@ -83,7 +81,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
             jobs = catalog.job_counts()
             pending = jobs["queued"] + jobs["running"]
             done_before = log.read_text().count("done: video")
-            worker = _start_worker(home, tiny_model, log)
+            worker = _start_worker(zygote, home, tiny_model, log)
             _wait_for(log, "worker ready", trial + 2, worker)
             # Anywhere in the time the pending work takes (and a little after): claim, decode, embed, the Milvus
             # write, the catalog commit, or idle.
@@ -92,7 +90,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
             worker.wait()
             finished_between_kills.append(log.read_text().count("done: video") - done_before)
 
-        worker = _start_worker(home, tiny_model, log)  # the restart: recovers the dead workers' jobs
+        worker = _start_worker(zygote, home, tiny_model, log)  # the restart: recovers the dead workers' jobs
         deadline = time.monotonic() + 300
         while (counts := catalog.job_counts())["queued"] or counts["running"]:
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -122,4 +120,5 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
         print(f"\n{TRIALS} kills (busy {busy:.2f} s); videos finished between kills: {finished_between_kills}")
     finally:
         catalog.close()
+        zygote.close()
         cli.stop()
