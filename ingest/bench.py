@@ -389,6 +389,18 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
         progress: Callable[[str], None] = lambda _msg: None) -> dict:
     plan = QUICK if quick else FULL
     rng = np.random.default_rng(0)
+    phases: dict[str, float] = {}  # seconds each part of the bench took: where a slow run spends its time
+    started = [time.perf_counter(), ""]
+    report_progress = progress
+
+    def progress(msg: str) -> None:
+        now = time.perf_counter()
+        if started[1]:
+            phases[started[1]] = round(now - started[0], 1)
+        started[:] = [now, msg]
+        if msg:
+            report_progress(msg)
+
     with tempfile.TemporaryDirectory(prefix="vidsearch-bench-") as tmp:
         work = Path(tmp)
         home_settings = settings.model_copy(update={"home": work / "home", "database_url": None,
@@ -435,6 +447,7 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
 
         if not settings.milvus_uri:
             stop_server(home_settings.milvus_lite_dir)
+        progress("")
 
     return {
         "device": describe_device(encoder.device),
@@ -464,6 +477,7 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
                    "ratio": round(rss_long / rss_short, 3), "long_minutes": plan.long_minutes},
         "search": search,
         "query_e2e": e2e,
+        "phase_seconds": phases,
     }
 
 

@@ -40,4 +40,5 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     for key in ("p50_ms", "p95_ms", "brute_p50_ms", "ratio_vs_brute"):
         assert search[key] > 0, key
     assert report["query_e2e"]["p95_ms"] >= report["query_e2e"]["p50_ms"] > 0
+    assert set(report["phase_seconds"]) >= {"pipeline", "naive baseline", "ceilings", "memory", "search"}
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())  # worked in a temp dir
