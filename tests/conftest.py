@@ -15,11 +15,15 @@ import itertools  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import pytest  # noqa: E402
 
 from schema.settings import Settings  # noqa: E402
 from tests.videos import write_video  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.zygote import Zygote
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -64,6 +68,16 @@ def clips_dir(tmp_path_factory) -> Path:
         kwargs = {"codec": codec} if codec else {}
         write_video(folder / name, colour=colour, shape=shape, seconds=1.0, fps=8, size=64, **kwargs)
     return folder
+
+
+@pytest.fixture(scope="session")
+def zygote() -> Iterator[Zygote]:
+    """Forks `vidsearch` commands that have already imported torch & co (see tests/zygote.py)."""
+    from tests.zygote import Zygote
+
+    forker = Zygote(Path(__file__).resolve().parent.parent)
+    yield forker
+    forker.close()
 
 
 @pytest.fixture(scope="session")

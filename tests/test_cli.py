@@ -12,17 +12,25 @@ import pytest
 from tests.conftest import CLIPS, cli_env
 from tests.procs import vidsearch_cmd
 from tests.videos import write_video
+from tests.zygote import Zygote
 
-RESULT_KEYS = {"rank", "score", "video_id", "title", "path", "duration"}
+RESULT_KEYS = {"rank", "score", "video_id", "title", "path", "duration", "sha256", "moments"}
 
 
 class Cli:
-    def __init__(self, home: Path, model: Path) -> None:
-        self.home, self.model = home, model
+    """Runs `vidsearch` commands: forked from the session's zygote (see tests/zygote.py), or through the installed
+    console script when none is given."""
+
+    def __init__(self, home: Path, model: Path, zygote: Zygote | None = None) -> None:
+        self.home, self.model, self.zygote = home, model, zygote
 
     def __call__(self, *args: str, expect: int | None = 0, **env: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*vidsearch_cmd(), *args], env=cli_env(self.home, self.model, **env),
-                              capture_output=True, text=True, timeout=300)
+        environment = cli_env(self.home, self.model, **env)
+        if self.zygote is not None:
+            proc = self.zygote.run(list(args), environment, self.home.parent / "cli-output", timeout=300)
+        else:
+            proc = subprocess.run([*vidsearch_cmd(), *args], env=environment, capture_output=True, text=True,
+                                  timeout=300)
         if expect is not None:
             assert proc.returncode == expect, f"{args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         assert "Traceback" not in proc.stderr, proc.stderr
@@ -33,8 +41,8 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path, tiny_model):
-    runner = Cli(tmp_path / "home", tiny_model)
+def cli(tmp_path, tiny_model, zygote):
+    runner = Cli(tmp_path / "home", tiny_model, zygote)
     yield runner
     runner.stop()
 
@@ -63,9 +71,12 @@ def test_ingest_search_list_status_delete(cli, mixed_folder):
     assert results[0]["title"] == "red_circle.mp4" and results[0]["rank"] == 1
     assert results[0]["score"] >= results[1]["score"] >= results[2]["score"]
     assert Path(results[0]["path"]).is_file()
+    [moment] = results[0]["moments"]  # a 1 s clip: one moment, all of it
+    assert set(moment) == {"start", "end", "score", "frame"} and moment["start"] == 0.0
 
     text = cli("search", "a blue triangle").stdout
     assert text.splitlines()[1].split()[-1] == "blue_triangle.mkv"
+    assert "moments: 0:00-0:01 (" in text.splitlines()[3]
 
     listed = json.loads(cli("list", "--json").stdout)
     assert len(listed) == len(CLIPS)  # the broken file never became a video row: it failed at the content check
@@ -121,8 +132,9 @@ def test_missing_model_is_one_clear_message(cli):
     assert "VIDSEARCH_MODEL" in proc.stderr
 
 
-def test_bad_setting_is_reported(cli):
-    proc = cli("list", expect=2, VIDSEARCH_DEVICE="tpu")
+def test_bad_setting_is_reported(tmp_path, tiny_model):
+    # Through the installed console script, as a user runs it (the other tests fork from the zygote).
+    proc = Cli(tmp_path / "home", tiny_model)("list", expect=2, VIDSEARCH_DEVICE="tpu")
     assert "VIDSEARCH_DEVICE" in proc.stderr
 
 

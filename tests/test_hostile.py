@@ -23,9 +23,9 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, tuple[str, ...]], list[Pat
     return folder, write_corpus(folder, good[0]), good
 
 
-def test_bad_files_fail_alone_and_good_ones_are_searchable(corpus, tiny_model, tmp_path):
+def test_bad_files_fail_alone_and_good_ones_are_searchable(corpus, tiny_model, tmp_path, zygote):
     folder, expected, good = corpus
-    cli = Cli(tmp_path / "home", tiny_model)
+    cli = Cli(tmp_path / "home", tiny_model, zygote)
     # The product's 12 frames (12 seeks into the slow file: ~4 s of decoding) against a 1 s limit; a good clip
     # here decodes in well under 0.1 s.
     limits = {"VIDSEARCH_DECODE_TIMEOUT_SECONDS": "1", "VIDSEARCH_FRAMES": "12"}
@@ -90,5 +90,5 @@ def test_a_crashed_decoder_fails_its_file_and_the_pool_recovers(corpus, random_m
             os.kill(pid, signal.SIGKILL)
         reason = pool.outcome(future)
         assert isinstance(reason, str) and "decoder crashed on this file" in reason, reason
-        info, pixels = pool.outcome(pool.submit(good[0]))  # a fresh process took over
-        assert info.width == 64 and pixels.shape[0] == 4
+        decoded = pool.outcome(pool.submit(good[0]))  # a fresh process took over
+        assert decoded.info.width == 64 and decoded.pixels.shape[0] == 4

@@ -4,12 +4,13 @@ Each forked child is a real, separate `vidsearch` process (its own pid and sessi
 skips the ~5 s of importing torch, transformers and pymilvus. The fault-injection test starts 20+ workers, so this
 takes minutes off the suite. Nothing has run torch or opened a connection before the fork, so forking is safe.
 
-Protocol, one JSON object per line: {"spawn": [argv...], "env": {...}, "log": path} -> {"pid": N};
-{"poll": N} -> {"code": exit code, or null while it runs}.
+Protocol, one JSON object per line: {"spawn": [argv...], "env": {...}, "stdout": path, "stderr": path}
+-> {"pid": N}; {"poll": N} -> {"code": exit code, or null while it runs}.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -26,13 +27,11 @@ import ingest.encoder  # noqa: F401
 import ingest.worker  # noqa: F401
 
 
-def _child(argv: list[str], env: dict[str, str], log: str) -> None:
+def _child(argv: list[str], env: dict[str, str], stdout: str, stderr: str) -> None:
     os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), 1)
+    os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if stderr != stdout else 1, 2)
     sys.stdin = open(0)  # noqa: SIM115
     sys.stdout = open(1, "w", buffering=1)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1)  # noqa: SIM115
@@ -63,7 +62,7 @@ def serve() -> None:
         if "spawn" in request:
             pid = os.fork()
             if pid == 0:
-                _child(request["spawn"], request["env"], request["log"])
+                _child(request["spawn"], request["env"], request["stdout"], request["stderr"])
             answer: dict = {"pid": pid}
         else:
             done, status = os.waitpid(request["poll"], os.WNOHANG)
@@ -77,6 +76,7 @@ class Zygote:
     def __init__(self, cwd: Path) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.zygote"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=cwd)
+        self._runs = itertools.count()
 
     def ask(self, request: dict) -> dict:
         assert self.proc.stdin and self.proc.stdout
@@ -87,9 +87,27 @@ class Zygote:
             raise RuntimeError(f"the zygote exited with {self.proc.wait()}")
         return json.loads(line)
 
-    def spawn(self, argv: list[str], env: dict[str, str], log: Path) -> Forked:
-        log.touch()
-        return Forked(self, self.ask({"spawn": argv, "env": env, "log": str(log)})["pid"])
+    def spawn(self, argv: list[str], env: dict[str, str], stdout: Path, stderr: Path | None = None) -> Forked:
+        """Start `vidsearch *argv`; its output is appended to `stdout` (and `stderr`, else the same file)."""
+        stdout.touch()
+        request = {"spawn": argv, "env": env, "stdout": str(stdout), "stderr": str(stderr or stdout)}
+        return Forked(self, self.ask(request)["pid"])
+
+    def run(self, argv: list[str], env: dict[str, str], workdir: Path, timeout: float
+            ) -> subprocess.CompletedProcess:
+        """Like subprocess.run(capture_output=True, text=True) for one `vidsearch` command."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        n = next(self._runs)
+        out, err = workdir / f"{n}.out", workdir / f"{n}.err"
+        child = self.spawn(argv, env, out, err)
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
+        return subprocess.CompletedProcess(argv, code, out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
 
     def close(self) -> None:
         if self.proc.stdin:
