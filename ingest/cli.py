@@ -206,6 +206,8 @@ def search(
     Examples:
       vidsearch search "a man riding a bike" -k 5
       vidsearch search --image photo.jpg
+
+    Each result lists its best moments (start-end, score), e.g. `moments: 0:12-0:17 (0.312)`.
     """
     from search_app.search import MAX_IMAGE_BYTES, search_image, search_text
 
@@ -219,11 +221,14 @@ def search(
             raise UserError(f"{image} is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
         data = image.read_bytes()
     runtime = _runtime()
+    moments = runtime.settings.moment_seconds
     if data is not None:
-        results = search_image(runtime.catalog, runtime.search_store, runtime.encoder, data, k)
+        results = search_image(runtime.catalog, runtime.search_store, runtime.encoder, data, k,
+                               moment_seconds=moments)
     else:
         assert query is not None
-        results = search_text(runtime.catalog, runtime.search_store, runtime.encoder, query, k)
+        results = search_text(runtime.catalog, runtime.search_store, runtime.encoder, query, k,
+                              moment_seconds=moments)
     if as_json:
         _out([r.as_dict() for r in results])
         return
@@ -235,6 +240,16 @@ def search(
     for r in results:
         duration = f"{r.duration:.1f}s" if r.duration is not None else "?"
         typer.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.video_id:>5}  {duration:>8}  {r.title}\n{'':>30}{r.path}")
+        if r.moments:
+            spans = ", ".join(f"{_clock(m.start)}-{_clock(m.end)} ({m.score:.3f})" for m in r.moments)
+            typer.echo(f"{'':>30}moments: {spans}")
+
+
+def _clock(seconds: float) -> str:
+    """0:12, or 1:02:03 past an hour (whole seconds)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 @app.command("list")
@@ -262,7 +277,7 @@ def delete(ids: Annotated[list[int], typer.Argument(help="Video ids (see `vidsea
     store = runtime.existing_store()
     missing = []
     for video_id in ids:
-        video = delete_video(runtime.catalog, store, video_id)
+        video = delete_video(runtime.catalog, store, video_id, runtime.settings.thumbnails_dir)
         if video is None:
             missing.append(video_id)
         else:
@@ -394,6 +409,50 @@ def milvus_stop() -> None:
     settings = Settings()
     typer.echo("stopped" if stop_server(settings.milvus_lite_dir) else "no server was running")
 
+
+@app.command()
+def loadtest(
+    clients: Annotated[int, typer.Option(min=1, max=1000, help="Concurrent clients.")] = 20,
+    seconds: Annotated[float, typer.Option(min=1, max=3600, help="How long the clients search.")] = 20.0,
+    url: Annotated[str | None, typer.Option(help="Load this running app (e.g. http://127.0.0.1:7860) instead of a "
+                                                 "throwaway one that ingests while it is searched.")] = None,
+    auth: Annotated[str | None, typer.Option(help="user:password for an app with VIDSEARCH_AUTH (with --url).")
+                    ] = None,
+    target: Annotated[str, typer.Option(help="api (POST /api/search) or gradio (the Search tab's queue).")] = "api",
+    videos: Annotated[int, typer.Option(min=1, help="Clips uploaded as a self-contained run starts, ingested "
+                                                     "during it.")] = 24,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Concurrent clients search over HTTP for a bounded time; throughput, p50/p95/p99 latency and errors.
+
+    Without --url: a throwaway `vidsearch serve` (worker included) on 127.0.0.1 ingests generated clips meanwhile.
+
+    Examples:
+      vidsearch loadtest --clients 20 --seconds 20
+      vidsearch loadtest --url http://127.0.0.1:7860 --json
+    """
+    from ingest.loadtest import LoadTestError, format_report, parse_auth, run_against, run_self_contained, to_json
+
+    if target not in ("api", "gradio"):
+        raise UserError("--target is api or gradio")
+    signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: the throwaway server and its Milvus Lite are stopped
+    try:
+        if url is not None:
+            report = run_against(url, clients, seconds, auth=parse_auth(auth), target=target)  # type: ignore[arg-type]
+        else:
+            if auth is not None:
+                raise UserError("--auth goes with --url (the throwaway app has no login)")
+            report = run_self_contained(Settings(), clients, seconds, videos=videos, target=target,  # type: ignore[arg-type]
+                                        progress=lambda msg: typer.echo(f"[loadtest] {msg}", err=True))
+    except LoadTestError as exc:
+        raise UserError(" ".join(str(exc).split()) or "the load test failed") from None
+    if as_json:
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        for line in format_report(report):
+            typer.echo(line)
+    if report.load.errors:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -108,6 +108,30 @@ def sample_timestamps(duration: float, n: int) -> list[float]:
     return [(i + 0.5) * duration / n for i in range(n)]
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How many frames to sample from a video: `frames` for short ones, one every `interval` seconds for long
+    ones (so that moments of a long video are not 12 frames apart), never more than `max_frames`."""
+
+    frames: int = 12
+    interval: float | None = None  # seconds; None: always `frames`
+    max_frames: int | None = None
+
+    def count(self, duration: float | None) -> int:
+        n = self.frames
+        if self.interval and duration and duration > 0:
+            n = max(n, math.ceil(duration / self.interval - 1e-9))
+            if self.max_frames:
+                n = max(self.frames, min(n, self.max_frames))
+        return n
+
+
+def frame_spans(duration: float | None, n: int) -> list[tuple[float, float]]:
+    """The part of [0, duration] each of n uniform samples stands for: (start, end) seconds around its timestamp."""
+    d = max(0.0, duration or 0.0)
+    return [(i * d / n, (i + 1) * d / n) for i in range(n)]
+
+
 def iter_sampled_frames(path: str | os.PathLike, n: int, info: VideoInfo | None = None, *,
                         size: tuple[int, int] | None = None, seek: bool | None = None) -> Iterator[np.ndarray]:
     """Yield exactly n upright HxWx3 uint8 RGB frames, uniformly over the duration, in time order.

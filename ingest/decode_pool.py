@@ -3,46 +3,75 @@
 A decoder can hang or crash on a damaged or crafted file. A thread cannot be stopped, a process can: in "process"
 mode each file gets `timeout` seconds, after which its worker process is killed and replaced, and a worker that dies
 (an FFmpeg crash, the OOM killer) fails only the file it was decoding. Processes start once per worker (about 2 s)
-and ship each video's preprocessed frames back as one array; `vidsearch bench` measures both modes.
+and ship each video's preprocessed frames back as one array (with JPEG thumbnails when asked); `vidsearch bench`
+measures both modes.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import queue
 import signal
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from ingest.decode import DecodeError, Limits, VideoInfo, iter_sampled_frames, probe
+from ingest.decode import DecodeError, Limits, Sampling, VideoInfo, frame_spans, iter_sampled_frames, probe
 from ingest.encoder import Preprocessing, decode_size_for, preprocess_frame
+from ingest.thumbnails import jpeg_thumbnail, luma_stats, pick_poster
 
 log = logging.getLogger(__name__)
 
 DecodeMode = Literal["process", "thread"]
+STARTUP_GRACE_SECONDS = 10.0
 
 
-def decode_pixels(prep: Preprocessing, path: Path, frames: int, limits: Limits = Limits()  # noqa: B008 (frozen)
-                  ) -> tuple[VideoInfo, np.ndarray]:
-    """Probe, sample `frames` frames (resized by swscale while decoding) and preprocess them: (n,3,H,W) float32."""
+@dataclass(frozen=True)
+class Decoded:
+    """One decoded video: model-ready pixels of its samples, the time span each stands for, and thumbnails."""
+
+    info: VideoInfo
+    pixels: np.ndarray  # (n,3,H,W) float32, preprocessed for the model
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) seconds per sample
+    thumbs: list[bytes] = field(default_factory=list)  # JPEG per sample (empty when not asked for)
+    poster: int = 0  # the sample that shows the video best (not a black lead-in)
+
+
+def decode_pixels(prep: Preprocessing, path: Path, frames: int | Sampling,
+                  limits: Limits = Limits(), *, thumbs: bool = False) -> Decoded:  # noqa: B008 (frozen)
+    """Probe, sample frames (resized by swscale while decoding) and preprocess them.
+
+    frames: a fixed count, or a Sampling that grows the count with the duration. thumbs: also make a JPEG
+    thumbnail of each sample (from the same decoded frame) and pick the poster."""
     if not path.is_file():
         raise DecodeError(f"the stored file is missing: {path}")
     info = probe(path, limits)
+    n = frames.count(info.duration) if isinstance(frames, Sampling) else frames
     size = decode_size_for(prep, info.height, info.width)
-    sampled = iter_sampled_frames(path, frames, info, size=size)
-    return info, torch.stack([preprocess_frame(f, prep) for f in sampled]).numpy()
+    pixels, jpegs, stats = [], [], []
+    for frame in iter_sampled_frames(path, n, info, size=size):
+        pixels.append(preprocess_frame(frame, prep))
+        if thumbs:
+            jpegs.append(jpeg_thumbnail(frame))
+            stats.append(luma_stats(frame))
+    return Decoded(info, torch.stack(pixels).numpy(), frame_spans(info.duration, n), jpegs,
+                   pick_poster(stats) if thumbs else 0)
 
 
-def _init_process() -> None:
+def _init_process(started) -> None:
     # Each decode process works on one file at a time: more torch threads would only fight the model for cores.
     torch.set_num_threads(1)
     # Ctrl-C reaches the whole process group; the parent requeues its jobs and stops these workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started.put(os.getpid())  # see DecodePool.close
 
 
 def failure_message(exc: BaseException, timeout: float | None) -> str:
@@ -60,21 +89,25 @@ def failure_message(exc: BaseException, timeout: float | None) -> str:
 
 
 class DecodePool:
-    """`submit(path)` -> Future of (VideoInfo, pixels). Close it (or use `with`) to stop the workers."""
+    """`submit(path)` -> Future of a Decoded. Close it (or use `with`) to stop the workers."""
 
-    def __init__(self, prep: Preprocessing, frames: int, *, workers: int = 2, mode: DecodeMode = "process",
-                 timeout: float | None = 120.0, limits: Limits = Limits()) -> None:  # noqa: B008 (frozen)
+    def __init__(self, prep: Preprocessing, frames: int | Sampling, *, workers: int = 2,
+                 mode: DecodeMode = "process", timeout: float | None = 120.0,
+                 limits: Limits = Limits(), thumbs: bool = False) -> None:  # noqa: B008 (frozen)
         self.prep = prep
         self.frames = frames
         self.limits = limits
+        self.thumbs = thumbs
         self.mode = mode
         self.timeout = timeout if mode == "process" else None  # a thread cannot be stopped
         if mode == "process":
             from pebble import ProcessPool
 
             # spawn, not fork: forking a process that runs torch threads can deadlock the child.
-            self._pool = ProcessPool(max_workers=workers, initializer=_init_process,
-                                     context=multiprocessing.get_context("spawn"))
+            context = multiprocessing.get_context("spawn")
+            self._started, self._workers = context.Queue(), workers
+            self._pool = ProcessPool(max_workers=workers, initializer=_init_process, initargs=(self._started,),
+                                     context=context)
         elif mode == "thread":
             self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         else:
@@ -83,10 +116,10 @@ class DecodePool:
     def submit(self, path: Path) -> Future:
         if self.mode == "process":
             return self._pool.schedule(decode_pixels, args=(self.prep, Path(path), self.frames, self.limits),
-                                       timeout=self.timeout)
-        return self._pool.submit(decode_pixels, self.prep, Path(path), self.frames, self.limits)
+                                       kwargs={"thumbs": self.thumbs}, timeout=self.timeout)
+        return self._pool.submit(decode_pixels, self.prep, Path(path), self.frames, self.limits, thumbs=self.thumbs)
 
-    def outcome(self, future: Future) -> tuple[VideoInfo, np.ndarray] | str:
+    def outcome(self, future: Future) -> Decoded | str:
         """The decoded video, or a message saying why this file (and only this file) failed."""
         try:
             return future.result()
@@ -95,15 +128,25 @@ class DecodePool:
                 log.warning("decoding failed: %s", exc, exc_info=not _is_expired(exc))
             return failure_message(exc, self.timeout)
 
-    def map(self, paths: list[Path]) -> list[tuple[VideoInfo, np.ndarray] | str]:
+    def map(self, paths: list[Path]) -> list[Decoded | str]:
         """Decode all of `paths` (in parallel), in order: each the decoded video or why it failed."""
         futures = [self.submit(p) for p in paths]
         return [self.outcome(f) for f in futures]
 
     def close(self) -> None:
         if self.mode == "process":
+            # A worker stopped while it is still starting up (importing torch) prints a multiprocessing traceback
+            # on the terminal, its start-up pipe being gone: give those a few seconds to finish starting first.
+            deadline = time.monotonic() + STARTUP_GRACE_SECONDS
+            while self._workers > 0 and (left := deadline - time.monotonic()) > 0:
+                try:
+                    self._started.get(timeout=left)
+                    self._workers -= 1
+                except queue.Empty:
+                    break
             self._pool.stop()
             self._pool.join()
+            self._started.close()
         else:
             self._pool.shutdown(wait=True, cancel_futures=True)
 

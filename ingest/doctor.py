@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ingest import thumbnails
 from schema.catalog import Catalog, VideoStatus
 from schema.settings import Settings
 from schema.vectors import VectorStore
@@ -39,7 +40,7 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
     findings: list[Finding] = []
 
     def found(kind: str, detail: str, ids: list[int], fix) -> None:
-        if not ids and kind != "stale_temp_files":
+        if not ids and kind not in ("stale_temp_files", "orphan_thumbnails"):
             return
         finding = Finding(kind, detail, sorted(ids))
         if repair:
@@ -88,15 +89,34 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
 
         def dedupe() -> None:
             vectors = store.fetch(duplicated)
-            store.delete(duplicated)
+            store.delete(duplicated, segments=False)  # the segments are not duplicated: keep them
             if vectors:
                 import numpy as np
 
                 store.add(list(vectors), np.stack(list(vectors.values())))
 
         found("duplicate_vectors", "videos with more than one vector: one kept", duplicated, dedupe)
-        if repair and (orphans or failed or duplicated or missing):
+
+        # Segment vectors follow the same order (written before the video is ready, deleted with it).
+        segment_counts = store.segment_counts()
+        after = catalog.video_states()
+        seg_orphans = [v for v in segment_counts if v not in after]
+        found("orphan_segments", "segment vectors of videos the catalog does not have: deleted", seg_orphans,
+              lambda: store.delete(seg_orphans))
+        seg_failed = [v for v in segment_counts if v in after and after[v][0] is VideoStatus.FAILED]
+        found("segments_of_failed_videos", "segment vectors of failed videos (never searchable): deleted", seg_failed,
+              lambda: store.delete(seg_failed))
+        if repair and (orphans or failed or duplicated or missing or seg_orphans or seg_failed):
             store.flush()
+
+    # Thumbnails are written before a video is ready and removed with it; a folder whose content hash the catalog
+    # does not know belongs to a deleted video (listed first: a video's row always precedes its thumbnails).
+    thumbs_before = thumbnails.stored_hashes(settings.thumbnails_dir)
+    known = {v.sha256 for v in catalog.list_videos()}
+    stray = sorted(thumbs_before - known)
+    if stray:
+        found("orphan_thumbnails", f"{len(stray)} thumbnail folders of videos no longer in the catalog: removed", [],
+              lambda: [thumbnails.remove(settings.thumbnails_dir, sha) for sha in stray])
 
     now = time.time()
     stale = [p for p in settings.videos_dir.rglob(".incoming-*")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
+from ingest import thumbnails
 from ingest.decode import looks_like_video
 from schema.catalog import Catalog, Job, Video, VideoStatus
 from schema.settings import Settings
@@ -136,16 +137,20 @@ def iter_candidate_files(paths: Iterable[Path], recursive: bool) -> Iterator[Pat
             yield path
 
 
-def delete_video(catalog: Catalog, store: VectorStore | None, video_id: int) -> Video | None:
-    """Remove vectors first (so search never returns a video that no longer exists), then the row, then the file.
+def delete_video(catalog: Catalog, store: VectorStore | None, video_id: int,
+                 thumbnails_dir: Path | None = None) -> Video | None:
+    """Remove vectors first (so search never returns a video that no longer exists), then the row, then the file
+    and the thumbnails.
 
     `store` is None when no collection exists yet (nothing was ever indexed)."""
     video = catalog.get_video(video_id)
     if video is None:
         return None
     if store is not None:
-        store.delete([video_id])
+        store.delete([video_id])  # its segment vectors too
     catalog.delete_video(video_id)
     if video.owned:
         Path(video.stored_path).unlink(missing_ok=True)
+    if thumbnails_dir is not None:
+        thumbnails.remove(thumbnails_dir, video.sha256)
     return video

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ingest.decode import VideoInfo
-from ingest.decode_pool import DecodePool, decode_pixels
+from ingest.decode import Sampling, VideoInfo
+from ingest.decode_pool import Decoded, DecodePool, decode_pixels
 from ingest.encoder import ClipEncoder, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -26,18 +26,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Embedded:
-    """One video's outcome: its CLIP4Clip vector and probed metadata, or why it failed."""
+    """One video's outcome: its CLIP4Clip vector, its samples' vectors and probed metadata, or why it failed."""
 
     key: Hashable
     info: VideoInfo | None = None
     vector: np.ndarray | None = None
     error: str | None = None
+    frames: np.ndarray | None = None  # (n, dim) L2-normalised embedding of each sampled frame, in time order
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) seconds each sample stands for
+    thumbs: list[bytes] = field(default_factory=list)  # JPEG per sample
+    poster: int = 0
 
 
-def decode_video(encoder: ClipEncoder, path: Path, frames: int) -> tuple[VideoInfo, torch.Tensor]:
+def decode_video(encoder: ClipEncoder, path: Path, frames: int | Sampling) -> tuple[VideoInfo, torch.Tensor]:
     """Probe, sample `frames` frames and preprocess them, in this thread: (n,3,H,W)."""
-    info, pixels = decode_pixels(encoder.prep, path, frames)
-    return info, torch.from_numpy(pixels)
+    decoded = decode_pixels(encoder.prep, path, frames)
+    return decoded.info, torch.from_numpy(decoded.pixels)
 
 
 @dataclass
@@ -46,6 +50,7 @@ class _Waiting:
     info: VideoInfo
     pixels: torch.Tensor  # frames not yet sent to the model
     done: list[torch.Tensor] = field(default_factory=list)  # normalised frame embeddings so far
+    decoded: Decoded | None = None  # spans and thumbnails, passed through
 
 
 class FrameBatcher:
@@ -57,8 +62,9 @@ class FrameBatcher:
         self.waiting: deque[_Waiting] = deque()
         self.buffered = 0
 
-    def add(self, key: Hashable, info: VideoInfo, pixels: torch.Tensor) -> list[Embedded]:
-        self.waiting.append(_Waiting(key, info, pixels))
+    def add(self, key: Hashable, info: VideoInfo, pixels: torch.Tensor, decoded: Decoded | None = None
+            ) -> list[Embedded]:
+        self.waiting.append(_Waiting(key, info, pixels, decoded=decoded))
         self.buffered += len(pixels)
         out: list[Embedded] = []
         while self.buffered >= self.batch_size:
@@ -90,12 +96,16 @@ class FrameBatcher:
             start += k
             if len(item.pixels) == 0:
                 self.waiting.popleft()  # taken items are always a prefix of the queue
-                vector = l2_normalize(torch.cat(item.done).mean(dim=0)).numpy().astype(np.float32)
-                finished.append(Embedded(item.key, item.info, vector))
+                frames = torch.cat(item.done)
+                vector = l2_normalize(frames.mean(dim=0)).numpy().astype(np.float32)
+                d = item.decoded
+                finished.append(Embedded(item.key, item.info, vector, frames=frames.numpy().astype(np.float32),
+                                         spans=d.spans if d else [], thumbs=d.thumbs if d else [],
+                                         poster=d.poster if d else 0))
         return finished
 
 
-def embed_videos(encoder: ClipEncoder, items: Iterable[tuple[Hashable, Path]], frames: int, *,
+def embed_videos(encoder: ClipEncoder, items: Iterable[tuple[Hashable, Path]], frames: int | Sampling, *,
                  pool: DecodePool | None = None, decode_workers: int = 2, prefetch: int = 8) -> Iterator[Embedded]:
     """Yield one Embedded per (key, path), in completion order. Memory: at most `prefetch` decoded videos.
 
@@ -125,8 +135,7 @@ def embed_videos(encoder: ClipEncoder, items: Iterable[tuple[Hashable, Path]], f
                 if isinstance(outcome, str):
                     yield Embedded(key, error=outcome)
                 else:
-                    info, pixels = outcome
-                    yield from batcher.add(key, info, torch.from_numpy(pixels))
+                    yield from batcher.add(key, outcome.info, torch.from_numpy(outcome.pixels), outcome)
         yield from batcher.flush()
     finally:
         for future in window:

@@ -1,8 +1,9 @@
 """Claims queued jobs and runs decode -> embed -> store for them, recording each outcome in the catalog.
 
-Write order (so search never sees half a video): vectors of the video are first deleted (a retried job may have
-left some), then inserted, and only then is the catalog row marked ready. Search returns ready videos only, so a
-crash between the two writes leaves nothing visible; the job is simply run again.
+Write order (so search never sees half a video): thumbnails are written (files keyed by content hash, overwritten by
+a retry), the video's vectors and segment vectors are deleted (a retried job may have left some), the segment vectors
+then the video vector are inserted, and only then is the catalog row marked ready. Search returns ready videos only,
+so a crash between the writes leaves nothing visible; the job is simply run again.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.decode import Limits, VideoInfo
+from ingest import thumbnails
+from ingest.decode import Limits, Sampling, VideoInfo
 from ingest.decode_pool import DecodeMode, DecodePool
 from ingest.encoder import ClipEncoder
 from ingest.pipeline import Embedded, embed_videos
 from schema.catalog import Catalog, Job
-from schema.vectors import VectorStore, VectorStoreError
+from schema.vectors import Segments, VectorStore, VectorStoreError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,15 @@ class JobResult:
         return self.error is None
 
 
+def segments_of(item: Embedded) -> Segments | None:
+    """One segment per sampled frame: its vector and the span of the video it stands for. Moments (windows of
+    consecutive segments) are formed at query time, so their length can change without re-embedding anything."""
+    if item.frames is None or not item.spans or len(item.spans) != len(item.frames) or item.spans[-1][1] <= 0:
+        return None  # unknown duration: no times to give
+    spans = np.asarray(item.spans, dtype=np.float32)
+    return Segments(spans[:, 0], spans[:, 1], item.frames)
+
+
 def _info_fields(info: VideoInfo) -> dict:
     return {"duration": info.duration, "fps": info.fps, "width": info.width, "height": info.height,
             "codec": info.codec}
@@ -52,7 +63,8 @@ class Worker:
     def __init__(self, catalog: Catalog, store: VectorStore, encoder: ClipEncoder, frames: int,
                  poll_seconds: float = 1.0, *, decode_workers: int = 2, claim_size: int = 16,
                  write_batch: int = 32, decode_mode: DecodeMode = "process",
-                 decode_timeout: float | None = 120.0, limits: Limits = Limits()) -> None:  # noqa: B008 (frozen)
+                 decode_timeout: float | None = 120.0, limits: Limits = Limits(),  # noqa: B008 (frozen)
+                 sampling: Sampling | None = None, thumbnails_dir: Path | None = None) -> None:
         self.catalog = catalog
         self.store = store
         self.encoder = encoder
@@ -64,6 +76,9 @@ class Worker:
         self.decode_mode = decode_mode
         self.decode_timeout = decode_timeout
         self.limits = limits
+        self.sampling = sampling or Sampling(frames)  # how many frames a video of a given duration gets
+        self.thumbnails_dir = thumbnails_dir  # None: no thumbnails
+        self._hashes: dict[int, str] = {}  # job id -> content hash of its video, for the batch in progress
         self._pool: DecodePool | None = None  # started on first use, kept for the worker's life
 
     @classmethod
@@ -72,12 +87,15 @@ class Worker:
                    decode_workers=settings.decode_workers, claim_size=settings.claim_size,
                    write_batch=settings.write_batch, decode_mode=settings.decode_mode,
                    decode_timeout=settings.decode_timeout_seconds,
-                   limits=Limits(max_side=settings.max_video_side, max_duration=settings.max_duration_seconds))
+                   limits=Limits(max_side=settings.max_video_side, max_duration=settings.max_duration_seconds),
+                   sampling=Sampling(settings.frames, settings.moment_seconds / 2, settings.max_frames),
+                   thumbnails_dir=settings.thumbnails_dir)
 
     def decode_pool(self) -> DecodePool:
         if self._pool is None:
-            self._pool = DecodePool(self.encoder.prep, self.frames, workers=self.decode_workers,
-                                    mode=self.decode_mode, timeout=self.decode_timeout, limits=self.limits)
+            self._pool = DecodePool(self.encoder.prep, self.sampling, workers=self.decode_workers,
+                                    mode=self.decode_mode, timeout=self.decode_timeout, limits=self.limits,
+                                    thumbs=self.thumbnails_dir is not None)
         return self._pool
 
     def close(self) -> None:
@@ -98,6 +116,7 @@ class Worker:
         by_id = {job.id: job for job in jobs}
         videos = self.catalog.videos_by_ids([job.video_id for job in jobs])
         titles = {job.id: videos[job.video_id].title if job.video_id in videos else "?" for job in jobs}
+        self._hashes = {job.id: videos[job.video_id].sha256 for job in jobs if job.video_id in videos}
         results: list[JobResult] = []
 
         def emit(result: JobResult) -> None:
@@ -114,7 +133,7 @@ class Worker:
                 items.append((job.id, Path(video.stored_path)))
         pending: list[Embedded] = []
 
-        for item in embed_videos(self.encoder, items, self.frames, pool=self.decode_pool(),
+        for item in embed_videos(self.encoder, items, self.sampling, pool=self.decode_pool(),
                                  prefetch=max(2, 2 * self.decode_workers)):
             self.catalog.heartbeat([j.id for j in jobs])
             job = by_id[item.key]
@@ -132,11 +151,19 @@ class Worker:
         return results
 
     def _write(self, done: list[Embedded], jobs: dict[int, Job], titles: dict[int, str]) -> list[JobResult]:
-        """Vectors first (replacing any a retried job left), then the catalog marks the videos ready."""
+        """Thumbnails and vectors first (replacing any a retried job left), then the catalog marks the videos ready."""
         if not done:
             return []
+        if self.thumbnails_dir is not None:
+            for d in done:
+                if d.thumbs and d.key in self._hashes:
+                    thumbnails.write(self.thumbnails_dir, self._hashes[d.key], d.thumbs, d.poster)
         video_ids = [jobs[d.key].video_id for d in done]
         self.store.delete(video_ids)
+        with_segments = [(jobs[d.key].video_id, segments_of(d)) for d in done]
+        with_segments = [(v, s) for v, s in with_segments if s is not None]
+        if with_segments:
+            self.store.add_segments([v for v, _ in with_segments], [s for _, s in with_segments])
         self.store.add(video_ids, np.stack([d.vector for d in done]))
         self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done])
         return [JobResult(d.key, jobs[d.key].video_id, titles[d.key]) for d in done]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from schema.catalog import Catalog
-from schema.vectors import Hit, VectorStore
+from schema.vectors import Hit, Segments, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,17 @@ class MemoryIndex:
     def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None:
         self.store.add(video_ids, vectors)
 
-    def delete(self, video_ids: Sequence[int]) -> None:
-        self.store.delete(video_ids)
+    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None:
+        self.store.add_segments(video_ids, segments)
+
+    def delete(self, video_ids: Sequence[int], *, segments: bool = True) -> None:
+        self.store.delete(video_ids, segments=segments)
+
+    def segments(self, video_ids: Sequence[int]) -> dict[int, Segments]:
+        return self.store.segments(video_ids)  # few videos per query (the top k): Milvus answers directly
+
+    def segment_counts(self) -> Counter[int]:
+        return self.store.segment_counts()
 
     def flush(self) -> None:
         self.store.flush()

@@ -47,9 +47,20 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N. fp16 is used on CUDA.")
     frames: int = Field(12, ge=1, le=512, description="Frames sampled uniformly per video.")
+    moment_seconds: float = Field(
+        5.0, ge=0.5, le=600, description="Length of a moment (a window of consecutive sampled frames) in search "
+        "results and the timeline. Videos longer than `frames` x half of it get a frame every half moment."
+    )
+    max_frames: int = Field(
+        120, ge=1, le=1024, description="Most frames sampled from one long video (then spread more thinly)."
+    )
     batch_size: int = Field(48, ge=1, description="Frames per model forward pass (batched across videos).")
     host: str = Field("127.0.0.1", description="Address the web app binds to.")
     port: int = Field(7860, ge=1, le=65535, description="Port of the web app.")
+    search_concurrency: int = Field(
+        2, ge=1, le=64, description="Searches that run the model at once, in the HTTP API and in the web page each; "
+        "more wait their turn without holding a thread. Chosen with `vidsearch loadtest` (README, Load test)."
+    )
     auth: SecretStr | None = Field(
         None, description="Login for the web app: user:password (comma-separated for several) or the path of a "
         "file with one user:password per line. Unset: no login."
@@ -104,6 +115,10 @@ class Settings(BaseSettings):
         return self.home_dir / "videos"
 
     @property
+    def thumbnails_dir(self) -> Path:
+        return self.home_dir / "thumbnails"
+
+    @property
     def milvus_lite_dir(self) -> Path:
         return self.home_dir / "milvus"
 
@@ -121,4 +136,5 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         self.videos_dir.mkdir(parents=True, exist_ok=True)
+        self.thumbnails_dir.mkdir(parents=True, exist_ok=True)
         self.milvus_lite_dir.mkdir(parents=True, exist_ok=True)

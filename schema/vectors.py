@@ -41,6 +41,24 @@ class Hit:
     score: float
 
 
+@dataclass(frozen=True)
+class Segments:
+    """The stored segment vectors of one video, in time order: segment i covers [starts[i], ends[i]] seconds."""
+
+    starts: np.ndarray  # float32 (n,)
+    ends: np.ndarray  # float32 (n,)
+    vectors: np.ndarray  # float32 (n, dim), L2-normalised rows
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+
+# Segment rows per video are bounded by VIDSEARCH_MAX_FRAMES (<= 1024); a Milvus query returns at most 16,384 rows.
+SEGMENT_FETCH_VIDEOS = 16
+SEGMENT_INSERT_ROWS = 4096
+SEGMENTS_SUFFIX = "_segments"
+
+
 class VectorStore(Protocol):
     """What ingest and search need from a vector database, and nothing more."""
 
@@ -48,7 +66,10 @@ class VectorStore(Protocol):
     model: str
 
     def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None: ...
-    def delete(self, video_ids: Sequence[int]) -> None: ...
+    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None: ...
+    def delete(self, video_ids: Sequence[int], *, segments: bool = True) -> None: ...
+    def segments(self, video_ids: Sequence[int]) -> dict[int, Segments]: ...
+    def segment_counts(self) -> Counter[int]: ...
     def flush(self) -> None: ...
     def search(self, vector: np.ndarray, k: int) -> list[Hit]: ...
     def video_ids(self) -> set[int]: ...
@@ -80,13 +101,15 @@ def connect(settings: Settings):  # -> pymilvus.MilvusClient (imported lazily: i
 
 
 class MilvusVectorStore:
-    """One collection: auto primary key, video id, float vector of the model's dimension."""
+    """Two collections on one client: the videos' vectors (auto primary key, video id, float vector of the model's
+    dimension) and, named `<collection>_segments`, their segments' vectors (plus start and end seconds)."""
 
     def __init__(self, client, collection: str, dim: int, model: str, *, index_type: str = "FLAT",
                  index_params: dict | None = None, search_params: dict | None = None,
                  seal_writes: bool = False) -> None:
         self.client = client
         self.collection = collection
+        self.segment_collection = collection + SEGMENTS_SUFFIX
         self.dim = dim
         self.model = model
         # FLAT (exact) by default: approximate indexes are chosen by measured recall (`vidsearch bench`).
@@ -123,41 +146,50 @@ class MilvusVectorStore:
         """Create the collection if missing (losing a creation race to another process is fine), then check it."""
         from pymilvus.exceptions import MilvusException
 
-        try:
-            if not self.client.has_collection(self.collection):
-                try:
-                    self._create()
-                except MilvusException:
-                    if not self.client.has_collection(self.collection):  # a real failure, not a lost race
-                        raise
-            self._check_compatible()
-        except MilvusException as exc:
-            raise VectorStoreError(f"Milvus could not open collection '{self.collection}': {exc}") from exc
+        for name, segments in ((self.collection, False), (self.segment_collection, True)):
+            try:
+                if not self.client.has_collection(name):
+                    try:
+                        self._create(name, segments)
+                    except MilvusException:
+                        if not self.client.has_collection(name):  # a real failure, not a lost race
+                            raise
+                self._check_compatible(name)
+            except MilvusException as exc:
+                raise VectorStoreError(f"Milvus could not open collection '{name}': {exc}") from exc
 
-    def _create(self) -> None:
+    def _create(self, name: str, segments: bool = False) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
         schema.add_field("pk", DataType.INT64, is_primary=True)
         schema.add_field("video_id", DataType.INT64)
+        if segments:
+            schema.add_field("start_s", DataType.FLOAT)
+            schema.add_field("end_s", DataType.FLOAT)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         index = self.client.prepare_index_params()
-        index.add_index(field_name="vector", index_type=self.index_type, metric_type=METRIC, params=self.index_params)
+        if segments:  # only ever read by video id, then scored exactly: no approximate index to tune
+            index.add_index(field_name="vector", index_type="FLAT", metric_type=METRIC)
+        else:
+            index.add_index(field_name="vector", index_type=self.index_type, metric_type=METRIC,
+                            params=self.index_params)
         # Strong consistency: a video marked done must be searchable by the very next query. The model is recorded
         # at creation, so no other process can ever see the collection untagged.
-        self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong",
+        self.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
                                       properties={PROP_MODEL: self.model, PROP_DIM: str(self.dim)})
-        log.info("created Milvus collection %s (dim %d, model %s)", self.collection, self.dim, self.model)
+        log.info("created Milvus collection %s (dim %d, model %s)", name, self.dim, self.model)
 
-    def _check_compatible(self) -> None:
-        info = self.client.describe_collection(self.collection)
+    def _check_compatible(self, name: str | None = None) -> None:
+        name = name or self.collection
+        info = self.client.describe_collection(name)
         stored_model = (info.get("properties") or {}).get(PROP_MODEL)
         stored_dim = next(
             (int(f["params"]["dim"]) for f in info.get("fields", []) if f.get("name") == "vector"), None
         )
         if stored_model != self.model or stored_dim != self.dim:
             raise ModelMismatchError(
-                f"the Milvus collection '{self.collection}' holds vectors from model {stored_model!r} "
+                f"the Milvus collection '{name}' holds vectors from model {stored_model!r} "
                 f"(dim {stored_dim}), but the configured model is {self.model!r} (dim {self.dim}). "
                 "Vectors from different models cannot be compared. Either set VIDSEARCH_MODEL/"
                 "VIDSEARCH_MODEL_REVISION back, use another VIDSEARCH_COLLECTION, or run `vidsearch reindex` "
@@ -185,6 +217,8 @@ class MilvusVectorStore:
             elif "released" in text or "not loaded" in text:  # a restarted server loads nothing by itself
                 try:
                     self.client.load_collection(self.collection)
+                    if self.client.has_collection(self.segment_collection):
+                        self.client.load_collection(self.segment_collection)
                 except MilvusException as again:
                     raise VectorStoreError(f"Milvus {what} failed: {exc}") from again
             else:
@@ -208,16 +242,57 @@ class MilvusVectorStore:
         rows = [{"video_id": int(v), "vector": vec} for v, vec in zip(video_ids, vectors.tolist(), strict=True)]
         self._call("insert", lambda: self.client.insert(self.collection, rows))
 
-    def delete(self, video_ids: Sequence[int]) -> None:
+    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None:
+        """Insert the segment vectors of these videos (call `delete` first when replacing)."""
+        rows = []
+        for video_id, seg in zip(video_ids, segments, strict=True):
+            vectors = np.asarray(seg.vectors, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[1:] != (self.dim,) or len(vectors) != len(seg.starts):
+                raise ValueError(f"expected {len(seg.starts)} segment vectors of dim {self.dim}, got {vectors.shape}")
+            rows += [{"video_id": int(video_id), "start_s": float(a), "end_s": float(b), "vector": vec}
+                     for a, b, vec in zip(seg.starts.tolist(), seg.ends.tolist(), vectors.tolist(), strict=True)]
+        for start in range(0, len(rows), SEGMENT_INSERT_ROWS):
+            chunk = rows[start : start + SEGMENT_INSERT_ROWS]
+            self._call("insert", lambda chunk=chunk: self.client.insert(self.segment_collection, chunk))
+
+    def delete(self, video_ids: Sequence[int], *, segments: bool = True) -> None:
+        """Remove the vectors of these videos, and (unless told otherwise) their segment vectors."""
         if len(video_ids) == 0:
             return
         ids = ", ".join(str(int(v)) for v in video_ids)  # ints only: nothing user-typed reaches the expression
+        if segments:
+            self._call("delete", lambda: self.client.delete(self.segment_collection, filter=f"video_id in [{ids}]"))
         self._call("delete", lambda: self.client.delete(self.collection, filter=f"video_id in [{ids}]"))
+
+    def segments(self, video_ids: Sequence[int]) -> dict[int, Segments]:
+        """The stored segments of each of these videos, in time order (videos without any are left out)."""
+        rows_by_video: dict[int, list[dict]] = {}
+        ids = [int(v) for v in video_ids]
+        for start in range(0, len(ids), SEGMENT_FETCH_VIDEOS):
+            chunk = ids[start : start + SEGMENT_FETCH_VIDEOS]
+            expr = f"video_id in [{', '.join(map(str, chunk))}]"  # ints only
+            rows = self._call("query", lambda expr=expr: self.client.query(  # noqa: B008
+                self.segment_collection, filter=expr, output_fields=["video_id", "start_s", "end_s", "vector"],
+                limit=16_384))
+            for row in rows:
+                rows_by_video.setdefault(int(row["video_id"]), []).append(row)
+        out: dict[int, Segments] = {}
+        for video_id, rows in rows_by_video.items():
+            rows.sort(key=lambda r: (r["start_s"], r["end_s"]))
+            out[video_id] = Segments(np.array([r["start_s"] for r in rows], np.float32),
+                                     np.array([r["end_s"] for r in rows], np.float32),
+                                     np.array([r["vector"] for r in rows], np.float32))
+        return out
+
+    def segment_counts(self) -> Counter[int]:
+        """How many segment vectors each video has."""
+        return self._counts(self.segment_collection)
 
     def flush(self) -> None:
         """After a burst of writes. Milvus Lite searches unsealed rows by a slow scan (586 ms vs 21 ms at 10k rows,
         measured), so its segments are sealed; a Milvus server indexes growing segments itself and is left alone."""
         if self.seal_writes:
+            self._call("flush", lambda: self.client.flush(self.segment_collection))
             self._call("flush", lambda: self.client.flush(self.collection))
 
     def search(self, vector: np.ndarray, k: int) -> list[Hit]:
@@ -250,10 +325,13 @@ class MilvusVectorStore:
 
     def vector_counts(self) -> Counter[int]:
         """How many vectors each video has (exactly one, when all is well)."""
+        return self._counts(self.collection)
+
+    def _counts(self, collection: str) -> Counter[int]:
         counts: Counter[int] = Counter()
 
         def scan() -> None:
-            iterator = self.client.query_iterator(self.collection, batch_size=4000, filter="",
+            iterator = self.client.query_iterator(collection, batch_size=4000, filter="",
                                                   output_fields=["video_id"])
             try:
                 while batch := iterator.next():
@@ -268,6 +346,8 @@ class MilvusVectorStore:
         return int(self._call("count", lambda: self.client.get_collection_stats(self.collection))["row_count"])
 
     def drop(self) -> None:
+        if self.client.has_collection(self.segment_collection):
+            self.client.drop_collection(self.segment_collection)
         self.client.drop_collection(self.collection)
 
     def close(self) -> None:
@@ -275,9 +355,11 @@ class MilvusVectorStore:
 
 
 def drop_collection(settings: Settings) -> bool:
-    """Remove the collection entirely (used by `reindex`). True if it existed."""
+    """Remove the collection and its segments' collection entirely (used by `reindex`). True if it existed."""
     client = connect(settings)
     try:
+        if client.has_collection(settings.collection + SEGMENTS_SUFFIX):
+            client.drop_collection(settings.collection + SEGMENTS_SUFFIX)
         if client.has_collection(settings.collection):
             client.drop_collection(settings.collection)
             return True

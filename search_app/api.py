@@ -14,10 +14,12 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+import anyio
+from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -35,7 +37,7 @@ from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
 from schema.catalog import Job, JobState, Video, VideoStatus
 from schema.vectors import VectorStoreError
-from search_app.app import media_url
+from search_app.app import fragment, media_url, thumbnail_url
 from search_app.search import (
     MAX_IMAGE_BYTES,
     MAX_K,
@@ -48,6 +50,7 @@ from search_app.search import (
     embed_query_image,
     search_image,
     search_text,
+    video_timeline,
 )
 
 log = logging.getLogger(__name__)
@@ -116,11 +119,27 @@ class SearchIn(_Strict):
 
 
 class Moment(BaseModel):
-    """A time span of a video that matches the query (not computed yet: `moments` is always empty for now)."""
+    """A time span of a video that matches the query: a window of about VIDSEARCH_MOMENT_SECONDS."""
 
     start: float = Field(description="Seconds from the start of the video.")
-    end: float
-    score: float
+    end: float = Field(description="Seconds from the start of the video.")
+    score: float = Field(description="Cosine similarity between the query and this part of the video.")
+    thumbnail_url: str | None = Field(None, description="Thumbnail of the best-matching frame (under /thumbnails).")
+    media_url: str | None = Field(None, description="The video with a media fragment (#t=start,end): a player "
+                                  "given this URL starts at the moment.")
+
+
+class TimelinePoint(BaseModel):
+    time: float = Field(description="Seconds: the centre of a sampled frame's span.")
+    score: float = Field(description="Cosine similarity between the query and that frame.")
+
+
+class TimelineOut(BaseModel):
+    video_id: int
+    source: str = Field(description="'stored': from the segment vectors of the index; 'computed': the video had "
+                        "none (ingested before they were stored), so its frames were embedded for this request.")
+    points: list[TimelinePoint]
+    moments: list[Moment] = Field(description="The best moments, best first.")
 
 
 class SearchHit(BaseModel):
@@ -130,7 +149,9 @@ class SearchHit(BaseModel):
     score: float = Field(description="Cosine similarity between the query and the video.")
     duration: float | None = Field(description="Seconds.")
     media_url: str | None = Field(description="Path of the video under /media; null for files indexed in place.")
-    moments: list[Moment] = Field(default_factory=list)
+    thumbnail_url: str | None = Field(None, description="Poster image of the video (under /thumbnails).")
+    moments: list[Moment] = Field(default_factory=list, description="Where in the video the query matches best, "
+                                  "best first (1 to 3; empty for videos indexed before moments were stored).")
 
 
 class SearchOut(BaseModel):
@@ -191,9 +212,16 @@ def _job_out(j: Job) -> JobOut:
                   created_at=_utc(j.created_at), started_at=_utc(j.started_at), finished_at=_utc(j.finished_at))
 
 
+def _moments(runtime: Runtime, url: str | None, sha256: str, moments) -> list[Moment]:
+    return [Moment(start=m.start, end=m.end, score=m.score, thumbnail_url=thumbnail_url(runtime, sha256, m.frame),
+                   media_url=fragment(url, m.start, m.end) if url else None) for m in moments]
+
+
 def _hit(runtime: Runtime, r: SearchResult) -> SearchHit:
+    url = media_url(runtime, r.path)
     return SearchHit(rank=r.rank, video_id=r.video_id, title=r.title, score=r.score, duration=r.duration,
-                     media_url=media_url(runtime, r.path), moments=[])
+                     media_url=url, thumbnail_url=thumbnail_url(runtime, r.sha256),
+                     moments=_moments(runtime, url, r.sha256, r.moments))
 
 
 # --- errors at the edge -----------------------------------------------------------------------------------------
@@ -397,6 +425,13 @@ def build_api(runtime: Runtime) -> APIRouter:
     max_upload = settings.max_upload_mb * 1024 * 1024
     router = APIRouter(prefix="/api", tags=["api"], route_class=_route_class(settings.max_upload_mb),
                        responses=_errors(422, 503))
+    # Query encodes share the cores with each other and with the ingestion worker: beyond a few at once they only
+    # slow each other down and starve ingestion (README, Load test). The rest wait here without holding a thread.
+    model_slots = anyio.CapacityLimiter(settings.search_concurrency)
+
+    async def run_model(fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=model_slots)
+
     def embedding(vector) -> EmbeddingOut:
         return EmbeddingOut(embedding=[float(x) for x in vector], dim=len(vector), model=runtime.encoder.key)
 
@@ -407,8 +442,8 @@ def build_api(runtime: Runtime) -> APIRouter:
         return runtime.encoder.embed_text(text)
 
     @router.post("/embed/text", response_model=EmbeddingOut, summary="Embed a text query")
-    def embed_text_route(body: TextIn) -> EmbeddingOut:
-        return embedding(embed_text(body.text))
+    async def embed_text_route(body: TextIn) -> EmbeddingOut:
+        return embedding(await run_model(embed_text, body.text))
 
     @router.post(
         "/embed/image", response_model=EmbeddingOut, summary="Embed a still image",
@@ -421,19 +456,24 @@ def build_api(runtime: Runtime) -> APIRouter:
     )
     async def embed_image_route(request: Request) -> EmbeddingOut:
         data = await _image_bytes(request)
-        vector = await run_in_threadpool(embed_query_image, runtime.encoder, data)
+        vector = await run_model(embed_query_image, runtime.encoder, data)
         return embedding(vector)
 
     @router.post("/search", response_model=SearchOut, summary="Search by text or by image",
                  responses=_errors(400, 413))
-    def search_route(body: SearchIn) -> SearchOut:
+    async def search_route(body: SearchIn) -> SearchOut:
+        return await run_model(search, body)
+
+    def search(body: SearchIn) -> SearchOut:
         filters = SearchFilters(body.filters.min_duration, body.filters.max_duration) if body.filters else None
         if body.text is not None:
-            found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, body.text, body.k, filters)
+            found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, body.text, body.k, filters,
+                                moment_seconds=settings.moment_seconds)
         else:
             assert body.image is not None
             found = search_image(runtime.catalog, runtime.search_store, runtime.encoder,
-                                 decode_base64_image(body.image), body.k, filters)
+                                 decode_base64_image(body.image), body.k, filters,
+                                 moment_seconds=settings.moment_seconds)
         return SearchOut(results=[_hit(runtime, r) for r in found])
 
     @router.get("/videos", response_model=VideoList, summary="List the library")
@@ -447,10 +487,25 @@ def build_api(runtime: Runtime) -> APIRouter:
             raise HTTPException(404, f"no video with id {video_id}")
         return _video_out(runtime, video)
 
+    @router.get("/videos/{video_id}/timeline", response_model=TimelineOut, responses=_errors(404),
+                summary="Similarity of one video to a text over time, and its best moments")
+    def timeline_route(video_id: VideoId, text: Annotated[str, Query(min_length=1, max_length=MAX_TEXT)]
+                       ) -> TimelineOut:
+        video = runtime.catalog.get_video(video_id)
+        if video is None:
+            raise HTTPException(404, f"no video with id {video_id}")
+        timeline = video_timeline(runtime.store, runtime.encoder, video, embed_text(text), frames=settings.frames,
+                                  moment_seconds=settings.moment_seconds, max_frames=settings.max_frames)
+        url = media_url(runtime, video.stored_path)
+        return TimelineOut(video_id=video.id, source=timeline.source,
+                           points=[TimelinePoint(time=t, score=s) for t, s in zip(timeline.times, timeline.scores,
+                                                                                   strict=True)],
+                           moments=_moments(runtime, url, video.sha256, timeline.moments))
+
     @router.delete("/videos/{video_id}", response_model=VideoOut, responses=_errors(404),
                    summary="Delete a video: its vectors, its catalog row and its stored file")
     def delete_route(video_id: VideoId) -> VideoOut:
-        video = delete_video(runtime.catalog, runtime.existing_store(), video_id)
+        video = delete_video(runtime.catalog, runtime.existing_store(), video_id, settings.thumbnails_dir)
         if video is None:
             raise HTTPException(404, f"no video with id {video_id}")
         return _video_out(runtime, video)

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import threading
 from pathlib import Path
 
 import gradio as gr
 from fastapi import FastAPI
 
+from ingest import thumbnails
 from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
 from ingest.worker import JobResult, Worker
 from schema.catalog import VideoStatus
 from schema.vectors import VectorStoreError
 from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
-from search_app.search import QueryError, SearchResult, search_text
+from search_app.moments import Moment, Timeline
+from search_app.search import QueryError, SearchResult, search_text, video_timeline
 
 log = logging.getLogger(__name__)
 
 MEDIA_ROUTE = "/media"
+THUMBS_ROUTE = "/thumbnails"
 STATUS_LABEL = {
     VideoStatus.QUEUED: "queued",
     VideoStatus.PROCESSING: "processing",
@@ -37,6 +41,30 @@ CSS = """
 .vs-card .vs-title { font-weight: 600; overflow-wrap: anywhere; }
 .vs-card .vs-meta { color: var(--body-text-color-subdued); font-size: 0.9em; }
 .vs-empty { color: var(--body-text-color-subdued); padding: 12px 0; }
+.vs-moments { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
+.vs-moment { display: flex; flex-direction: column; align-items: center; gap: 2px; padding: 3px; cursor: pointer;
+  border: 1px solid var(--border-color-primary); border-radius: 6px; background: var(--background-fill-secondary);
+  font-size: 0.8em; color: var(--body-text-color); }
+.vs-moment img { width: 96px; height: 54px; object-fit: cover; border-radius: 3px; background: #000; }
+.vs-moment.vs-active { border-color: var(--color-accent); box-shadow: 0 0 0 1px var(--color-accent); }
+.vs-timeline video { width: 100%; max-width: 640px; max-height: 360px; background: #000; border-radius: 4px; }
+.vs-gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 8px; }
+.vs-tile { font-size: 0.85em; overflow-wrap: anywhere; }
+.vs-tile img { width: 100%; aspect-ratio: 16 / 9; object-fit: cover; border-radius: 4px; background: #000; }
+"""
+# Clicking a moment plays the card's (or the timeline's) player from that moment: the src gets a media fragment
+# (#t=start,end), which every browser honours. One delegated listener per HTML component, installed once.
+MOMENT_CLICK_JS = """
+element.addEventListener('click', (event) => {
+  const button = event.target.closest('.vs-moment');
+  if (!button || !element.contains(button)) return;
+  const scope = button.closest('.vs-card, .vs-timeline') || element;
+  const video = scope.querySelector('video');
+  if (!video) return;
+  video.src = button.dataset.src;
+  video.play().catch(() => {});
+  scope.querySelectorAll('.vs-moment').forEach((b) => b.classList.toggle('vs-active', b === button));
+});
 """
 
 
@@ -49,11 +77,44 @@ def media_url(runtime: Runtime, stored_path: str) -> str | None:
     return f"{MEDIA_ROUTE}/{relative.as_posix()}"
 
 
+def thumbnail_url(runtime: Runtime, sha256: str, name: str | int = thumbnails.POSTER) -> str | None:
+    """URL of a video's poster (or of one sample's thumbnail) under /thumbnails; None when it has none (ingested
+    before thumbnails were made)."""
+    if not sha256 or not thumbnails.has_poster(runtime.settings.thumbnails_dir, sha256):
+        return None
+    return f"{THUMBS_ROUTE}/{thumbnails.relative_url(sha256, name)}"
+
+
+def fragment(url: str, start: float, end: float) -> str:
+    """A media fragment URL: players start at `start` and pause at `end`."""
+    return f"{url}#t={start:.2f},{end:.2f}"
+
+
 def _fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes}:{secs:02d}"
+
+
+def fmt_span(start: float, end: float) -> str:
+    """'0:12–0:17' (whole seconds, rounded outwards so a short moment never reads as 0:03–0:03)."""
+    return f"{_fmt_duration(math.floor(start))}–{_fmt_duration(math.ceil(end))}"
+
+
+def moment_buttons(runtime: Runtime, url: str | None, sha256: str, moments) -> str:
+    """One button per moment (its thumbnail and time range); clicking plays the player from there."""
+    if not url or not moments:
+        return ""
+    buttons = []
+    for m in moments:
+        thumb = thumbnail_url(runtime, sha256, m.frame)
+        img = f'<img class="vs-thumb" src="{html.escape(thumb, quote=True)}" alt="" loading="lazy">' if thumb else ""
+        buttons.append(
+            f'<button type="button" class="vs-moment" data-start="{m.start:.2f}" data-end="{m.end:.2f}" '
+            f'data-src="{html.escape(fragment(url, m.start, m.end), quote=True)}" '
+            f'title="score {m.score:.3f}">{img}<span>{fmt_span(m.start, m.end)}</span></button>')
+    return f'<div class="vs-moments">{"".join(buttons)}</div>'
 
 
 def render_results(runtime: Runtime, query: str, results: list[SearchResult]) -> str:
@@ -64,12 +125,16 @@ def render_results(runtime: Runtime, query: str, results: list[SearchResult]) ->
     cards = []
     for r in results:
         url = media_url(runtime, r.path)
-        player = (f'<video controls preload="metadata" src="{html.escape(url, quote=True)}"></video>'
-                  if url else "")
+        poster = thumbnail_url(runtime, r.sha256)
+        poster_attr = f' poster="{html.escape(poster, quote=True)}"' if poster else ""
+        src = fragment(url, r.moments[0].start, r.moments[0].end) if url and r.moments else url
+        player = (f'<video controls preload="metadata"{poster_attr} src="{html.escape(src, quote=True)}"></video>'
+                  if src else "")
         cards.append(
             f'<div class="vs-card" data-video-id="{r.video_id}">{player}'
             f'<div class="vs-title">{r.rank}. {html.escape(r.title)}</div>'
-            f'<div class="vs-meta">score {r.score:.3f} · {_fmt_duration(r.duration)} · id {r.video_id}</div></div>'
+            f'<div class="vs-meta">score {r.score:.3f} · {_fmt_duration(r.duration)} · id {r.video_id}</div>'
+            f'{moment_buttons(runtime, url, r.sha256, r.moments)}</div>'
         )
     return f'<div class="vs-results">{"".join(cards)}</div>'
 
@@ -81,7 +146,8 @@ def message_html(text: str) -> str:
 def search_html(runtime: Runtime, text: str, k: int) -> str:
     """The Search tab's answer: results, or a message saying what is wrong (never a stack trace)."""
     try:
-        found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, text, k)
+        found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, text, k,
+                            moment_seconds=runtime.settings.moment_seconds)
     except QueryError as exc:
         return message_html(str(exc))
     except VectorStoreError as exc:
@@ -101,6 +167,60 @@ def library_rows(runtime: Runtime) -> list[list]:
             v.codec or "", v.created_at.strftime("%Y-%m-%d %H:%M"), v.error or "",
         ])
     return rows
+
+
+LIBRARY_TILES = 200  # posters shown above the library table (newest first)
+
+
+def library_gallery(runtime: Runtime) -> str:
+    """Posters of the newest ready videos, with their (escaped) titles and ids."""
+    tiles = []
+    for v in reversed(runtime.catalog.list_videos(VideoStatus.READY)):
+        poster = thumbnail_url(runtime, v.sha256)
+        if poster is None:
+            continue
+        tiles.append(f'<div class="vs-tile" data-video-id="{v.id}"><img class="vs-thumb" alt="" loading="lazy" '
+                     f'src="{html.escape(poster, quote=True)}"><div>{html.escape(v.title)} · id {v.id}</div></div>')
+        if len(tiles) == LIBRARY_TILES:
+            break
+    return f'<div class="vs-gallery">{"".join(tiles)}</div>' if tiles else ""
+
+
+def timeline_choices(runtime: Runtime) -> list[tuple[str, int]]:
+    return [(f"{v.title} (id {v.id})", v.id) for v in runtime.catalog.list_videos(VideoStatus.READY)]
+
+
+def timeline_frame(timeline: Timeline):
+    """Rows for gr.LinePlot: the similarity of every sample, and each top moment (1 = best) as its own series drawn
+    over the samples it spans."""
+    import pandas as pd
+
+    pairs = list(zip(timeline.times, timeline.scores, strict=True))
+    rows = [{"time (s)": t, "similarity": s, "series": "similarity"} for t, s in pairs]
+    for rank, m in enumerate(timeline.moments, 1):
+        rows += [{"time (s)": t, "similarity": s, "series": f"moment {rank}"} for t, s in pairs
+                 if m.start <= t <= m.end]
+    return pd.DataFrame(rows, columns=["time (s)", "similarity", "series"])
+
+
+def timeline_player(runtime: Runtime, video, moments: list[Moment], start: float | None = None,
+                    end: float | None = None) -> str:
+    """The Timeline tab's player (starting at `start`, or at the best moment) and its clickable moments."""
+    url = media_url(runtime, video.stored_path)
+    if url is None:
+        return message_html("This video is indexed in place (outside the data folder), so it cannot be played here.")
+    if start is None and moments:
+        start, end = moments[0].start, moments[0].end
+    src = url if start is None else fragment(url, start, end if end is not None else (video.duration or start))
+    poster = thumbnail_url(runtime, video.sha256)
+    poster_attr = f' poster="{html.escape(poster, quote=True)}"' if poster else ""
+    listing = ""
+    if moments:
+        listing = ('<div class="vs-meta">Top moments (click to play):</div>'
+                   + moment_buttons(runtime, url, video.sha256, moments))
+    return (f'<div class="vs-timeline" data-video-id="{video.id}"><div class="vs-title">'
+            f'{html.escape(video.title)}</div><video controls preload="metadata"{poster_attr} '
+            f'src="{html.escape(src, quote=True)}"></video>{listing}</div>')
 
 
 def upload_rows(runtime: Runtime, tracked: list[dict]) -> list[list]:
@@ -128,7 +248,7 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
                 image_query = gr.Image(type="numpy", label="…or search with an image", elem_id="query-image",
                                        height=200, scale=4)
                 image_btn = gr.Button("Search by image", elem_id="image-search-btn", scale=1)
-            results = gr.HTML(elem_id="results")
+            results = gr.HTML(elem_id="results", js_on_load=MOMENT_CLICK_JS)
 
         with gr.Tab("Upload"):
             files = gr.File(label="Videos", file_count="multiple", type="filepath", elem_id="upload-files")
@@ -140,12 +260,26 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
 
         with gr.Tab("Library") as library_tab:
             refresh_btn = gr.Button("Refresh")
+            gallery = gr.HTML(lambda: library_gallery(runtime), elem_id="library-thumbs")
             library = gr.Dataframe(headers=LIBRARY_COLUMNS, value=lambda: library_rows(runtime), interactive=False,
                                    elem_id="library", label="Videos")
             with gr.Row():
                 delete_id = gr.Number(label="Video id", precision=0, elem_id="delete-id")
                 delete_btn = gr.Button("Delete", variant="stop", elem_id="delete-btn")
             delete_msg = gr.Markdown()
+
+        with gr.Tab("Timeline") as timeline_tab:
+            gr.Markdown("How well each moment of one video matches a description. Click a top moment to play it, "
+                        "or drag across the plot to play that stretch.")
+            with gr.Row():
+                timeline_video = gr.Dropdown(choices=[], label="Video", elem_id="timeline-video", scale=2)
+                timeline_query = gr.Textbox(label="Describe the moment", placeholder="a dog catching a frisbee",
+                                            elem_id="timeline-query", scale=3)
+            timeline_btn = gr.Button("Show timeline", variant="primary", elem_id="timeline-btn")
+            timeline_plot = gr.LinePlot(x="time (s)", y="similarity", color="series", elem_id="timeline-plot",
+                                        label="Similarity over time", color_title="series", tooltip="all")
+            timeline_html = gr.HTML(elem_id="timeline-player", js_on_load=MOMENT_CLICK_JS)
+            timeline_state = gr.State(None)
 
         def do_search(text: str, count: float) -> str:
             return search_html(runtime, text, int(count))
@@ -156,7 +290,8 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
             if image is None:
                 return '<div class="vs-empty">Choose an image first.</div>'
             try:
-                found = search_image(runtime.catalog, runtime.search_store, runtime.encoder, image, int(count))
+                found = search_image(runtime.catalog, runtime.search_store, runtime.encoder, image, int(count),
+                                     moment_seconds=runtime.settings.moment_seconds)
             except QueryError as exc:
                 return f'<div class="vs-empty">{html.escape(str(exc))}</div>'
             return render_results(runtime, "this image", found)
@@ -182,19 +317,64 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
         def do_delete(video_id: float | None) -> tuple[str, list[list]]:
             if video_id is None:
                 return "Enter the id of the video to delete.", library_rows(runtime)
-            video = delete_video(runtime.catalog, runtime.existing_store(), int(video_id))
+            video = delete_video(runtime.catalog, runtime.existing_store(), int(video_id),
+                                 runtime.settings.thumbnails_dir)
             if video is None:
                 return f"No video with id {int(video_id)}.", library_rows(runtime)
             msg = f"Deleted “{html.escape(video.title)}” (id {video.id})."
             return msg, library_rows(runtime)
 
-        search_btn.click(do_search, [query, k], results)
-        query.submit(do_search, [query, k], results)
-        image_btn.click(do_image_search, [image_query, k], results)
+        def do_timeline(video_id, text: str, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
+            import pandas as pd
+
+            empty = pd.DataFrame(columns=["time (s)", "similarity", "series"])
+            if video_id is None:
+                return empty, message_html("Choose a video first."), None
+            video = runtime.catalog.get_video(int(video_id))
+            if video is None:
+                return empty, message_html(f"No video with id {int(video_id)}."), None
+            if not (text or "").strip():
+                return empty, message_html("Describe the moment to look for."), None
+
+            def report(done: int, total: int) -> None:
+                progress(done / max(total, 1), desc=f"Embedding frames of this video: {done}/{total}")
+
+            s = runtime.settings
+            try:
+                timeline = video_timeline(runtime.store, runtime.encoder, video,
+                                          runtime.encoder.embed_text(text.strip()), frames=s.frames,
+                                          moment_seconds=s.moment_seconds, max_frames=s.max_frames, progress=report)
+            except QueryError as exc:
+                return empty, message_html(str(exc)), None
+            except VectorStoreError as exc:
+                return empty, message_html(f"The vector store is not reachable right now ({exc})."), None
+            state = {"video_id": video.id, "moments": [vars(m) for m in timeline.moments]}
+            return timeline_frame(timeline), timeline_player(runtime, video, timeline.moments), state
+
+        def do_plot_select(state, evt: gr.SelectData):
+            """A drag across the plot selects a time range: play it."""
+            video = runtime.catalog.get_video(state["video_id"]) if state else None
+            if video is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) < 2:
+                return gr.skip()
+            start, end = sorted(max(0.0, float(x)) for x in evt.index[:2])
+            return timeline_player(runtime, video, [Moment(**m) for m in state["moments"]], start, end)
+
+        timeline_outputs = [timeline_plot, timeline_html, timeline_state]
+        timeline_btn.click(do_timeline, [timeline_video, timeline_query], timeline_outputs, concurrency_limit=2,
+                           concurrency_id="timeline")
+        timeline_query.submit(do_timeline, [timeline_video, timeline_query], timeline_outputs, concurrency_limit=2,
+                              concurrency_id="timeline")
+        timeline_plot.select(do_plot_select, timeline_state, timeline_html)
+        timeline_tab.select(lambda: gr.update(choices=timeline_choices(runtime)), None, timeline_video)
+        # One queue slot count for every search event (concurrency_id), the measured limit the API uses too.
+        searching = {"concurrency_limit": runtime.settings.search_concurrency, "concurrency_id": "search"}
+        search_btn.click(do_search, [query, k], results, **searching)
+        query.submit(do_search, [query, k], results, **searching)
+        image_btn.click(do_image_search, [image_query, k], results, **searching)
         add_btn.click(do_add, [files, tracked], [tracked, uploads, files])
         timer.tick(lambda t: upload_rows(runtime, t), tracked, uploads, show_progress="hidden")
-        refresh_btn.click(lambda: library_rows(runtime), None, library)
-        library_tab.select(lambda: library_rows(runtime), None, library)
+        refresh_btn.click(lambda: (library_rows(runtime), library_gallery(runtime)), None, [library, gallery])
+        library_tab.select(lambda: (library_rows(runtime), library_gallery(runtime)), None, [library, gallery])
         delete_btn.click(do_delete, delete_id, [delete_msg, library])
     return demo
 
@@ -207,6 +387,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     # (follow_symlink=False: a symlink inside the folder that points out of it is refused).
     # MediaFiles: never served as a page of this site (no HTML/SVG from /media, nosniff, sandbox CSP).
     app.mount(MEDIA_ROUTE, MediaFiles(directory=runtime.settings.videos_dir, follow_symlink=False), name="media")
+    # ... and the thumbnails made at ingest (JPEGs under content-hash names), with the same safeguards.
+    runtime.settings.thumbnails_dir.mkdir(parents=True, exist_ok=True)
+    app.mount(THUMBS_ROUTE, MediaFiles(directory=runtime.settings.thumbnails_dir, follow_symlink=False),
+              name="thumbnails")
     from search_app.api import build_api  # JSON API under /api, before the Gradio mount at "" takes the rest
 
     app.include_router(build_api(runtime))

@@ -6,14 +6,27 @@ import base64
 import binascii
 import io
 import re
+import threading
 import warnings
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from ingest.encoder import ClipEncoder
 from schema.catalog import Catalog, Video, VideoStatus
-from schema.vectors import VectorStore
+from schema.vectors import Segments, VectorStore
+from search_app.moments import (
+    DEFAULT_MOMENT_SECONDS,
+    Moment,
+    Timeline,
+    best_moments,
+    compute_segments,
+    fetch_segments,
+    stored_timeline,
+)
 
 # Query images: bounded before anything is decoded (a small PNG can claim gigapixels: a decompression bomb).
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -69,6 +82,8 @@ class SearchResult:
     title: str
     path: str
     duration: float | None
+    sha256: str = ""
+    moments: tuple[Moment, ...] = ()  # where in the video the query matches best, best first
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +93,22 @@ MAX_K = 1000
 
 
 def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
-                  filters: SearchFilters | None = None) -> list[SearchResult]:
+                  filters: SearchFilters | None = None, *,
+                  moment_seconds: float | None = DEFAULT_MOMENT_SECONDS) -> list[SearchResult]:
+    """Top-k ready videos for a query vector, each with its best moments (moment_seconds=None: without).
+
+    Videos are ranked by their whole-video vector; then the segment vectors of those k videos are fetched in one
+    query and scored exactly, so every video appears once with its own moments (grouping by construction)."""
+    results = _rank(catalog, store, vector, k, filters)
+    if moment_seconds is None or not results:
+        return results
+    segments = fetch_segments(store, [r.video_id for r in results])
+    return [replace(r, moments=tuple(best_moments(segments[r.video_id], vector, moment_seconds)))
+            if r.video_id in segments else r for r in results]
+
+
+def _rank(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
+          filters: SearchFilters | None = None) -> list[SearchResult]:
     """Top-k ready videos for a query vector. Vectors whose video is not (or no longer) ready, or that the filters
     reject, are skipped."""
     if not 1 <= k <= MAX_K:
@@ -97,7 +127,7 @@ def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: i
                 continue
             seen.add(hit.video_id)
             results.append(SearchResult(len(results) + 1, round(hit.score, 6), video.id, video.title,
-                                        video.stored_path, video.duration))
+                                        video.stored_path, video.duration, video.sha256))
             if len(results) == k:
                 return results
         if len(hits) < fetch or fetch >= 8 * MAX_K:
@@ -106,12 +136,13 @@ def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: i
 
 
 def search_text(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, query: str, k: int = 10,
-                filters: SearchFilters | None = None) -> list[SearchResult]:
+                filters: SearchFilters | None = None, *,
+                moment_seconds: float | None = DEFAULT_MOMENT_SECONDS) -> list[SearchResult]:
     query = query.strip()
     if not query:
         raise QueryError("type something to search for, e.g. 'a dog catching a frisbee'")
     _check_k(k)
-    return search_vector(catalog, store, encoder.embed_text(query), k, filters)
+    return search_vector(catalog, store, encoder.embed_text(query), k, filters, moment_seconds=moment_seconds)
 
 
 def _check_k(k: int) -> None:
@@ -199,7 +230,46 @@ def embed_query_image(encoder: ClipEncoder, image) -> np.ndarray:
 
 
 def search_image(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, image, k: int = 10,
-                 filters: SearchFilters | None = None) -> list[SearchResult]:
+                 filters: SearchFilters | None = None, *,
+                 moment_seconds: float | None = DEFAULT_MOMENT_SECONDS) -> list[SearchResult]:
     """Videos that look like a still image: encoded bytes, a PIL image, or an HxWx3 uint8 array."""
     _check_k(k)
-    return search_vector(catalog, store, embed_query_image(encoder, image), k, filters)
+    return search_vector(catalog, store, embed_query_image(encoder, image), k, filters,
+                         moment_seconds=moment_seconds)
+
+
+# --- timeline: one video, one query, similarity over time ----------------------------------------------------------
+_COMPUTED_CACHE = 8  # videos whose on-demand segments are kept in memory
+_computed: OrderedDict[tuple, Segments] = OrderedDict()
+_computed_lock = threading.Lock()
+
+
+def video_timeline(store: VectorStore, encoder: ClipEncoder, video: Video, query_vector: np.ndarray, *,
+                   frames: int, moment_seconds: float, max_frames: int,
+                   progress: Callable[[int, int], None] | None = None) -> Timeline:
+    """Similarity of each sampled moment of `video` with the query, and its best moments.
+
+    From the stored segment vectors when the video has them; otherwise (ingested before segments were stored) its
+    frames are sampled and embedded now, as ingestion would, reporting (done, total) to `progress`, and kept in a
+    small in-memory cache (search never writes vectors)."""
+    if video.status != VideoStatus.READY:
+        raise QueryError("the video is not ready yet (still being processed, or failed)")
+    segments = fetch_segments(store, [video.id]).get(video.id)
+    if segments is not None and len(segments):
+        return stored_timeline(segments, query_vector, moment_seconds)
+    key = (video.id, video.sha256, frames, moment_seconds, max_frames)
+    with _computed_lock:
+        segments = _computed.get(key)
+    if segments is None:
+        from ingest.decode import DecodeError
+
+        try:
+            segments = compute_segments(encoder, Path(video.stored_path), frames, moment_seconds, max_frames,
+                                        progress)
+        except DecodeError as exc:
+            raise QueryError(f"the video could not be read: {exc}") from None
+        with _computed_lock:
+            _computed[key] = segments
+            while len(_computed) > _COMPUTED_CACHE:
+                _computed.popitem(last=False)
+    return replace(stored_timeline(segments, query_vector, moment_seconds), source="computed")

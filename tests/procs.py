@@ -42,10 +42,11 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
 
 
 @contextlib.contextmanager
-def running_server(home: Path, model: Path, log_path: Path, *extra: str) -> Iterator[str]:
+def running_server(home: Path, model: Path, log_path: Path, *extra: str, env_extra: dict[str, str] | None = None
+                   ) -> Iterator[str]:
     """Start `vidsearch serve` on a free port; yield its base URL; stop it and its Milvus Lite server."""
     port = free_port()
-    env = cli_env(home, model)
+    env = cli_env(home, model, **(env_extra or {}))
     with open(log_path, "w") as log:
         proc = subprocess.Popen([*vidsearch_cmd(), "serve", "--port", str(port), *extra], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

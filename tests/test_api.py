@@ -40,7 +40,8 @@ from tests.procs import free_port
 from tests.videos import render_frame, write_video
 
 FUZZ_EXAMPLES = 30
-RESULT_KEYS = {"rank", "video_id", "title", "score", "duration", "media_url", "moments"}
+RESULT_KEYS = {"rank", "video_id", "title", "score", "duration", "media_url", "thumbnail_url", "moments"}
+MOMENT_KEYS = {"start", "end", "score", "thumbnail_url", "media_url"}
 
 
 @dataclass
@@ -154,9 +155,34 @@ def test_text_search(client, library):
     assert results[0]["title"] == "red_circle.mp4" and results[0]["video_id"] == library["red_circle.mp4"]["video_id"]
     assert [r["rank"] for r in results] == [1, 2, 3]
     assert results[0]["score"] >= results[1]["score"] >= results[2]["score"]
-    assert all(r["moments"] == [] and r["media_url"].startswith("/media/") for r in results)
+    assert all(r["media_url"].startswith("/media/") for r in results)
+    for r in results:  # a 1 s clip has one moment: all of it, with the thumbnail of its best frame
+        [moment] = r["moments"]
+        assert set(moment) == MOMENT_KEYS and moment["start"] == 0.0 and moment["end"] == pytest.approx(1.0, abs=0.2)
+        assert moment["media_url"] == f"{r['media_url']}#t={moment['start']:.2f},{moment['end']:.2f}"
+        assert r["thumbnail_url"].startswith("/thumbnails/") and r["thumbnail_url"].endswith("/poster.jpg")
+    thumb = client.get(results[0]["moments"][0]["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    image = np.asarray(Image.open(io.BytesIO(thumb.content)).convert("RGB"), np.float32)
+    assert image.shape == (64, 64, 3) and image[..., 0].max() > 150  # the red circle, not a black frame
     blue = client.post("/api/search", json={"text": "a blue triangle"}).json()["results"]
     assert blue[0]["title"] == "blue_triangle.mkv" and len(blue) == len(CLIPS)
+
+
+def test_timeline(client, library):
+    video_id = library["red_circle.mp4"]["video_id"]
+    response = client.get(f"/api/videos/{video_id}/timeline", params={"text": "a red circle"})
+    assert response.status_code == 200, response.text
+    timeline = response.json()
+    assert timeline["video_id"] == video_id and timeline["source"] == "stored"
+    assert [p["time"] for p in timeline["points"]] == pytest.approx([0.125, 0.375, 0.625, 0.875], abs=0.05)
+    assert len(timeline["moments"]) == 1 and set(timeline["moments"][0]) == MOMENT_KEYS
+    red = [p["score"] for p in timeline["points"]]
+    blue = [p["score"] for p in client.get(f"/api/videos/{video_id}/timeline",
+                                           params={"text": "a blue square"}).json()["points"]]
+    assert min(red) > max(blue)  # the whole clip is a red circle
+    assert client.get("/api/videos/999999/timeline", params={"text": "x"}).status_code == 404
+    assert client.get(f"/api/videos/{video_id}/timeline").status_code == 422
 
 
 def test_image_search(client, library):
@@ -328,7 +354,8 @@ def test_openapi_describes_every_route(client):
     routes = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     assert routes == {("/api/embed/text", "post"), ("/api/embed/image", "post"), ("/api/search", "post"),
                       ("/api/videos", "get"), ("/api/videos", "post"), ("/api/videos/{video_id}", "get"),
-                      ("/api/videos/{video_id}", "delete"), ("/api/jobs/{job_id}", "get")}
+                      ("/api/videos/{video_id}", "delete"), ("/api/jobs/{job_id}", "get"),
+                      ("/api/videos/{video_id}/timeline", "get")}
     image_body = spec["paths"]["/api/embed/image"]["post"]["requestBody"]["content"]
     assert set(image_body) == {"application/json", "multipart/form-data"}
     hit = spec["components"]["schemas"]["SearchHit"]
@@ -351,7 +378,8 @@ def fuzz_schema(tmp_path_factory, tiny_model, milvus_uri, clips_dir):
 
 OPERATIONS = [("POST", "/api/embed/text"), ("POST", "/api/embed/image"), ("POST", "/api/search"),
               ("GET", "/api/videos"), ("POST", "/api/videos"), ("GET", "/api/videos/{video_id}"),
-              ("DELETE", "/api/videos/{video_id}"), ("GET", "/api/jobs/{job_id}")]
+              ("DELETE", "/api/videos/{video_id}"), ("GET", "/api/jobs/{job_id}"),
+              ("GET", "/api/videos/{video_id}/timeline")]
 FUZZ_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
                negative_data_rejection]
 

@@ -45,7 +45,7 @@ def _unique_clip(path: Path, n: int) -> Path:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_model):
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_model, zygote):
     from ingest.library import enqueue_file
     from schema.catalog import Catalog
     from schema.settings import Settings
@@ -54,8 +54,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
     settings = Settings(home=home, model=str(tiny_model))
     settings.ensure_dirs()
     catalog = Catalog(settings.catalog_url)
-    cli = Cli(home, tiny_model)
-    zygote = Zygote(Path(__file__).resolve().parent.parent)
+    cli = Cli(home, tiny_model, zygote)
     rng = random.Random(20261123)  # a fixed schedule, so a failure can be replayed
     sources: list[Path] = []
     (tmp_path / "in").mkdir()
@@ -108,9 +107,11 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
         runtime = Runtime(settings)
         try:
             vectors = runtime.existing_store().vector_counts()
+            segments = runtime.existing_store().segment_counts()
         finally:
             runtime.close()
         assert vectors == {v["video_id"]: 1 for v in videos}  # exactly one vector each, no orphans
+        assert segments == {v["video_id"]: 4 for v in videos}  # one per sampled frame, none twice, no orphans
         assert "All consistent" in cli("doctor").stdout
         hit = json.loads(cli("search", "a red circle", "--json", "-k", "1").stdout)
         assert hit and hit[0]["title"] in {p.name for p in sources}
@@ -120,5 +121,4 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
         print(f"\n{TRIALS} kills (busy {busy:.2f} s); videos finished between kills: {finished_between_kills}")
     finally:
         catalog.close()
-        zygote.close()
         cli.stop()

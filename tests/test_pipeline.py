@@ -161,10 +161,10 @@ def test_any_decoder_exception_fails_only_its_file(random_model, clips_dir, monk
     encoder = load_encoder(str(random_model), device="cpu")
     real = decode_pool.decode_pixels
 
-    def flaky(prep, path, frames, *rest):
+    def flaky(prep, path, frames, *rest, **options):
         if path.name == "red_circle.mp4":
             raise TypeError("a bug deep in a decoder")
-        return real(prep, path, frames, *rest)
+        return real(prep, path, frames, *rest, **options)
 
     monkeypatch.setattr(decode_pool, "decode_pixels", flaky)  # the thread pool looks it up at each call
     items = [(p.name, p) for p in sorted(clips_dir.iterdir())]

@@ -91,3 +91,83 @@ def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_mo
             "() => document.querySelectorAll('#results .vs-card').length === 2 && "
             "!document.querySelector('#results').innerText.includes('red_circle.mp4')")
         page.close()
+
+
+@pytest.mark.browser
+def test_moments_thumbnails_and_timeline_in_the_browser(browser, tmp_path, tiny_model, clips_dir, artifacts_dir):
+    """Search shows each video once with its moments (thumbnails, time ranges); clicking one plays the video from
+    there; the Library shows posters; the Timeline tab plots similarity over time and plays its top moments."""
+    import httpx
+
+    from tests.test_moments import SPANS, write_parts_clip
+
+    parts = write_parts_clip(tmp_path / "parts.mp4")  # black 0-2 s, red circle 2-6, blue square 6-10, green 10-14
+    uploads = [parts, clips_dir / "red_circle.mp4", clips_dir / "green_square.webm", clips_dir / "blue_triangle.mkv"]
+    with running_server(tmp_path / "home", tiny_model, tmp_path / "serve.log",
+                        env_extra={"VIDSEARCH_MOMENT_SECONDS": "2"}) as url:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            jobs = []
+            for path in uploads:
+                with open(path, "rb") as handle:
+                    jobs.append(client.post("/api/videos", files={"file": (path.name, handle)}).json()["job_id"])
+            for job in jobs:
+                _wait_job(client, job)
+
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(url + "/")
+        page.locator("#query textarea").fill("a blue square")
+        page.locator("#search-btn").click()
+        card = page.locator("#results .vs-card", has_text="parts.mp4")
+        card.wait_for()
+        assert page.locator("#results .vs-card").count() == len(uploads)  # one card per video
+        moments = card.locator(".vs-moment")
+        assert 1 <= moments.count() <= 3
+        first = moments.first
+        start, end = float(first.get_attribute("data-start")), float(first.get_attribute("data-end"))
+        assert SPANS["blue"][0] - 0.5 <= start < end <= SPANS["blue"][1] + 0.5, (start, end)
+        page.wait_for_function("() => [...document.querySelectorAll('#results img.vs-thumb')]"
+                               ".every(img => img.complete && img.naturalWidth > 0)")
+        # The card's player already starts at the best moment; a click on a moment (re)plays from there.
+        video = card.locator("video")
+        assert video.get_attribute("src").endswith(f"#t={start:.2f},{end:.2f}")
+        first.click()
+        page.wait_for_function(
+            "([el, start]) => el.readyState >= 1 && el.currentTime >= start - 0.3", arg=[video.element_handle(), start])
+        assert "vs-active" in first.get_attribute("class")
+        page.screenshot(path=str(artifacts_dir / "ui-moments.png"), full_page=True)
+        thumb = card.locator("img.vs-thumb").first.get_attribute("src")
+        assert thumb.startswith("/thumbnails/") and page.request.get(url + thumb).status == 200
+
+        page.get_by_role("tab", name="Library").click()
+        page.wait_for_function("() => document.querySelectorAll('#library-thumbs img.vs-thumb').length === 4 && "
+                               "[...document.querySelectorAll('#library-thumbs img')].every(i => i.naturalWidth > 0)")
+        page.screenshot(path=str(artifacts_dir / "ui-library-thumbs.png"), full_page=True)
+
+        page.get_by_role("tab", name="Timeline").click()
+        page.locator("#timeline-video input").click()
+        page.get_by_role("option", name="parts.mp4", exact=False).click()
+        page.locator("#timeline-query textarea").fill("a green triangle")
+        page.locator("#timeline-btn").click()
+        player = page.locator("#timeline-player .vs-timeline")
+        player.wait_for()
+        page.locator("#timeline-plot canvas, #timeline-plot svg").first.wait_for()
+        best = player.locator(".vs-moment").first
+        start, end = float(best.get_attribute("data-start")), float(best.get_attribute("data-end"))
+        assert SPANS["green"][0] - 0.5 <= start < end <= SPANS["green"][1] + 0.5, (start, end)
+        best.click()
+        page.wait_for_function("([el, start]) => el.readyState >= 1 && el.currentTime >= start - 0.3",
+                               arg=[player.locator("video").element_handle(), start])
+        page.wait_for_timeout(500)  # let the plot finish drawing
+        page.screenshot(path=str(artifacts_dir / "ui-timeline.png"), full_page=True)
+        page.close()
+
+
+def _wait_job(client, job_id: int, timeout: float = 180) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (job := client.get(f"/api/jobs/{job_id}").json())["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["state"] == "done", job
