@@ -22,7 +22,7 @@ import av
 import numpy as np
 import torch
 
-from ingest.decode import probe
+from ingest.decode import Sampling, probe
 from ingest.decode_pool import DecodeMode, DecodePool
 from ingest.encoder import ClipEncoder, ModelUnavailableError, l2_normalize, load_encoder
 from schema.settings import Settings
@@ -155,7 +155,8 @@ def measure_pipeline(settings: Settings, encoder: ClipEncoder, clips: list[Path]
     for clip in clips:
         enqueue_file(catalog, settings, clip, link=True, check_video=False)
     with Worker.from_settings(catalog, store, encoder, settings) as worker:
-        worker.decode_pool()  # process start-up is paid once per worker, not per batch: keep it out of the timing
+        # Process start-up is paid once per worker, not per batch: keep it out of the timing.
+        worker.decode_pool().wait_started(timeout=120)
         start = time.perf_counter()
         results = worker.run_until_empty()
         elapsed = time.perf_counter() - start
@@ -233,18 +234,20 @@ def measure_seek_vs_straight(encoder: ClipEncoder, clip: Path, frames: int) -> d
     return out
 
 
-def peak_rss_mb(model: str, video: Path, frames: int) -> float:
-    """Peak RSS of a fresh process that loads the model and ingests one video (decode + embed).
+def peak_rss_mb(model: str, video: Path, sampling: Sampling) -> tuple[float, int]:
+    """Peak RSS of a fresh process that loads the model and ingests one video (decode + embed), with the worker's
+    sampling (a long video gets more frames, for its moments), and how many frames it sampled.
 
     Read from VmHWM: getrusage's ru_maxrss survives exec and would report the forking parent's peak."""
-    code = ("from pathlib import Path; "
+    code = ("from pathlib import Path; from ingest.decode import Sampling; "
             "from ingest.encoder import load_encoder; from ingest.pipeline import decode_video; "
-            f"e = load_encoder({model!r}, device='cpu'); _, p = decode_video(e, Path({str(video)!r}), {frames}); "
-            "e.embed_videos([p]); "
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+            f"e = load_encoder({model!r}, device='cpu'); "
+            f"_, p = decode_video(e, Path({str(video)!r}), {sampling!r}); e.embed_videos([p]); "
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], len(p))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    kb, frames = out.stdout.strip().splitlines()[-1].split()
+    return int(kb) / 1024, int(frames)
 
 
 def clustered_unit_vectors(n: int, dim: int, rng: np.random.Generator, clusters: int = 256) -> np.ndarray:
@@ -436,7 +439,9 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
         short = write_clip(work / "short.mp4", 426, 240, 10, fps=12)
         long = write_clip(work / "long.mp4", 426, 240, plan.long_minutes * 60, fps=12)
         model_path = encoder.model_id
-        rss_short, rss_long = peak_rss_mb(model_path, short, frames), peak_rss_mb(model_path, long, frames)
+        sampling = Sampling(frames, settings.moment_seconds / 2, settings.max_frames)  # as the worker samples
+        (rss_short, frames_short), (rss_long, frames_long) = (peak_rss_mb(model_path, short, sampling),
+                                                              peak_rss_mb(model_path, long, sampling))
 
         progress("search")
         search = [measure_search(home_settings, encoder.dim, n, plan.queries, rng) for n in plan.search_sizes]
@@ -474,7 +479,8 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
             "sets": per_set,
         },
         "memory": {"rss_short_mb": round(rss_short, 1), "rss_long_mb": round(rss_long, 1),
-                   "ratio": round(rss_long / rss_short, 3), "long_minutes": plan.long_minutes},
+                   "ratio": round(rss_long / rss_short, 3), "long_minutes": plan.long_minutes,
+                   "frames_short": frames_short, "frames_long": frames_long},
         "search": search,
         "query_e2e": e2e,
         "phase_seconds": phases,
@@ -497,11 +503,12 @@ def format_table(report: dict) -> Iterator[str]:
            f"{ing['efficiency_vs_shared_cpu']:.2f})")
     modes = ing["decode_fps_by_mode"]
     yield (f"decoding  processes {modes['process']:.1f} fps  threads {modes['thread']:.1f} fps  "
-           f"(the pipeline uses {ing['decode_mode']}s)")
+           f"(the pipeline uses {ing['decode_mode']} mode)")
     for name, s in ing["sets"].items():
         yield f"  {name}: {s['videos']} clips, sampling one clip: {json.dumps(s['seek_vs_straight'])}"
-    yield (f"memory    peak RSS {mem['rss_short_mb']:.0f} MB (10 s) vs {mem['rss_long_mb']:.0f} MB "
-           f"({mem['long_minutes']:.0f} min) -> x{mem['ratio']:.2f}")
+    yield (f"memory    peak RSS {mem['rss_short_mb']:.0f} MB (10 s, {mem['frames_short']} frames) vs "
+           f"{mem['rss_long_mb']:.0f} MB ({mem['long_minutes']:.0f} min, {mem['frames_long']} frames) "
+           f"-> x{mem['ratio']:.2f}")
     yield from format_search(report)
     e2e = report["query_e2e"]
     yield f"query     end to end p50 {e2e['p50_ms']:.1f} ms  p95 {e2e['p95_ms']:.1f} ms"

@@ -133,17 +133,24 @@ class DecodePool:
         futures = [self.submit(p) for p in paths]
         return [self.outcome(f) for f in futures]
 
+    def wait_started(self, timeout: float) -> bool:
+        """Wait until every worker process has started (imported torch & co); True if they all did in time."""
+        if self.mode != "process":
+            return True
+        deadline = time.monotonic() + timeout
+        while self._workers > 0 and (left := deadline - time.monotonic()) > 0:
+            try:
+                self._started.get(timeout=left)
+                self._workers -= 1
+            except queue.Empty:
+                break
+        return self._workers <= 0
+
     def close(self) -> None:
         if self.mode == "process":
             # A worker stopped while it is still starting up (importing torch) prints a multiprocessing traceback
             # on the terminal, its start-up pipe being gone: give those a few seconds to finish starting first.
-            deadline = time.monotonic() + STARTUP_GRACE_SECONDS
-            while self._workers > 0 and (left := deadline - time.monotonic()) > 0:
-                try:
-                    self._started.get(timeout=left)
-                    self._workers -= 1
-                except queue.Empty:
-                    break
+            self.wait_started(STARTUP_GRACE_SECONDS)
             self._pool.stop()
             self._pool.join()
             self._started.close()

@@ -33,6 +33,7 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     assert set(ingest["sets"]) == {"360p", "1080p"}
     memory = report["memory"]
     assert memory["rss_short_mb"] > 0 and memory["rss_long_mb"] > 0
+    assert (memory["frames_short"], memory["frames_long"]) == (12, 120)  # the worker's sampling: 10 min, capped
     assert memory["ratio"] == pytest.approx(memory["rss_long_mb"] / memory["rss_short_mb"], rel=1e-2)
     [search] = report["search"]
     assert search["n"] == 10_000 and search["index"] == "FLAT"
