@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,17 +88,27 @@ def resolve_uri(settings: Settings) -> str:
     return ensure_server(settings.milvus_lite_dir, port=settings.milvus_lite_port)
 
 
+CONNECT_ATTEMPTS = 2
+
+
 def connect(settings: Settings):  # -> pymilvus.MilvusClient (imported lazily: it is slow to import)
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
     uri = resolve_uri(settings)
-    try:
-        # dedicated: pymilvus otherwise shares one channel per address, and a channel whose recovery failed while
-        # the server was down stays broken for every client built on it afterwards (seen in tests/test_outage.py).
-        return MilvusClient(uri=uri, token=settings.milvus_token or "", timeout=30, dedicated=True)
-    except MilvusException as exc:
-        raise VectorStoreError(f"cannot connect to Milvus at {uri}: {exc}") from exc
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            # dedicated: pymilvus otherwise shares one channel per address, and a channel whose recovery failed
+            # while the server was down stays broken for every client built on it afterwards (tests/test_outage.py).
+            return MilvusClient(uri=uri, token=settings.milvus_token or "", timeout=30, dedicated=True)
+        except MilvusException as exc:
+            # A server may turn a new channel away once (grpc GOAWAY "too_many_pings", seen with Milvus Lite in CI):
+            # a fresh channel a moment later connects. Still failing after that: it is really unreachable.
+            if attempt == CONNECT_ATTEMPTS - 1:
+                raise VectorStoreError(f"cannot connect to Milvus at {uri}: {exc}") from exc
+            log.warning("connecting to Milvus at %s failed (%s); retrying", uri, exc)
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class MilvusVectorStore:
