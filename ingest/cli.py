@@ -78,16 +78,22 @@ def ingest(
     wait: Annotated[bool, typer.Option("--wait", help="Process the files now, in this process, and report.")] = False,
     link: Annotated[bool, typer.Option("--link", help="Index files where they are instead of copying them into "
                                                       "the data folder (delete then never removes them).")] = False,
+    tag: Annotated[str | None, typer.Option("--tag", help="A label for these videos (e.g. the shoot or folder), "
+                                                          "to filter searches by: `search --tag`.")] = None,
 ) -> None:
     """Add videos to the library. Videos are recognised by content; the same content is never embedded twice.
 
     Examples:
       vidsearch ingest ~/Videos --recursive --wait
       vidsearch ingest clip1.mp4 clip2.webm      (queued for `vidsearch worker` or `vidsearch serve`)
+      vidsearch ingest /mnt/drone --tag drone -r
     """
     from tqdm import tqdm
 
     from ingest.library import Outcome, enqueue_file, iter_candidate_files
+    from schema.filters import check_tag
+
+    tag = check_tag(tag) if tag is not None else None  # a bad tag is refused before any file is touched
 
     runtime = _runtime()
     queued: dict[int, str] = {}  # job id -> source
@@ -101,7 +107,7 @@ def ingest(
     candidates = [c for c in iter_candidate_files([p for p in paths if p.exists()], recursive)]
     for path in tqdm(candidates, desc="Scanning", unit="file", disable=not candidates, file=sys.stderr):
         try:
-            r = enqueue_file(runtime.catalog, runtime.settings, path, link=link)
+            r = enqueue_file(runtime.catalog, runtime.settings, path, link=link, tag=tag)
         except OSError as exc:
             failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
             continue
@@ -199,6 +205,14 @@ def search(
     image: Annotated[Path | None, typer.Option("--image", help="Find videos that look like this still image "
                                                                "(PNG, JPEG, WebP, ...) instead.")] = None,
     k: Annotated[int, typer.Option("-k", "--top", help="Number of results.")] = 10,
+    min_duration: Annotated[float | None, typer.Option(help="Only videos at least this long (seconds).")] = None,
+    max_duration: Annotated[float | None, typer.Option(help="Only videos at most this long (seconds).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only videos ingested on or after this date (2026-11-23 or an "
+                                                   "ISO date-time; UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="Only videos ingested on or before this date (a whole day "
+                                                   "when no time is given).")] = None,
+    tags: Annotated[list[str] | None, typer.Option("--tag", help="Only videos with this tag (repeat for any of "
+                                                                 "several).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Find videos by description, or by a still image.
@@ -206,11 +220,15 @@ def search(
     Examples:
       vidsearch search "a man riding a bike" -k 5
       vidsearch search --image photo.jpg
+      vidsearch search "sunset" --tag drone --max-duration 60 --since 2026-01-01
 
     Each result lists its best moments (start-end, score), e.g. `moments: 0:12-0:17 (0.312)`.
     """
+    from schema.filters import SearchFilters, parse_date
     from search_app.search import MAX_IMAGE_BYTES, search_image, search_text
 
+    filters = SearchFilters(min_duration, max_duration, parse_date(since) if since else None,
+                            parse_date(until, end_of_day=True) if until else None, tuple(tags or ()))
     if (query is None) == (image is None):
         raise UserError("give either a text query or --image PATH (exactly one)")
     data = None
@@ -223,17 +241,18 @@ def search(
     runtime = _runtime()
     moments = runtime.settings.moment_seconds
     if data is not None:
-        results = search_image(runtime.catalog, runtime.search_store, runtime.encoder, data, k,
+        results = search_image(runtime.catalog, runtime.search_store, runtime.encoder, data, k, filters,
                                moment_seconds=moments)
     else:
         assert query is not None
-        results = search_text(runtime.catalog, runtime.search_store, runtime.encoder, query, k,
+        results = search_text(runtime.catalog, runtime.search_store, runtime.encoder, query, k, filters,
                               moment_seconds=moments)
     if as_json:
         _out([r.as_dict() for r in results])
         return
     if not results:
-        typer.echo("No results." if runtime.catalog.list_videos() else "No videos yet: add some with "
+        typer.echo(("No results match the filters." if filters.active else "No results.")
+                   if runtime.catalog.list_videos() else "No videos yet: add some with "
                    "`vidsearch ingest PATH --wait`.")
         return
     typer.echo(f"{'rank':>4}  {'score':>6}  {'id':>5}  {'duration':>8}  title / path")
@@ -265,7 +284,7 @@ def list_videos(as_json: Annotated[bool, typer.Option("--json", help="Print one 
         return
     for v in videos:
         duration = f"{v.duration:.1f}s" if v.duration is not None else "?"
-        typer.echo(f"{v.id:>5}  {v.status.value:<10}  {duration:>8}  {v.title}")
+        typer.echo(f"{v.id:>5}  {v.status.value:<10}  {duration:>8}  {v.title}" + (f"  [{v.tag}]" if v.tag else ""))
 
 
 @app.command()

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from ingest import thumbnails
 from ingest.decode import looks_like_video
 from schema.catalog import Catalog, Job, Video, VideoStatus
+from schema.filters import check_tag
 from schema.settings import Settings
 from schema.vectors import VectorStore
 
@@ -91,9 +92,11 @@ def _copy_in(src: Path, dest: Path) -> None:
 
 
 def enqueue_file(catalog: Catalog, settings: Settings, src: Path, *, title: str | None = None,
-                 link: bool = False, check_video: bool = True) -> Enqueued:
-    """Register one file for ingestion. Same content twice is recognised by its SHA-256 and not embedded again."""
+                 link: bool = False, check_video: bool = True, tag: str | None = None) -> Enqueued:
+    """Register one file for ingestion. Same content twice is recognised by its SHA-256 and not embedded again
+    (it keeps the tag it was first given)."""
     src = Path(src)
+    tag = check_tag(tag) if tag else None
     shown = safe_title(title if title is not None else src.name)
     if check_video and not looks_like_video(src):
         return Enqueued(str(src), Outcome.NOT_VIDEO)
@@ -108,7 +111,7 @@ def enqueue_file(catalog: Catalog, settings: Settings, src: Path, *, title: str 
         _copy_in(src, stored)
     try:
         video, job = catalog.add_video(sha256=digest, title=shown, stored_path=str(stored), owned=owned,
-                                       size_bytes=src.stat().st_size)
+                                       size_bytes=src.stat().st_size, tag=tag)
     except IntegrityError:  # another process registered the same content between our check and insert
         if (again := catalog.find_by_sha(digest)) is None:
             raise

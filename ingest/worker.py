@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from ingest.decode_pool import DecodeMode, DecodePool
 from ingest.encoder import ClipEncoder
 from ingest.pipeline import Embedded, embed_videos
 from schema.catalog import Catalog, Job
-from schema.vectors import Segments, VectorStore, VectorStoreError
+from schema.vectors import Segments, VectorStore, VectorStoreError, VideoFields
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class Worker:
         self.sampling = sampling or Sampling(frames)  # how many frames a video of a given duration gets
         self.thumbnails_dir = thumbnails_dir  # None: no thumbnails
         self._hashes: dict[int, str] = {}  # job id -> content hash of its video, for the batch in progress
+        self._fields: dict[int, VideoFields] = {}  # job id -> its video's filterable fields, likewise
         self._pool: DecodePool | None = None  # started on first use, kept for the worker's life
 
     @classmethod
@@ -117,6 +118,7 @@ class Worker:
         videos = self.catalog.videos_by_ids([job.video_id for job in jobs])
         titles = {job.id: videos[job.video_id].title if job.video_id in videos else "?" for job in jobs}
         self._hashes = {job.id: videos[job.video_id].sha256 for job in jobs if job.video_id in videos}
+        self._fields = {job.id: VideoFields.of(videos[job.video_id]) for job in jobs if job.video_id in videos}
         results: list[JobResult] = []
 
         def emit(result: JobResult) -> None:
@@ -164,7 +166,10 @@ class Worker:
         with_segments = [(v, s) for v, s in with_segments if s is not None]
         if with_segments:
             self.store.add_segments([v for v, _ in with_segments], [s for _, s in with_segments])
-        self.store.add(video_ids, np.stack([d.vector for d in done]))
+        # Duration as decoded (the catalog learns it in the same step), ingest time and tag from the catalog.
+        fields = [replace(self._fields.get(d.key, VideoFields()), duration=d.info.duration)
+                  for d in done]
+        self.store.add(video_ids, np.stack([d.vector for d in done]), fields)
         self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done])
         return [JobResult(d.key, jobs[d.key].video_id, titles[d.key]) for d in done]
 

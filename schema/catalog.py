@@ -19,11 +19,12 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from schema.lite_server import pid_alive
@@ -66,6 +67,7 @@ class Video(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     codec: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    tag: Mapped[str | None] = mapped_column(String(256), index=True)  # a label set at ingest (`--tag`), filterable
     status: Mapped[VideoStatus] = mapped_column(
         Enum(VideoStatus, values_callable=lambda e: [m.value for m in e]), default=VideoStatus.QUEUED, index=True
     )
@@ -86,6 +88,7 @@ class Video(Base):
             "height": self.height,
             "codec": self.codec,
             "created_at": self.created_at.isoformat(timespec="seconds") + "Z",
+            "tag": self.tag,
             "status": self.status.value,
             "error": self.error,
         }
@@ -144,8 +147,26 @@ class Catalog:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._ensure_counter(READY_COUNTER)
+
+    def _add_missing_columns(self) -> None:
+        """Bring a catalog made by an earlier version up to date. Columns are only ever added, and nullable, so an
+        ALTER TABLE per column is the whole migration."""
+        present = {c["name"] for c in inspect(self.engine).get_columns(Video.__tablename__)}
+        for column in Video.__table__.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=self.engine.dialect)
+            try:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(f'ALTER TABLE {Video.__tablename__} ADD COLUMN "{column.name}" {kind}')
+            except OperationalError:  # another process added it first
+                if column.name not in {c["name"] for c in inspect(self.engine).get_columns(Video.__tablename__)}:
+                    raise
+        for index in Video.__table__.indexes:
+            index.create(self.engine, checkfirst=True)
 
     def _ensure_counter(self, name: str) -> None:
         try:
@@ -173,6 +194,11 @@ class Catalog:
             if status is not None:
                 query = query.where(Video.status == status)
             return list(s.scalars(query))
+
+    def tags(self) -> list[str]:
+        """The distinct tags of the library's videos, sorted."""
+        with self.sessions() as s:
+            return sorted(s.scalars(select(Video.tag).where(Video.tag.is_not(None)).distinct()))
 
     def videos_by_ids(self, ids: Sequence[int]) -> dict[int, Video]:
         if not ids:

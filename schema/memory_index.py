@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from schema.catalog import Catalog
-from schema.vectors import Hit, Segments, VectorStore
+from schema.filters import SearchFilters
+from schema.vectors import Hit, Segments, VectorStore, VideoFields
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ class MemoryIndex:
         self._loader: threading.Thread | None = None
 
     # --- writes and maintenance: the wrapped store's ---------------------------------------------------------
-    def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None:
-        self.store.add(video_ids, vectors)
+    def add(self, video_ids: Sequence[int], vectors: np.ndarray, fields: Sequence[VideoFields] | None = None
+            ) -> None:
+        self.store.add(video_ids, vectors, fields)
 
     def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None:
         self.store.add_segments(video_ids, segments)
@@ -125,7 +127,9 @@ class MemoryIndex:
         self.store.close()
 
     # --- search -------------------------------------------------------------------------------------------------
-    def search(self, vector: np.ndarray, k: int) -> list[Hit]:
+    def search(self, vector: np.ndarray, k: int, filters: SearchFilters | None = None) -> list[Hit]:
+        if filters is not None and filters.active:
+            return self.store.search(vector, k, filters)  # Milvus evaluates the filter on its scalar fields
         snapshot = self.current()
         if snapshot is None:  # a large load is under way
             return self.store.search(vector, k)

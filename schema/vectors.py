@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from schema.filters import UNKNOWN_DURATION, SearchFilters, check_tag, epoch_seconds
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,27 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class VideoFields:
+    """Scalar fields stored beside a video's vector, so that Milvus can filter while it searches."""
+
+    duration: float | None = None  # seconds; None: the container did not say
+    ingested_at: int = 0  # epoch seconds: when the video was added to the library
+    tag: str = ""  # "" = no tag
+
+    @classmethod
+    def of(cls, video) -> VideoFields:  # a catalog Video
+        return cls(video.duration, epoch_seconds(video.created_at), video.tag or "")
+
+    def row(self) -> dict:
+        return {"duration_s": float(self.duration) if self.duration is not None else UNKNOWN_DURATION,
+                "ingested_at": int(self.ingested_at), "tag": check_tag(self.tag) if self.tag else ""}
+
+
+# The scalar fields filters use; a collection created before they existed lacks them (`vidsearch reindex` adds them).
+FILTER_FIELDS = ("duration_s", "ingested_at", "tag")
+
+
+@dataclass(frozen=True)
 class Segments:
     """The stored segment vectors of one video, in time order: segment i covers [starts[i], ends[i]] seconds."""
 
@@ -66,13 +88,14 @@ class VectorStore(Protocol):
     dim: int
     model: str
 
-    def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None: ...
+    def add(self, video_ids: Sequence[int], vectors: np.ndarray, fields: Sequence[VideoFields] | None = None
+            ) -> None: ...
     def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None: ...
     def delete(self, video_ids: Sequence[int], *, segments: bool = True) -> None: ...
     def segments(self, video_ids: Sequence[int]) -> dict[int, Segments]: ...
     def segment_counts(self) -> Counter[int]: ...
     def flush(self) -> None: ...
-    def search(self, vector: np.ndarray, k: int) -> list[Hit]: ...
+    def search(self, vector: np.ndarray, k: int, filters: SearchFilters | None = None) -> list[Hit]: ...
     def video_ids(self) -> set[int]: ...
     def vector_counts(self) -> Counter[int]: ...
     def fetch(self, video_ids: Sequence[int]) -> dict[int, np.ndarray]: ...
@@ -129,6 +152,7 @@ class MilvusVectorStore:
         self.search_params = dict(search_params or {})
         self.seal_writes = seal_writes
         self.reconnect: Callable[[], object] | None = None  # makes a new client after a lost connection
+        self.has_filter_fields = True  # False for a collection created by a version without filters
 
     @classmethod
     def open(cls, settings: Settings, dim: int, model: str) -> MilvusVectorStore:
@@ -151,6 +175,7 @@ class MilvusVectorStore:
         dim = next(int(f["params"]["dim"]) for f in info["fields"] if f.get("name") == "vector")
         store = cls(client, settings.collection, dim, (info.get("properties") or {}).get(PROP_MODEL, ""))
         store.reconnect = lambda: connect(settings)
+        store.has_filter_fields = all(f in {x.get("name") for x in info["fields"]} for f in FILTER_FIELDS)
         return store
 
     def _ensure_collection(self) -> None:
@@ -178,6 +203,11 @@ class MilvusVectorStore:
         if segments:
             schema.add_field("start_s", DataType.FLOAT)
             schema.add_field("end_s", DataType.FLOAT)
+        else:
+            # DOUBLE, not FLOAT: a float32 10.1 s is above a 10.1 s bound and would be filtered out.
+            schema.add_field("duration_s", DataType.DOUBLE)
+            schema.add_field("ingested_at", DataType.INT64)
+            schema.add_field("tag", DataType.VARCHAR, max_length=4 * 64)  # bytes: 64 characters of UTF-8
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         index = self.client.prepare_index_params()
         if segments:  # only ever read by video id, then scored exactly: no approximate index to tune
@@ -198,6 +228,9 @@ class MilvusVectorStore:
         stored_dim = next(
             (int(f["params"]["dim"]) for f in info.get("fields", []) if f.get("name") == "vector"), None
         )
+        if name == self.collection:
+            names = {f.get("name") for f in info.get("fields", [])}
+            self.has_filter_fields = all(f in names for f in FILTER_FIELDS)
         if stored_model != self.model or stored_dim != self.dim:
             raise ModelMismatchError(
                 f"the Milvus collection '{name}' holds vectors from model {stored_model!r} "
@@ -244,13 +277,17 @@ class MilvusVectorStore:
         with contextlib.suppress(Exception):
             old.close()
 
-    def add(self, video_ids: Sequence[int], vectors: np.ndarray) -> None:
+    def add(self, video_ids: Sequence[int], vectors: np.ndarray, fields: Sequence[VideoFields] | None = None
+            ) -> None:
+        """Insert one vector per video, with its filterable fields (defaults: unknown duration, no tag)."""
         if len(video_ids) == 0:
             return
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(video_ids), self.dim):
             raise ValueError(f"expected {len(video_ids)} vectors of dim {self.dim}, got {vectors.shape}")
-        rows = [{"video_id": int(v), "vector": vec} for v, vec in zip(video_ids, vectors.tolist(), strict=True)]
+        fields = list(fields) if fields is not None else [VideoFields()] * len(video_ids)
+        rows = [{"video_id": int(v), "vector": vec, **(f.row() if self.has_filter_fields else {})}
+                for v, vec, f in zip(video_ids, vectors.tolist(), fields, strict=True)]
         self._call("insert", lambda: self.client.insert(self.collection, rows))
 
     def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None:
@@ -306,13 +343,20 @@ class MilvusVectorStore:
             self._call("flush", lambda: self.client.flush(self.segment_collection))
             self._call("flush", lambda: self.client.flush(self.collection))
 
-    def search(self, vector: np.ndarray, k: int) -> list[Hit]:
+    def search(self, vector: np.ndarray, k: int, filters: SearchFilters | None = None) -> list[Hit]:
+        """The k nearest videos; with filters, only those whose stored fields match (Milvus filters while it
+        searches, so k matching videos come back whenever that many exist)."""
         if k <= 0:
             return []
+        expr = filters.expression() if filters is not None else ""
+        if expr and not self.has_filter_fields:
+            raise VectorStoreError(f"the Milvus collection '{self.collection}' was created by an older vidsearch "
+                                   "without filter fields; run `vidsearch reindex` to rebuild it with them")
         result = self._call("search", lambda: self.client.search(
             self.collection,
             data=[np.asarray(vector, dtype=np.float32).tolist()],
             limit=k,
+            filter=expr,
             output_fields=["video_id"],
             search_params={"metric_type": METRIC, "params": self.search_params},
         ))

@@ -36,6 +36,7 @@ from ingest.encoder import ModelUnavailableError
 from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
 from schema.catalog import Job, JobState, Video, VideoStatus
+from schema.filters import MAX_FILTER_TAGS, MAX_TAG_LENGTH, check_tag, parse_date
 from schema.vectors import VectorStoreError
 from search_app.app import fragment, media_url, thumbnail_url
 from search_app.search import (
@@ -91,16 +92,31 @@ class EmbeddingOut(BaseModel):
 
 
 class Filters(_Strict):
-    """Conditions on the video; more may be added later. Unknown keys are refused."""
+    """Conditions on the video, evaluated by Milvus with the vector search. All given conditions must hold. Unknown
+    keys are refused."""
 
     min_duration: float | None = Field(None, ge=0, le=1e9, description="Shortest duration, seconds.")
     max_duration: float | None = Field(None, ge=0, le=1e9, description="Longest duration, seconds.")
+    ingested_after: str | None = Field(None, max_length=40, description="Added to the library on or after this "
+                                       "date or date-time, ISO 8601 (2026-11-23, 2026-11-23T14:00:00Z; UTC unless "
+                                       "an offset is given).", examples=["2026-11-01"])
+    ingested_before: str | None = Field(None, max_length=40, description="Added on or before this date (a bare "
+                                        "date includes that whole day) or date-time.", examples=["2026-11-30"])
+    tags: list[str] = Field(default_factory=list, max_length=MAX_FILTER_TAGS, description="The video's tag (set "
+                            "at upload or `vidsearch ingest --tag`) is one of these. Matched literally.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Filters:
         if self.min_duration is not None and self.max_duration is not None and self.min_duration > self.max_duration:
             raise ValueError("min_duration must not be larger than max_duration")
         return self
+
+    def to_search(self) -> SearchFilters:
+        """Dates parsed, tags checked: a value that can match nothing as written is refused with a 422."""
+        return SearchFilters(self.min_duration, self.max_duration,
+                             parse_date(self.ingested_after) if self.ingested_after else None,
+                             parse_date(self.ingested_before, end_of_day=True) if self.ingested_before else None,
+                             tuple(self.tags))
 
 
 class SearchIn(_Strict):
@@ -154,6 +170,10 @@ class SearchHit(BaseModel):
                                   "best first (1 to 3; empty for videos indexed before moments were stored).")
 
 
+class TagList(BaseModel):
+    tags: list[str]
+
+
 class SearchOut(BaseModel):
     results: list[SearchHit]
 
@@ -171,6 +191,7 @@ class VideoOut(BaseModel):
     size_bytes: int
     sha256: str
     created_at: datetime
+    tag: str | None = Field(None, description="The label given at ingest, if any.")
     media_url: str | None
 
 
@@ -204,7 +225,7 @@ def _utc(value: datetime | None) -> datetime | None:
 def _video_out(runtime: Runtime, v: Video) -> VideoOut:
     return VideoOut(video_id=v.id, title=v.title, status=v.status, error=v.error, duration=v.duration, fps=v.fps,
                     width=v.width, height=v.height, codec=v.codec, size_bytes=v.size_bytes, sha256=v.sha256,
-                    created_at=_utc(v.created_at), media_url=media_url(runtime, v.stored_path))
+                    created_at=_utc(v.created_at), tag=v.tag, media_url=media_url(runtime, v.stored_path))
 
 
 def _job_out(j: Job) -> JobOut:
@@ -465,7 +486,7 @@ def build_api(runtime: Runtime) -> APIRouter:
         return await run_model(search, body)
 
     def search(body: SearchIn) -> SearchOut:
-        filters = SearchFilters(body.filters.min_duration, body.filters.max_duration) if body.filters else None
+        filters = body.filters.to_search() if body.filters else None
         if body.text is not None:
             found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, body.text, body.k, filters,
                                 moment_seconds=settings.moment_seconds)
@@ -513,20 +534,24 @@ def build_api(runtime: Runtime) -> APIRouter:
     @router.post(
         "/videos", response_model=UploadOut, status_code=201, summary="Upload a video",
         description=f"A multipart form with the video in the field `{UPLOAD_FIELD}` (its file name becomes the "
-        f"title). 201: queued for ingestion; 200: the same content was already in the library. At most "
+        f"title); `tag` labels it for filtered searches. 201: queued for ingestion; 200: the same content was "
+        f"already in the library (it keeps its first tag). At most "
         f"VIDSEARCH_MAX_UPLOAD_MB ({settings.max_upload_mb}) MB.",
         responses={200: {"model": UploadOut, "description": "Already in the library (or requeued)"},
                    **_errors(413, 415)},
         openapi_extra={"requestBody": {"required": True, "content": {
             "multipart/form-data": {"schema": _multipart_file_schema()}}}},
     )
-    async def upload_route(request: Request) -> Response:
+    async def upload_route(request: Request, tag: Annotated[str | None, Query(
+            max_length=MAX_TAG_LENGTH, description="A label for the video, to filter searches by.")] = None
+                           ) -> Response:
+        tag = check_tag(tag) if tag else None  # refused before the body is read
         received = await _receive_upload(request, settings.home_dir / "incoming", max_upload)
         if received is None:
             raise HTTPException(422, f"send the video in a multipart file field named '{UPLOAD_FIELD}'")
         tmp, name = received
         try:
-            result = await run_in_threadpool(enqueue_file, runtime.catalog, settings, tmp, title=name)
+            result = await run_in_threadpool(enqueue_file, runtime.catalog, settings, tmp, title=name, tag=tag)
         finally:
             tmp.unlink(missing_ok=True)
         if result.outcome is Outcome.NOT_VIDEO or result.video_id is None:
@@ -539,6 +564,10 @@ def build_api(runtime: Runtime) -> APIRouter:
         return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
     upload_route._is_upload = True  # type: ignore[attr-defined]  # its own body limit: VIDSEARCH_MAX_UPLOAD_MB
+
+    @router.get("/tags", response_model=TagList, summary="The tags in use, for filters")
+    def tags_route() -> TagList:
+        return TagList(tags=runtime.catalog.tags())
 
     @router.get("/jobs/{job_id}", response_model=JobOut, summary="An ingestion job", responses=_errors(404))
     def job_route(job_id: JobId) -> JobOut:

@@ -16,6 +16,7 @@ from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
 from ingest.worker import JobResult, Worker
 from schema.catalog import VideoStatus
+from schema.filters import SearchFilters, check_tag, parse_date
 from schema.vectors import VectorStoreError
 from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
 from search_app.moments import Moment, Timeline
@@ -31,7 +32,7 @@ STATUS_LABEL = {
     VideoStatus.READY: "done",
     VideoStatus.FAILED: "failed",
 }
-LIBRARY_COLUMNS = ["id", "title", "status", "duration (s)", "resolution", "codec", "added", "error"]
+LIBRARY_COLUMNS = ["id", "title", "status", "duration (s)", "resolution", "codec", "added", "tag", "error"]
 UPLOAD_COLUMNS = ["file", "status", "video id", "detail"]
 
 CSS = """
@@ -143,11 +144,25 @@ def message_html(text: str) -> str:
     return f'<div class="vs-empty">{html.escape(text)}</div>'
 
 
-def search_html(runtime: Runtime, text: str, k: int) -> str:
+def ui_filters(min_duration: float | None, max_duration: float | None, since: str | None, until: str | None,
+               tags: list[str] | str | None) -> SearchFilters:
+    """The Filters panel's fields -> SearchFilters (blank fields, and 0 in a number field, which the browser shows
+    for an empty one, are no condition; bad values raise QueryError)."""
+    if isinstance(tags, str):
+        tags = [tags]
+    return SearchFilters(min_duration or None, max_duration or None,
+                         parse_date(since) if since and since.strip() else None,
+                         parse_date(until, end_of_day=True) if until and until.strip() else None,
+                         tuple(t for t in tags or () if t and t.strip()))
+
+
+def search_html(runtime: Runtime, text: str, k: int, filters: SearchFilters | None = None) -> str:
     """The Search tab's answer: results, or a message saying what is wrong (never a stack trace)."""
     try:
-        found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, text, k,
+        found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, text, k, filters,
                             moment_seconds=runtime.settings.moment_seconds)
+        if not found and filters is not None and filters.active and runtime.catalog.list_videos(VideoStatus.READY):
+            return message_html("No video matches the filters.")
     except QueryError as exc:
         return message_html(str(exc))
     except VectorStoreError as exc:
@@ -164,7 +179,7 @@ def library_rows(runtime: Runtime) -> list[list]:
             v.id, v.title, STATUS_LABEL[v.status],
             round(v.duration, 2) if v.duration is not None else None,
             f"{v.width}×{v.height}" if v.width else "",
-            v.codec or "", v.created_at.strftime("%Y-%m-%d %H:%M"), v.error or "",
+            v.codec or "", v.created_at.strftime("%Y-%m-%d %H:%M"), v.tag or "", v.error or "",
         ])
     return rows
 
@@ -238,7 +253,7 @@ def upload_rows(runtime: Runtime, tracked: list[dict]) -> list[list]:
 def build_ui(runtime: Runtime) -> gr.Blocks:
     with gr.Blocks(title="vidsearch") as demo:
         gr.Markdown("# vidsearch\nFind videos by describing what happens in them.")
-        with gr.Tab("Search"):
+        with gr.Tab("Search") as search_tab:
             with gr.Row():
                 query = gr.Textbox(label="Describe the video", placeholder="a dog catching a frisbee on the beach",
                                    scale=4, elem_id="query")
@@ -248,10 +263,22 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
                 image_query = gr.Image(type="numpy", label="…or search with an image", elem_id="query-image",
                                        height=200, scale=4)
                 image_btn = gr.Button("Search by image", elem_id="image-search-btn", scale=1)
+            with gr.Accordion("Filters", open=False, elem_id="filters"):
+                with gr.Row():
+                    min_dur = gr.Number(label="Shortest (s)", minimum=0, elem_id="filter-min-duration",
+                                        info="0: any")
+                    max_dur = gr.Number(label="Longest (s)", minimum=0, elem_id="filter-max-duration",
+                                        info="0: any")
+                    since = gr.Textbox(label="Added from", placeholder="2026-11-01", elem_id="filter-since")
+                    until = gr.Textbox(label="Added until", placeholder="2026-11-30", elem_id="filter-until")
+                    tag_filter = gr.Dropdown(choices=[], multiselect=True, label="Tags (any of)",
+                                             elem_id="filter-tags", allow_custom_value=True)
             results = gr.HTML(elem_id="results", js_on_load=MOMENT_CLICK_JS)
 
         with gr.Tab("Upload"):
             files = gr.File(label="Videos", file_count="multiple", type="filepath", elem_id="upload-files")
+            upload_tag = gr.Textbox(label="Tag (optional)", placeholder="e.g. holiday-2026, drone, interviews",
+                                    elem_id="upload-tag", max_length=64)
             add_btn = gr.Button("Add to library", variant="primary", elem_id="add-btn")
             tracked = gr.State([])
             uploads = gr.Dataframe(headers=UPLOAD_COLUMNS, value=[], interactive=False, elem_id="upload-status",
@@ -281,27 +308,43 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
             timeline_html = gr.HTML(elem_id="timeline-player", js_on_load=MOMENT_CLICK_JS)
             timeline_state = gr.State(None)
 
-        def do_search(text: str, count: float) -> str:
-            return search_html(runtime, text, int(count))
+        def do_search(text: str, count: float, *conditions) -> str:
+            try:
+                filters = ui_filters(*conditions)
+            except QueryError as exc:
+                return message_html(str(exc))
+            return search_html(runtime, text, int(count), filters)
 
-        def do_image_search(image, count: float) -> str:
+        def do_image_search(image, count: float, *conditions) -> str:
             from search_app.search import search_image
 
             if image is None:
-                return '<div class="vs-empty">Choose an image first.</div>'
+                return message_html("Choose an image first.")
             try:
+                filters = ui_filters(*conditions)
                 found = search_image(runtime.catalog, runtime.search_store, runtime.encoder, image, int(count),
-                                     moment_seconds=runtime.settings.moment_seconds)
+                                     filters, moment_seconds=runtime.settings.moment_seconds)
             except QueryError as exc:
-                return f'<div class="vs-empty">{html.escape(str(exc))}</div>'
+                return message_html(str(exc))
+            except VectorStoreError as exc:
+                return message_html(f"The vector store is not reachable right now ({exc}).")
+            if not found and filters.active:
+                return message_html("No video matches the filters.")
             return render_results(runtime, "this image", found)
 
-        def do_add(paths: list[str] | None, current: list[dict]) -> tuple[list[dict], list[list], None]:
+        def do_add(paths: list[str] | None, current: list[dict], tag: str | None
+                   ) -> tuple[list[dict], list[list], None]:
             current = list(current or [])
+            try:
+                tag = check_tag(tag) if tag and tag.strip() else None
+            except QueryError as exc:
+                current += [{"file": Path(p).name, "outcome": "failed", "video_id": None, "detail": str(exc)}
+                            for p in paths or []]
+                return current, upload_rows(runtime, current), None
             for p in paths or []:
                 path = Path(p)
                 try:
-                    r = enqueue_file(runtime.catalog, runtime.settings, path, title=path.name)
+                    r = enqueue_file(runtime.catalog, runtime.settings, path, title=path.name, tag=tag)
                 except OSError as exc:
                     current.append({"file": path.name, "outcome": "failed", "video_id": None, "detail": str(exc)})
                     continue
@@ -368,10 +411,14 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
         timeline_tab.select(lambda: gr.update(choices=timeline_choices(runtime)), None, timeline_video)
         # One queue slot count for every search event (concurrency_id), the measured limit the API uses too.
         searching = {"concurrency_limit": runtime.settings.search_concurrency, "concurrency_id": "search"}
-        search_btn.click(do_search, [query, k], results, **searching)
-        query.submit(do_search, [query, k], results, **searching)
-        image_btn.click(do_image_search, [image_query, k], results, **searching)
-        add_btn.click(do_add, [files, tracked], [tracked, uploads, files])
+        conditions = [min_dur, max_dur, since, until, tag_filter]
+        search_btn.click(do_search, [query, k, *conditions], results, **searching)
+        query.submit(do_search, [query, k, *conditions], results, **searching)
+        image_btn.click(do_image_search, [image_query, k, *conditions], results, **searching)
+        tag_choices = lambda: gr.update(choices=runtime.catalog.tags())  # noqa: E731
+        demo.load(tag_choices, None, tag_filter)
+        search_tab.select(tag_choices, None, tag_filter)
+        add_btn.click(do_add, [files, tracked, upload_tag], [tracked, uploads, files])
         timer.tick(lambda t: upload_rows(runtime, t), tracked, uploads, show_progress="hidden")
         refresh_btn.click(lambda: (library_rows(runtime), library_gallery(runtime)), None, [library, gallery])
         library_tab.select(lambda: (library_rows(runtime), library_gallery(runtime)), None, [library, gallery])

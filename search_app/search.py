@@ -17,6 +17,7 @@ import numpy as np
 
 from ingest.encoder import ClipEncoder
 from schema.catalog import Catalog, Video, VideoStatus
+from schema.filters import QueryError, SearchFilters, epoch_seconds
 from schema.vectors import Segments, VectorStore
 from search_app.moments import (
     DEFAULT_MOMENT_SECONDS,
@@ -33,45 +34,12 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 64_000_000
 
 
-class QueryError(ValueError):
-    """The query cannot be run as given (empty text, bad k)."""
-
-
 class ImageQueryError(QueryError):
     """The query image cannot be read (not an image, truncated, bad base64)."""
 
 
 class ImageTooLargeError(ImageQueryError):
     """The query image is over MAX_IMAGE_BYTES or MAX_IMAGE_PIXELS."""
-
-
-@dataclass(frozen=True)
-class SearchFilters:
-    """Conditions on the catalog row, applied to vector hits (more hits are fetched when some are filtered out)."""
-
-    min_duration: float | None = None  # seconds
-    max_duration: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("min_duration", "max_duration"):
-            value = getattr(self, name)
-            if value is not None and not (np.isfinite(value) and value >= 0):
-                raise QueryError(f"{name} must be a number of seconds >= 0")
-        if self.min_duration is not None and self.max_duration is not None and self.min_duration > self.max_duration:
-            raise QueryError("min_duration must not be larger than max_duration")
-
-    @property
-    def active(self) -> bool:
-        return self.min_duration is not None or self.max_duration is not None
-
-    def accepts(self, video: Video) -> bool:
-        if not self.active:
-            return True
-        if video.duration is None:
-            return False  # unknown duration: cannot be shown to satisfy a duration condition
-        if self.min_duration is not None and video.duration < self.min_duration:
-            return False
-        return self.max_duration is None or video.duration <= self.max_duration
 
 
 @dataclass(frozen=True)
@@ -109,13 +77,13 @@ def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: i
 
 def _rank(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
           filters: SearchFilters | None = None) -> list[SearchResult]:
-    """Top-k ready videos for a query vector. Vectors whose video is not (or no longer) ready, or that the filters
-    reject, are skipped."""
+    """Top-k ready videos for a query vector. Milvus applies the filters while it searches; the catalog (the source
+    of truth) is checked again, and vectors whose video is not (or no longer) ready are skipped."""
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}")
     fetch = k
     while True:
-        hits = store.search(vector, fetch)
+        hits = store.search(vector, fetch, filters)
         videos = catalog.videos_by_ids([h.video_id for h in hits])
         results: list[SearchResult] = []
         seen: set[int] = set()
@@ -123,7 +91,7 @@ def _rank(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
             video = videos.get(hit.video_id)
             if video is None or video.status != VideoStatus.READY or hit.video_id in seen:
                 continue
-            if filters is not None and not filters.accepts(video):
+            if filters is not None and not filters.accepts(video.duration, epoch_seconds(video.created_at), video.tag):
                 continue
             seen.add(hit.video_id)
             results.append(SearchResult(len(results) + 1, round(hit.score, 6), video.id, video.title,

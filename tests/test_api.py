@@ -215,10 +215,14 @@ def test_embeddings_match_the_encoder(client, server):
     assert near > far
 
 
+TAG = "clip\" or tag != \"x' {tag}\\"  # quotes, braces and a trailing backslash: all literal
+
+
 def test_upload_job_search_filter_delete_round_trip(client, library, tmp_path, server):
     clip = write_video(tmp_path / "long yellow circle.mp4", colour="yellow", shape="circle", seconds=3.0, fps=8)
     with open(clip, "rb") as handle:
-        first = client.post("/api/videos", files={"file": ("../../etc/long yellow circle.mp4", handle)})
+        first = client.post("/api/videos", files={"file": ("../../etc/long yellow circle.mp4", handle)},
+                            params={"tag": TAG})
     assert first.status_code == 201, first.text
     created = first.json()
     assert created["outcome"] == "queued" and created["title"] == "long yellow circle.mp4"  # a title, never a path
@@ -230,7 +234,7 @@ def test_upload_job_search_filter_delete_round_trip(client, library, tmp_path, s
     job = wait_job(client, created["job_id"])
     assert job["state"] == "done" and job["error"] is None
     video = client.get(f"/api/videos/{created['video_id']}").json()
-    assert video["status"] == "ready" and video["duration"] == pytest.approx(3.0, abs=0.3)
+    assert video["status"] == "ready" and video["duration"] == pytest.approx(3.0, abs=0.3) and video["tag"] == TAG
     stored = server.runtime.settings.videos_dir / video["media_url"].removeprefix("/media/")
     assert stored.is_file() and not list((server.runtime.settings.home_dir / "incoming").iterdir())
 
@@ -243,6 +247,21 @@ def test_upload_job_search_filter_delete_round_trip(client, library, tmp_path, s
     assert len(shorter) == len(CLIPS) and created["video_id"] not in {r["video_id"] for r in shorter}
     found = client.post("/api/search", json={"text": "a yellow circle", "k": 1}).json()["results"]
     assert found[0]["video_id"] == created["video_id"]
+    # Tag and ingest date, evaluated by Milvus: the tag (an injection string) matches itself literally, only.
+    assert TAG in client.get("/api/tags").json()["tags"]
+
+    def ids(**filters) -> list[int]:
+        body = {"text": "a red circle", "k": 50, "filters": filters}
+        response = client.post("/api/search", json=body)
+        assert response.status_code == 200, response.text
+        return [r["video_id"] for r in response.json()["results"]]
+
+    assert ids(tags=[TAG]) == [created["video_id"]]
+    assert ids(tags=['long" or tag != "']) == [] and ids(tags=["nothing"]) == []
+    added = video["created_at"][:10]
+    assert created["video_id"] in ids(ingested_after=added, ingested_before=added)
+    assert ids(ingested_before="2000-01-01") == [] and ids(ingested_after="2999-01-01T00:00:00Z") == []
+    assert ids(tags=[TAG], min_duration=5) == []
 
     deleted = client.delete(f"/api/videos/{created['video_id']}")
     assert deleted.status_code == 200 and deleted.json()["title"] == "long yellow circle.mp4"
@@ -274,6 +293,10 @@ def test_bad_input_gets_a_clear_4xx(client, server):
         "min_duration": 5, "max_duration": 1}}), 422)
     assert "min_duration" in _detail(client.post("/api/search", json={"text": "a", "filters": {
         "min_duration": -1}}), 422)
+    assert "is not a date" in _detail(client.post("/api/search", json={"text": "a", "filters": {
+        "ingested_after": "last week"}}), 422)
+    assert "control" in _detail(client.post("/api/search", json={"text": "a", "filters": {"tags": ["a\nb"]}}), 422)
+    assert "tags" in _detail(client.post("/api/search", json={"text": "a", "filters": {"tags": "drone"}}), 422)
     assert "not valid JSON" in _detail(client.post("/api/search", content=b"{nope",
                                                    headers={"content-type": "application/json"}), 422)
     assert "text" in _detail(client.post("/api/embed/text", json={}), 422)
@@ -355,7 +378,7 @@ def test_openapi_describes_every_route(client):
     assert routes == {("/api/embed/text", "post"), ("/api/embed/image", "post"), ("/api/search", "post"),
                       ("/api/videos", "get"), ("/api/videos", "post"), ("/api/videos/{video_id}", "get"),
                       ("/api/videos/{video_id}", "delete"), ("/api/jobs/{job_id}", "get"),
-                      ("/api/videos/{video_id}/timeline", "get")}
+                      ("/api/videos/{video_id}/timeline", "get"), ("/api/tags", "get")}
     image_body = spec["paths"]["/api/embed/image"]["post"]["requestBody"]["content"]
     assert set(image_body) == {"application/json", "multipart/form-data"}
     hit = spec["components"]["schemas"]["SearchHit"]
@@ -379,7 +402,8 @@ def fuzz_schema(tmp_path_factory, tiny_model, milvus_uri, clips_dir):
 OPERATIONS = [("POST", "/api/embed/text"), ("POST", "/api/embed/image"), ("POST", "/api/search"),
               ("GET", "/api/videos"), ("POST", "/api/videos"), ("GET", "/api/videos/{video_id}"),
               ("DELETE", "/api/videos/{video_id}"), ("GET", "/api/jobs/{job_id}"),
-              ("GET", "/api/videos/{video_id}/timeline")]
+              ("GET", "/api/videos/{video_id}/timeline"), ("GET", "/api/tags")]
+NO_INPUTS = {("GET", "/api/tags")}
 FUZZ_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
                negative_data_rejection]
 
@@ -407,5 +431,6 @@ def test_fuzz_api_against_its_schema(fuzz_schema, method, path):
         statuses.append(case.call_and_validate(checks=FUZZ_CHECKS).status_code)
 
     run()
-    assert len(statuses) >= FUZZ_EXAMPLES // 2  # the requests were really made
+    # The requests were really made (an operation without inputs has only one request to make).
+    assert len(statuses) >= (1 if (method, path) in NO_INPUTS else FUZZ_EXAMPLES // 2)
     print(f"fuzzed {method} {path}: {len(statuses)} requests, statuses {dict(sorted(Counter(statuses).items()))}")

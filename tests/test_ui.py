@@ -171,3 +171,81 @@ def _wait_job(client, job_id: int, timeout: float = 180) -> None:
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
     assert job["state"] == "done", job
+
+
+@pytest.mark.browser
+def test_image_search_tags_and_filters_in_the_browser(browser, tmp_path, tiny_model, clips_dir, artifacts_dir):
+    """Upload with a tag, search by an image, then narrow results with the Filters panel (tag, dates, duration);
+    a bad filter value is a visible message."""
+    import httpx
+    from PIL import Image
+
+    from tests.videos import render_frame
+
+    still = tmp_path / "green square.png"
+    Image.fromarray(render_frame("green", "square", 96)).save(still)
+    with running_server(tmp_path / "home", tiny_model, tmp_path / "serve.log") as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(url + "/")
+
+        # Two clips uploaded in the page with the tag "shapes"; one through the API without a tag.
+        page.get_by_role("tab", name="Upload").click()
+        tagged = [clips_dir / "red_circle.mp4", clips_dir / "blue_triangle.mkv"]
+        page.locator("#upload-files input[type=file]").set_input_files([str(f) for f in tagged])
+        for f in tagged:
+            page.locator(f'#upload-files td.filename[aria-label="{f.name}"]').wait_for()
+        page.locator("#upload-tag textarea, #upload-tag input").first.fill("shapes")
+        page.locator("#add-btn").click()
+        with httpx.Client(base_url=url, timeout=120) as client, open(clips_dir / "green_square.webm", "rb") as fh:
+            _wait_job(client, client.post("/api/videos", files={"file": ("green_square.webm", fh)}).json()["job_id"])
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#upload-status [role=row]')]"
+            ".filter(r => r.innerText.includes('done')).length === 2", timeout=120_000)
+
+        # Search by image: the green square's still finds the green square clip first.
+        page.get_by_role("tab", name="Search").click()
+        page.locator("#query-image input[type=file]").set_input_files(str(still))
+        page.locator("#query-image img").first.wait_for()
+        page.locator("#image-search-btn").click()
+        cards = page.locator("#results .vs-card")
+        page.wait_for_function("() => document.querySelectorAll('#results .vs-card').length === 3")
+        assert "green_square.webm" in cards.first.locator(".vs-title").inner_text()
+        page.screenshot(path=str(artifacts_dir / "ui-image-search.png"), full_page=True)
+
+        # Filters: only the tagged videos, whichever query; the untagged best match is left out.
+        page.locator("#filters").get_by_text("Filters").first.click()
+        page.locator("#filter-tags input").click()
+        page.get_by_role("option", name="shapes").click()
+        page.keyboard.press("Escape")
+        page.locator("#image-search-btn").click()
+        page.wait_for_function(
+            "() => { const r = document.querySelector('#results').innerText;"
+            " return document.querySelectorAll('#results .vs-card').length === 2 && !r.includes('green_square'); }")
+        before = page.locator("#results").inner_html()
+        page.locator("#query textarea").fill("a green square")
+        page.locator("#search-btn").click()
+        page.wait_for_function(  # the text search's answer replaced the image search's (other scores)
+            "(before) => { const r = document.querySelector('#results'); return r.innerHTML !== before &&"
+            " document.querySelectorAll('#results .vs-card').length === 2 && !r.innerText.includes('green_square'); }",
+            arg=before)
+        titles = sorted(t.inner_text().split(". ", 1)[1] for t in cards.locator(".vs-title").all())  # "1. title"
+        assert titles == ["blue_triangle.mkv", "red_circle.mp4"]
+        page.screenshot(path=str(artifacts_dir / "ui-filters.png"), full_page=True)
+
+        # A date range that excludes everything, and a value that is not a date: messages, not errors.
+        page.locator("#filter-until input, #filter-until textarea").first.fill("2000-01-01")
+        page.locator("#search-btn").click()
+        page.get_by_text("No video matches the filters.").wait_for()
+        page.locator("#filter-until input, #filter-until textarea").first.fill("last week")
+        page.locator("#search-btn").click()
+        page.get_by_text("is not a date").wait_for()
+        assert "Traceback" not in page.locator("#results").inner_text()
+        page.locator("#filter-until input, #filter-until textarea").first.fill("")
+        page.locator("#filter-max-duration input").fill("0.5")  # every clip is 1 s long
+        page.locator("#search-btn").click()
+        page.get_by_text("No video matches the filters.").wait_for()
+        page.locator("#filter-max-duration input").fill("30")
+        page.locator("#search-btn").click()
+        page.wait_for_function("() => document.querySelectorAll('#results .vs-card').length === 2")
+        page.close()
