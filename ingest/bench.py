@@ -326,6 +326,7 @@ def measure_search(settings: Settings, dim: int, n: int, queries: int, rng: np.r
         index.wait_loaded()
     load_s = time.perf_counter() - t0
     memory_lat, memory_recall = _timed_searches(via(index), qs, truth)
+    quantized = measure_quantized(s, store, data, qs, truth)
     store.drop()
     store.close()
     catalog.close()
@@ -339,7 +340,84 @@ def measure_search(settings: Settings, dim: int, n: int, queries: int, rng: np.r
     used = memory if settings.use_memory_index else milvus
     return {"n": n, "path": "memory" if settings.use_memory_index else "milvus", **used,
             "brute_p50_ms": round(brute_p50, 2), "index": settings.index_type,
-            "milvus": milvus, "memory": {**memory, "load_s": round(load_s, 2)}}
+            "milvus": milvus, "memory": {**memory, "load_s": round(load_s, 2)}, "quantized": quantized}
+
+
+# Compact mode as the bench measures it unless VIDSEARCH_INDEX_TYPE names a quantized index: 8-bit scalar
+# quantization, which Milvus Lite (faiss) and a Milvus server both offer; Milvus Lite has no binary vectors.
+QUANTIZED_TYPES = ("IVF_SQ8", "HNSW_SQ", "IVF_PQ", "IVF_RABITQ")
+BENCH_QUANTIZED = ("IVF_SQ8", {"nlist": 128}, {"nprobe": 16})
+BENCH_RERANK = 100
+
+
+def settle_index(client, collection: str, timeout: float = 600) -> None:
+    """Make the collection's vector index cover every row and be the one searched. A server builds it in the
+    background (pending rows, polled). Milvus Lite builds it in a background thread after a flush and searches the
+    segment by brute force until then (measured: exact scores from an IVF_SQ8 collection), so the bench would time
+    the wrong thing; releasing and loading again attaches every segment's index before it returns."""
+    client.flush(collection)  # sealed segments are what get indexed
+    deadline = time.monotonic() + timeout
+    for name in client.list_indexes(collection, field_name="vector"):
+        while client.describe_index(collection, name).get("pending_index_rows") and time.monotonic() < deadline:
+            time.sleep(1)
+    client.release_collection(collection)
+    client.load_collection(collection)
+
+
+def index_bytes(settings: Settings, collection: str) -> int | None:
+    """Bytes of the collection's vector index as Milvus Lite stores it: one file per sealed segment (`.idx` under
+    collections/<name>/partitions/*/indexes/), the structure it loads to search. None on a server (object
+    storage; see its own metrics)."""
+    if settings.milvus_uri:
+        return None
+    files = settings.milvus_lite_dir.glob(f"**/collections/{collection}/partitions/*/indexes/*.idx")
+    return sum(f.stat().st_size for f in files)
+
+
+def measure_quantized(settings: Settings, store, data: np.ndarray, qs: np.ndarray, truth: list[set[int]]) -> dict:
+    """Compact mode against the float index on the same vectors and queries, through MilvusVectorStore.search
+    (no catalog join): exact FLAT, the quantized index alone, and the quantized index with exact rerank.
+    Recall@10 against numpy, latency, and the index files' real size."""
+    from schema.vectors import MilvusVectorStore
+
+    n, dim = data.shape
+    index_type, params, search = ((settings.index_type, settings.index_params, settings.search_params)
+                                  if settings.index_type in QUANTIZED_TYPES else BENCH_QUANTIZED)
+    rerank = settings.rerank or BENCH_RERANK
+
+    def filled(suffix: str, kind: str, build: dict, search_params: dict) -> MilvusVectorStore:
+        s = settings.model_copy(update={"collection": f"{settings.collection}_{suffix}", "index_type": kind,
+                                        "index_params": build, "search_params": search_params, "rerank": 0})
+        new = MilvusVectorStore.open(s, dim, store.model)
+        for start in range(0, n, 5000):
+            new.add(list(range(start + 1, min(n, start + 5000) + 1)), data[start : start + 5000])
+        new.flush()
+        settle_index(new.client, new.collection)
+        return new
+
+    reuse = store.index_type == "FLAT" and not store.rerank  # measure_search's collection is already the float one
+    flat = store if reuse else filled("flat", "FLAT", {}, {})
+    if reuse:
+        settle_index(store.client, store.collection)  # its index files complete before they are measured
+    quant = filled("quant", index_type, params, search)
+    reranked = MilvusVectorStore(quant.client, quant.collection, dim, quant.model, index_type=index_type,
+                                 search_params=search, rerank=rerank)
+    rows = {}
+    for mode, vs in (("float", flat), ("quantized", quant), ("quantized_rerank", reranked)):
+        vs.search(qs[0], 10)  # warm-up
+        latencies, recall = _timed_searches(lambda q, vs=vs: [h.video_id for h in vs.search(q, 10)], qs, truth)
+        size = index_bytes(settings, vs.collection)
+        rows[mode] = {"index": vs.index_type, "p50_ms": round(statistics.median(latencies), 2),
+                      "p95_ms": round(_pct(latencies, 0.95), 2), "recall_at_10": round(recall, 4),
+                      "index_bytes": size, "bytes_per_vector": None if size is None else round(size / n, 1)}
+    rows["quantized_rerank"]["rerank"] = rerank
+    rows["search_params"] = search
+    quant.drop()
+    quant.close()
+    if not reuse:
+        flat.drop()
+        flat.close()
+    return rows
 
 
 def measure_query_e2e(settings: Settings, encoder: ClipEncoder, queries: int) -> dict:
@@ -522,3 +600,16 @@ def format_search(report: dict) -> Iterator[str]:
             yield (f"search    n={s['n']:>8} {label:<14} p50 {f['p50_ms']:.1f} ms  p95 {f['p95_ms']:.1f} ms  "
                    f"recall@10 {f['recall_at_10']:.3f}  numpy {s['brute_p50_ms']:.2f} ms -> "
                    f"x{f['ratio_vs_brute']:.1f}{used}")
+        yield from format_quantized(s["n"], s.get("quantized"))
+
+
+def format_quantized(n: int, rows: dict | None) -> Iterator[str]:
+    if not rows:
+        return
+    for mode in ("float", "quantized", "quantized_rerank"):
+        r = rows[mode]
+        label = f"{r['index']}" + (f" +rerank {r['rerank']}" if "rerank" in r else "")
+        size = "index size n/a" if r["index_bytes"] is None else (
+            f"index {r['index_bytes'] / 2**20:.1f} MiB ({r['bytes_per_vector']:.0f} B/vector)")
+        yield (f"compact   n={n:>8} {label:<20} p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  "
+               f"recall@10 {r['recall_at_10']:.3f}  {size}")

@@ -37,9 +37,14 @@ class Settings(BaseSettings):
     search_params: dict[str, int | float | str] = Field(
         default_factory=dict, description='Search parameters as JSON, e.g. {"ef": 128} or {"nprobe": 32}.'
     )
+    rerank: int = Field(
+        0, ge=0, le=16_384, description="Compact mode: ask the index for this many candidates, then re-score them "
+        "exactly with their stored float vectors (0 = off). Meant for a quantized index (VIDSEARCH_INDEX_TYPE="
+        "IVF_SQ8 or HNSW_SQ; IVF_RABITQ on a server); the in-memory copy is then off unless memory_index=on."
+    )
     memory_index: Literal["auto", "on", "off"] = Field(
         "auto", description="Answer searches from an exact in-memory copy of the vectors (auto: only with the "
-        "embedded Milvus Lite, whose own search is ~15x slower than numpy at 100k videos)."
+        "embedded Milvus Lite, whose own search is ~15x slower than numpy at 100k videos, and not in compact mode)."
     )
     model: str = Field(DEFAULT_MODEL, description="Hugging Face CLIP checkpoint id or local folder.")
     model_revision: str | None = Field(
@@ -124,7 +129,9 @@ class Settings(BaseSettings):
 
     @property
     def use_memory_index(self) -> bool:
-        return self.memory_index == "on" or (self.memory_index == "auto" and self.milvus_uri is None)
+        # Compact mode (rerank > 0) exists to not hold every float vector in memory: auto leaves the copy off then.
+        return self.memory_index == "on" or (self.memory_index == "auto" and self.milvus_uri is None
+                                             and self.rerank == 0)
 
     @property
     def memory_index_file(self) -> Path:

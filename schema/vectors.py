@@ -22,6 +22,7 @@ PROP_MODEL = "vidsearch.model"
 PROP_DIM = "vidsearch.dim"
 # Inner product on L2-normalised vectors is cosine similarity.
 METRIC = "IP"
+PK = "pk"  # the primary key field: search hits carry it under this name
 # Ids per `fetch` query: larger chunks amortise Milvus Lite's per-query cost (18 s vs 41 s per 100k vectors
 # for 16k vs 1k ids, measured).
 FETCH_CHUNK = 16_000
@@ -140,7 +141,7 @@ class MilvusVectorStore:
 
     def __init__(self, client, collection: str, dim: int, model: str, *, index_type: str = "FLAT",
                  index_params: dict | None = None, search_params: dict | None = None,
-                 seal_writes: bool = False) -> None:
+                 seal_writes: bool = False, rerank: int = 0) -> None:
         self.client = client
         self.collection = collection
         self.segment_collection = collection + SEGMENTS_SUFFIX
@@ -151,6 +152,8 @@ class MilvusVectorStore:
         self.index_params = dict(index_params or {})
         self.search_params = dict(search_params or {})
         self.seal_writes = seal_writes
+        # Compact mode: candidates asked of a (quantized) index, re-scored exactly from the stored floats (`_rerank`).
+        self.rerank = rerank
         self.reconnect: Callable[[], object] | None = None  # makes a new client after a lost connection
         self.has_filter_fields = True  # False for a collection created by a version without filters
 
@@ -159,7 +162,7 @@ class MilvusVectorStore:
         """Connect, create the collection if needed, and refuse a collection built by another model."""
         store = cls(connect(settings), settings.collection, dim, model, index_type=settings.index_type,
                     index_params=settings.index_params, search_params=settings.search_params,
-                    seal_writes=settings.milvus_uri is None)
+                    seal_writes=settings.milvus_uri is None, rerank=settings.rerank)
         store.reconnect = lambda: connect(settings)
         store._ensure_collection()
         return store
@@ -355,12 +358,30 @@ class MilvusVectorStore:
         result = self._call("search", lambda: self.client.search(
             self.collection,
             data=[np.asarray(vector, dtype=np.float32).tolist()],
-            limit=k,
+            limit=max(k, self.rerank),
             filter=expr,
             output_fields=["video_id"],
             search_params={"metric_type": METRIC, "params": self.search_params},
         ))
+        if self.rerank:
+            return self._rerank(result[0], vector, k)
         return [Hit(video_id=int(h["entity"]["video_id"]), score=float(h["distance"])) for h in result[0]]
+
+    def _rerank(self, hits, vector: np.ndarray, k: int) -> list[Hit]:
+        """The top k of the index's candidates by their exact inner product with `vector`. A quantized index ranks
+        by approximate scores; the collection keeps every raw float vector, so one query by primary key re-scores
+        the candidates exactly (the binarized "rerank100" idea, on whatever quantization the endpoint offers)."""
+        pks = [int(h[PK]) for h in hits]
+        if not pks:
+            return []
+        expr = f"{PK} in [{', '.join(map(str, pks))}]"  # ints from Milvus itself
+        rows = self._call("query", lambda: self.client.query(self.collection, filter=expr,
+                                                             output_fields=["video_id", "vector"], limit=len(pks)))
+        if not rows:  # deleted between the search and the query
+            return []
+        scores = np.asarray([r["vector"] for r in rows], dtype=np.float32) @ np.asarray(vector, dtype=np.float32)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [Hit(video_id=int(rows[i]["video_id"]), score=float(scores[i])) for i in order]
 
     def fetch(self, video_ids: Sequence[int]) -> dict[int, np.ndarray]:
         """The stored vector of each of these videos (absent ones are left out)."""

@@ -40,6 +40,17 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     assert search["recall_at_10"] == 1.0  # FLAT is exact: anything else means the measurement is broken
     for key in ("p50_ms", "p95_ms", "brute_p50_ms", "ratio_vs_brute"):
         assert search[key] > 0, key
+    compact = search["quantized"]  # compact mode, same vectors and queries: float vs quantized vs quantized + rerank
+    assert compact["float"]["index"] == "FLAT" and compact["float"]["recall_at_10"] == 1.0
+    assert compact["quantized"]["index"] == compact["quantized_rerank"]["index"] == "IVF_SQ8"
+    assert compact["quantized_rerank"]["rerank"] == 100
+    assert compact["quantized_rerank"]["recall_at_10"] >= compact["quantized"]["recall_at_10"] > 0
+    for mode in ("float", "quantized", "quantized_rerank"):
+        row = compact[mode]
+        assert row["p95_ms"] >= row["p50_ms"] > 0, mode
+        assert row["index_bytes"] > 0 and row["bytes_per_vector"] == pytest.approx(row["index_bytes"] / 10_000, abs=0.1)
+    # Sizes of the index files as written: 8-bit codes instead of float32, so well under half.
+    assert compact["quantized"]["index_bytes"] < compact["float"]["index_bytes"] / 2
     assert report["query_e2e"]["p95_ms"] >= report["query_e2e"]["p50_ms"] > 0
     assert set(report["phase_seconds"]) >= {"pipeline", "naive baseline", "ceilings", "memory", "search"}
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())  # worked in a temp dir
