@@ -6,6 +6,7 @@ CLIP of the real ViT-B/32 architecture and says so.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -113,9 +114,10 @@ def _frame_source(width: int, height: int, seed: int) -> Callable[[int], np.ndar
     return frame
 
 
-def write_clip(path: Path, width: int, height: int, seconds: float, fps: int = 24, seed: int = 0) -> Path:
+def write_clip(path: Path, width: int, height: int, seconds: float, fps: int = 24, seed: int = 0,
+               preset: str = "veryfast") -> Path:
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "g": str(2 * fps)})
+        stream = container.add_stream("libx264", rate=fps, options={"preset": preset, "g": str(2 * fps)})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         draw = _frame_source(width, height, seed)
         for i in range(int(seconds * fps)):
@@ -234,20 +236,45 @@ def measure_seek_vs_straight(encoder: ClipEncoder, clip: Path, frames: int) -> d
     return out
 
 
-def peak_rss_mb(model: str, video: Path, sampling: Sampling) -> tuple[float, int]:
-    """Peak RSS of a fresh process that loads the model and ingests one video (decode + embed), with the worker's
-    sampling (a long video gets more frames, for its moments), and how many frames it sampled.
+_RSS_CODE = """
+import json
+import sys
+from pathlib import Path
+import torch
+from ingest.decode import Sampling
+from ingest.encoder import load_encoder
+from ingest.pipeline import decode_video
 
-    Read from VmHWM: getrusage's ru_maxrss survives exec and would report the forking parent's peak."""
-    code = ("from pathlib import Path; from ingest.decode import Sampling; "
-            "from ingest.encoder import load_encoder; from ingest.pipeline import decode_video; "
-            f"e = load_encoder({model!r}, device='cpu'); "
-            f"_, p = decode_video(e, Path({str(video)!r}), {sampling!r}); e.embed_videos([p]); "
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], len(p))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+def kb(field):
+    return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(field))
+
+model, batch, sampling, videos = sys.argv[1], int(sys.argv[2]), Sampling(**json.loads(sys.argv[3])), sys.argv[4:]
+e = load_encoder(model, device='cpu', batch_size=batch)
+e.embed_pixels(torch.zeros(batch, 3, *e.prep.crop_hw, dtype=torch.uint8))  # a worker's steady state
+print('warm', kb('VmRSS'))
+for video in videos:
+    open('/proc/self/clear_refs', 'w').write('5')  # VmHWM := VmRSS: the peak of this video alone
+    _, pixels = decode_video(e, Path(video), sampling)
+    e.embed_videos([pixels])
+    print('peak', kb('VmHWM'), len(pixels))
+    del pixels
+"""
+
+
+def peak_rss_mb(model: str, videos: list[Path], sampling: Sampling, batch_size: int
+                ) -> tuple[float, list[tuple[float, int]]]:
+    """Peak RSS of ingesting (decode + embed, with the worker's sampling and batch size) each of `videos`, one
+    after the other in one fresh process, and how many frames each sampled; with the RSS before the first.
+
+    The process first runs one full batch, as a worker has after its first videos: the model's activations for a
+    batch (~230 MB at 48 frames on CPU) are then held alike for both videos, and the ratio shows what a video
+    adds. Each peak is VmHWM after resetting it to the current RSS (/proc/self/clear_refs)."""
+    args = [model, str(batch_size), json.dumps(dataclasses.asdict(sampling)), *map(str, videos)]
+    out = subprocess.run([sys.executable, "-c", _RSS_CODE, *args], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
-    kb, frames = out.stdout.strip().splitlines()[-1].split()
-    return int(kb) / 1024, int(frames)
+    lines = [line.split() for line in out.stdout.splitlines() if line.startswith(("warm ", "peak "))]
+    warm = next(int(f[1]) / 1024 for f in lines if f[0] == "warm")
+    return warm, [(int(f[1]) / 1024, int(f[2])) for f in lines if f[0] == "peak"]
 
 
 def clustered_unit_vectors(n: int, dim: int, rng: np.random.Generator, clusters: int = 256) -> np.ndarray:
@@ -436,12 +463,12 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
                                                                                                 frames)}
 
         progress("memory")
-        short = write_clip(work / "short.mp4", 426, 240, 10, fps=12)
-        long = write_clip(work / "long.mp4", 426, 240, plan.long_minutes * 60, fps=12)
-        model_path = encoder.model_id
+        # Memory follows the number of samples, not the pixels or the codec's effort: small, cheap-to-encode clips.
+        short = write_clip(work / "short.mp4", 426, 240, 10, fps=4, preset="ultrafast")
+        long = write_clip(work / "long.mp4", 426, 240, plan.long_minutes * 60, fps=4, preset="ultrafast")
         sampling = Sampling(frames, settings.moment_seconds / 2, settings.max_frames)  # as the worker samples
-        (rss_short, frames_short), (rss_long, frames_long) = (peak_rss_mb(model_path, short, sampling),
-                                                              peak_rss_mb(model_path, long, sampling))
+        rss_warm, [(rss_short, frames_short), (rss_long, frames_long)] = peak_rss_mb(
+            encoder.model_id, [short, long], sampling, encoder.batch_size)
 
         progress("search")
         search = [measure_search(home_settings, encoder.dim, n, plan.queries, rng) for n in plan.search_sizes]
@@ -479,7 +506,8 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
             "sets": per_set,
         },
         "memory": {"rss_short_mb": round(rss_short, 1), "rss_long_mb": round(rss_long, 1),
-                   "ratio": round(rss_long / rss_short, 3), "long_minutes": plan.long_minutes,
+                   "ratio": round(rss_long / rss_short, 3), "rss_warm_mb": round(rss_warm, 1),
+                   "long_minutes": plan.long_minutes,
                    "frames_short": frames_short, "frames_long": frames_long},
         "search": search,
         "query_e2e": e2e,
