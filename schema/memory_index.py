@@ -132,6 +132,9 @@ class MemoryIndex:
                     self._segment_cached_rows -= len(self._segments.popitem(last=False)[1])
         return {**found, **fetched}
 
+    def clear_segment_cache(self) -> None:
+        self._forget_segments(list(self._segments))
+
     def _forget_segments(self, video_ids: Iterable[int]) -> None:
         ids = [int(v) for v in video_ids]
         if not ids:

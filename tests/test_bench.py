@@ -35,11 +35,13 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     assert memory["rss_short_mb"] > 0 and memory["rss_long_mb"] > 0
     assert (memory["frames_short"], memory["frames_long"]) == (12, 120)  # the worker's sampling: 10 min, capped
     assert memory["ratio"] == pytest.approx(memory["rss_long_mb"] / memory["rss_short_mb"], rel=1e-2)
+    assert memory["rss_warm_mb"] > 0  # the warmed process that each peak is measured from
     [search] = report["search"]
     assert search["n"] == 10_000 and search["index"] == "FLAT"
     assert search["recall_at_10"] == 1.0  # FLAT is exact: anything else means the measurement is broken
     for key in ("p50_ms", "p95_ms", "brute_p50_ms", "ratio_vs_brute"):
         assert search[key] > 0, key
     assert report["query_e2e"]["p95_ms"] >= report["query_e2e"]["p50_ms"] > 0
+    assert 0 < report["query_e2e"]["encode_p50_ms"] <= report["query_e2e"]["p50_ms"]  # a part of each query
     assert set(report["phase_seconds"]) >= {"pipeline", "naive baseline", "ceilings", "memory", "search"}
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())  # worked in a temp dir
