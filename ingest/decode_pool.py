@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ingest.decode import DecodeError, Limits, Sampling, VideoInfo, frame_spans, iter_sampled_frames, probe
-from ingest.encoder import Preprocessing, decode_size_for, preprocess_frame
+from ingest.encoder import Preprocessing, decode_size_for, resize_crop_frame
 from ingest.thumbnails import jpeg_thumbnail, luma_stats, pick_poster
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class Decoded:
     """One decoded video: model-ready pixels of its samples, the time span each stands for, and thumbnails."""
 
     info: VideoInfo
-    pixels: np.ndarray  # (n,3,H,W) float32, preprocessed for the model
+    pixels: np.ndarray  # (n,3,H,W) uint8 at the model's input size; the model side normalises them per batch
     spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) seconds per sample
     thumbs: list[bytes] = field(default_factory=list)  # JPEG per sample (empty when not asked for)
     poster: int = 0  # the sample that shows the video best (not a black lead-in)
@@ -47,7 +47,10 @@ class Decoded:
 
 def decode_pixels(prep: Preprocessing, path: Path, frames: int | Sampling,
                   limits: Limits = Limits(), *, thumbs: bool = False) -> Decoded:  # noqa: B008 (frozen)
-    """Probe, sample frames (resized by swscale while decoding) and preprocess them.
+    """Probe, sample frames (resized by swscale while decoding) and resize/crop them to the model's input.
+
+    Memory grows with the sample count by only one uint8 model-size image per sample: each decoded frame is
+    dropped as soon as it is resized, and the float normalisation waits for the model's batch.
 
     frames: a fixed count, or a Sampling that grows the count with the duration. thumbs: also make a JPEG
     thumbnail of each sample (from the same decoded frame) and pick the poster."""
@@ -56,14 +59,14 @@ def decode_pixels(prep: Preprocessing, path: Path, frames: int | Sampling,
     info = probe(path, limits)
     n = frames.count(info.duration) if isinstance(frames, Sampling) else frames
     size = decode_size_for(prep, info.height, info.width)
-    pixels, jpegs, stats = [], [], []
-    for frame in iter_sampled_frames(path, n, info, size=size):
-        pixels.append(preprocess_frame(frame, prep))
+    pixels = np.empty((n, 3, *prep.crop_hw), np.uint8)  # filled in place: no list, no stacked second copy
+    jpegs, stats = [], []
+    for i, frame in enumerate(iter_sampled_frames(path, n, info, size=size)):
+        pixels[i] = resize_crop_frame(frame, prep).numpy()
         if thumbs:
             jpegs.append(jpeg_thumbnail(frame))
             stats.append(luma_stats(frame))
-    return Decoded(info, torch.stack(pixels).numpy(), frame_spans(info.duration, n), jpegs,
-                   pick_poster(stats) if thumbs else 0)
+    return Decoded(info, pixels, frame_spans(info.duration, n), jpegs, pick_poster(stats) if thumbs else 0)
 
 
 def _init_process(started) -> None:

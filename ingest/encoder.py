@@ -45,7 +45,16 @@ def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int
 
 def preprocess_frame(frame: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     """HxWx3 uint8 RGB -> 3xHxW float32 normalised tensor, with torch ops only (no PIL round trip)."""
-    image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0).float()
+    return normalize_pixels(resize_crop_frame(frame, prep), prep)
+
+
+def resize_crop_frame(frame: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 3xHxW uint8 at the model's input size: the geometric half of the preprocessing.
+
+    Exact in uint8 (the resize rounds to integers as PIL does), and 4x smaller than float32: decoders hand these
+    over and the model side normalises one batch at a time, so a long video's samples never sit in memory as floats.
+    """
+    image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
     height, width = frame.shape[:2]
     if prep.shortest_edge is not None:
         size = resize_output_size(height, width, prep.shortest_edge)
@@ -54,12 +63,17 @@ def preprocess_frame(frame: np.ndarray, prep: Preprocessing) -> torch.Tensor:
         size = prep.resize_hw
     if size != (height, width):
         # antialias=True makes downscaling match PIL's bicubic filter closely.
-        image = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
-        image = image.clamp_(0, 255).round_()  # PIL works in uint8; matching it keeps vectors aligned
-    image = center_crop(image[0], prep.crop_hw)
+        resized = F.interpolate(image.unsqueeze(0).float(), size=size, mode="bicubic", align_corners=False,
+                                antialias=True)
+        image = resized[0].clamp_(0, 255).round_().to(torch.uint8)  # PIL works in uint8: vectors stay aligned
+    return center_crop(image, prep.crop_hw)
+
+
+def normalize_pixels(pixels: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 (...,3,H,W) from resize_crop_frame -> float32 scaled and normalised with the checkpoint's mean/std."""
     mean = torch.tensor(prep.mean).view(3, 1, 1) * 255.0
     std = torch.tensor(prep.std).view(3, 1, 1) * 255.0
-    return (image - mean) / std
+    return (pixels.float() - mean) / std
 
 
 def decode_size_for(prep: Preprocessing, height: int, width: int) -> tuple[int, int]:
@@ -136,10 +150,15 @@ class ClipEncoder:
 
     @torch.inference_mode()
     def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N,3,H,W) preprocessed pixels -> (N,dim) L2-normalised image embeddings (float32, on CPU)."""
+        """(N,3,H,W) preprocessed pixels -> (N,dim) L2-normalised image embeddings (float32, on CPU).
+
+        uint8 pixels (resize_crop_frame's) are normalised here, one batch at a time."""
         out: list[torch.Tensor] = []
         for start in range(0, len(pixel_values), self.batch_size):
-            chunk = pixel_values[start : start + self.batch_size].to(self.device, self.dtype, non_blocking=True)
+            chunk = pixel_values[start : start + self.batch_size]
+            if chunk.dtype == torch.uint8:
+                chunk = normalize_pixels(chunk, self.prep)
+            chunk = chunk.to(self.device, self.dtype, non_blocking=True)
             embeds = self.vision(pixel_values=chunk).image_embeds.float()
             out.append(l2_normalize(embeds).cpu())
         return torch.cat(out) if out else torch.empty(0, self.dim)

@@ -35,6 +35,7 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     assert memory["rss_short_mb"] > 0 and memory["rss_long_mb"] > 0
     assert (memory["frames_short"], memory["frames_long"]) == (12, 120)  # the worker's sampling: 10 min, capped
     assert memory["ratio"] == pytest.approx(memory["rss_long_mb"] / memory["rss_short_mb"], rel=1e-2)
+    assert memory["rss_warm_mb"] > 0  # the warmed process that each peak is measured from
     [search] = report["search"]
     assert search["n"] == 10_000 and search["index"] == "FLAT"
     assert search["recall_at_10"] == 1.0  # FLAT is exact: anything else means the measurement is broken
@@ -52,5 +53,6 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     # Sizes of the index files as written: 8-bit codes instead of float32, so well under half.
     assert compact["quantized"]["index_bytes"] < compact["float"]["index_bytes"] / 2
     assert report["query_e2e"]["p95_ms"] >= report["query_e2e"]["p50_ms"] > 0
+    assert 0 < report["query_e2e"]["encode_p50_ms"] <= report["query_e2e"]["p50_ms"]  # a part of each query
     assert set(report["phase_seconds"]) >= {"pipeline", "naive baseline", "ceilings", "memory", "search"}
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())  # worked in a temp dir

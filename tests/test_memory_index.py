@@ -8,7 +8,7 @@ import pytest
 from ingest.library import delete_video
 from schema.catalog import Catalog
 from schema.memory_index import MemoryIndex, Snapshot, apply_refresh, plan_refresh
-from schema.vectors import MilvusVectorStore
+from schema.vectors import MilvusVectorStore, Segments
 
 DIM = 16
 
@@ -17,10 +17,15 @@ class CountingStore(MilvusVectorStore):
     """The real store, counting how many vectors are pulled out of Milvus."""
 
     fetched = 0
+    segment_reads = 0
 
     def fetch(self, video_ids):
         self.fetched += len(video_ids)
         return super().fetch(video_ids)
+
+    def segments(self, video_ids):
+        self.segment_reads += len(video_ids)
+        return super().segments(video_ids)
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -150,3 +155,50 @@ def test_catalog_counter_moves_on_every_change_of_the_ready_set(parts):
     g3 = catalog.ready_generation()
     assert g0 < g1 < g2 < g3
     assert Catalog(catalog.engine.url.render_as_string(hide_password=False)).ready_generation() == g3
+
+
+def _segments(rng: np.random.Generator, n: int) -> Segments:
+    return Segments(np.arange(n, dtype=np.float32), np.arange(1, n + 1, dtype=np.float32), unit(rng, n))
+
+
+def _same(a: dict[int, Segments], b: dict[int, Segments]) -> bool:
+    return a.keys() == b.keys() and all(
+        np.array_equal(a[v].starts, b[v].starts) and np.array_equal(a[v].ends, b[v].ends)
+        and np.array_equal(a[v].vectors, b[v].vectors) for v in a)
+
+
+def test_segments_are_cached_exactly_and_follow_reingests_and_deletes(parts):
+    settings, catalog, store = parts
+    rng = np.random.default_rng(5)
+    ids = ingest_fake(catalog, store, unit(rng, 6), "e")
+    store.add_segments(ids, [_segments(rng, 3 + i) for i in range(len(ids))])
+    store.flush()
+    index = MemoryIndex(store, catalog, settings.memory_index_file, segment_rows=12)
+    index.search(unit(rng, 1)[0], 3)
+
+    first = index.segments(ids[:3])
+    assert _same(first, store.segments(ids[:3]))  # the same arrays Milvus holds
+    reads = store.segment_reads
+    assert _same(index.segments(ids[:3]), first) and store.segment_reads == reads  # from the cache
+
+    # Re-ingested with new segments (a new job): the next search refreshes and the new ones are read.
+    target = ids[0]
+    catalog.requeue_video(target)
+    [job] = catalog.claim_jobs(1)
+    store.delete([target])
+    new = _segments(rng, 5)
+    store.add_segments([target], [new])
+    store.add([target], unit(rng, 1))
+    store.flush()
+    catalog.finish_jobs([(job.id, {})])
+    index.search(unit(rng, 1)[0], 3)
+    assert np.array_equal(index.segments([target])[target].vectors, new.vectors)
+
+    # Deleted through the index: forgotten, Milvus says there are none.
+    index.delete([ids[1]])
+    assert ids[1] not in index.segments([ids[1]])
+
+    # Bounded by rows: the least recently used videos go first.
+    index.segments(ids[2:])  # 5 + 6 + 7 + 8 rows, with the 5 of the target: over 12
+    assert sum(len(seg) for seg in index._segments.values()) <= 12
+    assert _same(index.segments(ids[2:]), store.segments(ids[2:]))
