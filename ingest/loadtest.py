@@ -127,6 +127,10 @@ def summarize(url: str, target: Target, clients: int, duration_s: float, latenci
                       p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=top, error_samples=samples)
 
 
+# The Search tab's Filters panel left empty (durations, dates, tags): its event takes them after the text and k.
+NO_FILTERS = [None, None, "", "", []]
+
+
 async def search_api(client: httpx.AsyncClient, text: str, k: int) -> None:
     """POST /api/search; raises on anything but a 2xx JSON answer with a result list."""
     response = await client.post("/api/search", json={"text": text, "k": k})
@@ -138,7 +142,7 @@ async def search_api(client: httpx.AsyncClient, text: str, k: int) -> None:
 
 async def search_gradio(client: httpx.AsyncClient, text: str, k: int) -> None:
     """The Search tab's event through Gradio's queue (POST /gradio_api/call/do_search, then its event stream)."""
-    response = await client.post("/gradio_api/call/do_search", json={"data": [text, k]})
+    response = await client.post("/gradio_api/call/do_search", json={"data": [text, k, *NO_FILTERS]})
     if not response.is_success:
         raise LoadTestError(f"HTTP {response.status_code}: {response.text[:200]}")
     event_id = response.json()["event_id"]

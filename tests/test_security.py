@@ -165,6 +165,10 @@ def gradio_call(client: httpx.Client, api_name: str, data: list) -> list:
     raise AssertionError("the event stream ended without a result")
 
 
+# The Search tab's Filters panel as an untouched page sends it: durations, dates, tags.
+NO_FILTERS = [None, None, "", "", []]
+
+
 def upload_through_gradio(client: httpx.Client, files: list[tuple[str, bytes]]) -> tuple[list[str], list]:
     """POST files to Gradio's upload route under client-chosen names, then press "Add to library" via the API."""
     response = client.post("/gradio_api/upload", files=[("files", (name, data, "video/mp4")) for name, data in files])
@@ -173,7 +177,7 @@ def upload_through_gradio(client: httpx.Client, files: list[tuple[str, bytes]]) 
     assert len(server_paths) == len(files)
     payload = [{"path": p, "orig_name": name, "meta": {"_type": "gradio.FileData"}}
                for p, (name, _) in zip(server_paths, files, strict=True)]
-    return server_paths, gradio_call(client, "do_add", [payload])
+    return server_paths, gradio_call(client, "do_add", [payload, None])  # None: no tag
 
 
 def listening_sockets(pids: set[int]) -> list[tuple[str, int]]:
@@ -466,7 +470,8 @@ def test_every_route_needs_login_when_auth_is_set(locked):
         _, headers, _ = raw_get(locked.url, target)
         assert ("www-authenticate" in headers) == (target.startswith(("/media", "/api", "/no-such"))), target
     # A POST to Gradio's API is refused too.
-    assert httpx.post(locked.url + "/gradio_api/call/do_search", json={"data": ["red", 3]}).status_code == 401
+    refused = httpx.post(locked.url + "/gradio_api/call/do_search", json={"data": ["red", 3, *NO_FILTERS]})
+    assert refused.status_code == 401
     # The right credentials (either account; a password with ':' and ',' from the file) open everything.
     for account in (ALICE, BOB):
         status, _, body = raw_get(locked.url, "/media/ab/real.mp4", basic(*account))
@@ -476,7 +481,7 @@ def test_every_route_needs_login_when_auth_is_set(locked):
         status, _, body = raw_get(locked.url, "/gradio_api/info", basic(*account))
         assert status == 200 and b"do_search" in body
     with httpx.Client(base_url=locked.url, auth=ALICE, timeout=120) as client:
-        html_page = gradio_call(client, "do_search", ["a red circle", 3])[0]
+        html_page = gradio_call(client, "do_search", ["a red circle", 3, *NO_FILTERS])[0]
         assert "vs-" in html_page
     # Unauthenticated: the login page shell only (no components, no API description).
     status, _, body = raw_get(locked.url, "/")
