@@ -109,6 +109,7 @@ class DecodePool:
             # spawn, not fork: forking a process that runs torch threads can deadlock the child.
             context = multiprocessing.get_context("spawn")
             self._started, self._workers = context.Queue(), workers
+            self._running = False  # pebble starts its processes with the first task (or `active`), not here
             self._pool = ProcessPool(max_workers=workers, initializer=_init_process, initargs=(self._started,),
                                      context=context)
         elif mode == "thread":
@@ -118,6 +119,7 @@ class DecodePool:
 
     def submit(self, path: Path) -> Future:
         if self.mode == "process":
+            self._running = True
             return self._pool.schedule(decode_pixels, args=(self.prep, Path(path), self.frames, self.limits),
                                        kwargs={"thumbs": self.thumbs}, timeout=self.timeout)
         return self._pool.submit(decode_pixels, self.prep, Path(path), self.frames, self.limits, thumbs=self.thumbs)
@@ -140,6 +142,8 @@ class DecodePool:
         """Wait until every worker process has started (imported torch & co); True if they all did in time."""
         if self.mode != "process":
             return True
+        if not self._running:
+            self._running = self._pool.active  # starts the worker processes now
         deadline = time.monotonic() + timeout
         while self._workers > 0 and (left := deadline - time.monotonic()) > 0:
             try:
@@ -153,7 +157,8 @@ class DecodePool:
         if self.mode == "process":
             # A worker stopped while it is still starting up (importing torch) prints a multiprocessing traceback
             # on the terminal, its start-up pipe being gone: give those a few seconds to finish starting first.
-            self.wait_started(STARTUP_GRACE_SECONDS)
+            if self._running:  # a pool that never ran has no process to wait for
+                self.wait_started(STARTUP_GRACE_SECONDS)
             self._pool.stop()
             self._pool.join()
             self._started.close()
