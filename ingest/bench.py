@@ -43,7 +43,7 @@ class Plan:
     long_minutes: float
 
 
-QUICK = Plan(clips_360p=6, clips_1080p=2, clip_seconds=10, search_sizes=(10_000,), queries=30, long_minutes=10)
+QUICK = Plan(clips_360p=4, clips_1080p=2, clip_seconds=10, search_sizes=(10_000,), queries=30, long_minutes=10)
 FULL = Plan(clips_360p=24, clips_1080p=8, clip_seconds=20, search_sizes=(10_000, 100_000), queries=100,
             long_minutes=10)
 
@@ -130,10 +130,12 @@ def write_clip(path: Path, width: int, height: int, seconds: float, fps: int = 2
 
 def make_corpus(folder: Path, plan: Plan) -> dict[str, list[Path]]:
     folder.mkdir(parents=True, exist_ok=True)
-    sets = {"360p": [write_clip(folder / f"c360_{i}.mp4", 640, 360, plan.clip_seconds, seed=i)
+    # superfast: a third less encoding time than veryfast for the same decoding cost (1080p, 10 s: 8.0 vs 11.3 s to
+    # encode, 2.7 vs 2.5 s to decode every frame; measured 2026-11-23).
+    sets = {"360p": [write_clip(folder / f"c360_{i}.mp4", 640, 360, plan.clip_seconds, seed=i, preset="superfast")
                      for i in range(plan.clips_360p)],
-            "1080p": [write_clip(folder / f"c1080_{i}.mp4", 1920, 1080, plan.clip_seconds, seed=100 + i)
-                      for i in range(plan.clips_1080p)]}
+            "1080p": [write_clip(folder / f"c1080_{i}.mp4", 1920, 1080, plan.clip_seconds, seed=100 + i,
+                                 preset="superfast") for i in range(plan.clips_1080p)]}
     return {k: v for k, v in sets.items() if v}
 
 
