@@ -10,13 +10,14 @@ precede vectors).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ingest import thumbnails
 from schema.catalog import Catalog, VideoStatus
 from schema.settings import Settings
-from schema.vectors import VectorStore
+from schema.vectors import VectorStore, VideoFields
 
 # A `.incoming-*` copy older than this belongs to an upload that died; younger ones may still be being written.
 STALE_TEMP_SECONDS = 3600.0
@@ -68,10 +69,9 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
         ready_before = {v for v, (status, _) in catalog.video_states().items() if status is VideoStatus.READY}
         counts = store.vector_counts()
         after = catalog.video_states()
-        orphans = [v for v in counts if v not in after]
+        orphans, failed = _orphans_and_failed(counts, after)
         found("orphan_vectors", "vectors of videos the catalog does not have: deleted", orphans,
               lambda: store.delete(orphans))
-        failed = [v for v in counts if v in after and after[v][0] is VideoStatus.FAILED]
         found("vectors_of_failed_videos", "vectors of failed videos (never searchable): deleted", failed,
               lambda: store.delete(failed))
         unindexed = [v for v in ready_before if v in after and after[v][0] is VideoStatus.READY and counts[v] == 0]
@@ -93,17 +93,16 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
             if vectors:
                 import numpy as np
 
-                store.add(list(vectors), np.stack(list(vectors.values())))
+                videos = catalog.videos_by_ids(list(vectors))  # the filterable fields go back with the vector
+                store.add(list(vectors), np.stack(list(vectors.values())),
+                          [VideoFields.of(videos[v]) if v in videos else VideoFields() for v in vectors])
 
         found("duplicate_vectors", "videos with more than one vector: one kept", duplicated, dedupe)
 
         # Segment vectors follow the same order (written before the video is ready, deleted with it).
-        segment_counts = store.segment_counts()
-        after = catalog.video_states()
-        seg_orphans = [v for v in segment_counts if v not in after]
+        seg_orphans, seg_failed = _orphans_and_failed(store.segment_counts(), catalog.video_states())
         found("orphan_segments", "segment vectors of videos the catalog does not have: deleted", seg_orphans,
               lambda: store.delete(seg_orphans))
-        seg_failed = [v for v in segment_counts if v in after and after[v][0] is VideoStatus.FAILED]
         found("segments_of_failed_videos", "segment vectors of failed videos (never searchable): deleted", seg_failed,
               lambda: store.delete(seg_failed))
         if repair and (orphans or failed or duplicated or missing or seg_orphans or seg_failed):
@@ -125,3 +124,11 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
         found("stale_temp_files", f"{len(stale)} partial upload copies: removed", [],
               lambda: [p.unlink(missing_ok=True) for p in stale])
     return findings
+
+
+def _orphans_and_failed(counts: Counter[int], states: dict[int, tuple[VideoStatus, str]]
+                        ) -> tuple[list[int], list[int]]:
+    """Videos with vectors (per `counts`) that the catalog lacks, and those whose video failed."""
+    orphans = [v for v in counts if v not in states]
+    failed = [v for v in counts if v in states and states[v][0] is VideoStatus.FAILED]
+    return orphans, failed

@@ -12,6 +12,7 @@ from ingest.doctor import examine
 from ingest.library import enqueue_file
 from ingest.worker import LEASE_SECONDS, Worker
 from schema.catalog import VideoStatus
+from schema.filters import SearchFilters
 
 
 def test_doctor_finds_and_repairs_every_kind_of_damage(runtime, clips_dir):
@@ -54,5 +55,10 @@ def test_doctor_finds_and_repairs_every_kind_of_damage(runtime, clips_dir):
     ready = {v.id for v in catalog.list_videos(VideoStatus.READY)}
     assert ready == {ids["red_circle.mp4"], ids["green_square.webm"], ids["yellow_square.avi"], late}
     assert counts == {v: 1 for v in ready}
+    # The de-duplicated vector kept its filterable fields: a duration filter still finds it.
+    green = catalog.get_video(ids["green_square.webm"])
+    hits = store.search(store.fetch([green.id])[green.id], 10,
+                        SearchFilters(min_duration=green.duration, max_duration=green.duration))
+    assert green.id in {h.video_id for h in hits}
     blue = catalog.get_video(ids["blue_triangle.mkv"])
     assert blue.status is VideoStatus.FAILED and "stored file is missing" in blue.error
