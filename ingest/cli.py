@@ -224,11 +224,10 @@ def search(
 
     Each result lists its best moments (start-end, score), e.g. `moments: 0:12-0:17 (0.312)`.
     """
-    from schema.filters import SearchFilters, parse_date
+    from schema.filters import SearchFilters
     from search_app.search import MAX_IMAGE_BYTES, search_image, search_text
 
-    filters = SearchFilters(min_duration, max_duration, parse_date(since) if since else None,
-                            parse_date(until, end_of_day=True) if until else None, tuple(tags or ()))
+    filters = SearchFilters.from_text(min_duration, max_duration, since, until, tags or ())
     if (query is None) == (image is None):
         raise UserError("give either a text query or --image PATH (exactly one)")
     data = None

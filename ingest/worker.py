@@ -21,7 +21,7 @@ from ingest.decode import Limits, Sampling, VideoInfo
 from ingest.decode_pool import DecodeMode, DecodePool
 from ingest.encoder import ClipEncoder
 from ingest.pipeline import Embedded, embed_videos
-from schema.catalog import Catalog, Job
+from schema.catalog import Catalog, Job, Video
 from schema.vectors import Segments, VectorStore, VectorStoreError, VideoFields
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ class Worker:
         self.limits = limits
         self.sampling = sampling or Sampling(frames)  # how many frames a video of a given duration gets
         self.thumbnails_dir = thumbnails_dir  # None: no thumbnails
-        self._hashes: dict[int, str] = {}  # job id -> content hash of its video, for the batch in progress
-        self._fields: dict[int, VideoFields] = {}  # job id -> its video's filterable fields, likewise
+        self._videos: dict[int, Video] = {}  # job id -> its catalog video, for the batch in progress
         self._pool: DecodePool | None = None  # started on first use, kept for the worker's life
 
     @classmethod
@@ -117,8 +116,7 @@ class Worker:
         by_id = {job.id: job for job in jobs}
         videos = self.catalog.videos_by_ids([job.video_id for job in jobs])
         titles = {job.id: videos[job.video_id].title if job.video_id in videos else "?" for job in jobs}
-        self._hashes = {job.id: videos[job.video_id].sha256 for job in jobs if job.video_id in videos}
-        self._fields = {job.id: VideoFields.of(videos[job.video_id]) for job in jobs if job.video_id in videos}
+        self._videos = {job.id: videos[job.video_id] for job in jobs if job.video_id in videos}
         results: list[JobResult] = []
 
         def emit(result: JobResult) -> None:
@@ -158,8 +156,8 @@ class Worker:
             return []
         if self.thumbnails_dir is not None:
             for d in done:
-                if d.thumbs and d.key in self._hashes:
-                    thumbnails.write(self.thumbnails_dir, self._hashes[d.key], d.thumbs, d.poster)
+                if d.thumbs and d.key in self._videos:
+                    thumbnails.write(self.thumbnails_dir, self._videos[d.key].sha256, d.thumbs, d.poster)
         video_ids = [jobs[d.key].video_id for d in done]
         self.store.delete(video_ids)
         with_segments = [(jobs[d.key].video_id, segments_of(d)) for d in done]
@@ -167,8 +165,8 @@ class Worker:
         if with_segments:
             self.store.add_segments([v for v, _ in with_segments], [s for _, s in with_segments])
         # Duration as decoded (the catalog learns it in the same step), ingest time and tag from the catalog.
-        fields = [replace(self._fields.get(d.key, VideoFields()), duration=d.info.duration)
-                  for d in done]
+        fields = [replace(VideoFields.of(self._videos[d.key]) if d.key in self._videos else VideoFields(),
+                          duration=d.info.duration) for d in done]
         self.store.add(video_ids, np.stack([d.vector for d in done]), fields)
         self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done])
         return [JobResult(d.key, jobs[d.key].video_id, titles[d.key]) for d in done]

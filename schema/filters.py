@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -106,6 +107,14 @@ class SearchFilters:
             raise FilterError(f"at most {MAX_FILTER_TAGS} tags can be combined")
         # Refused, not matched: a value that is not a valid tag can match no video, and saying so helps the user.
         object.__setattr__(self, "tags", tuple(dict.fromkeys(check_tag(t) for t in self.tags)))
+
+    @classmethod
+    def from_text(cls, min_duration: float | None = None, max_duration: float | None = None,
+                  since: str | None = None, until: str | None = None, tags: Sequence[str] = ()) -> SearchFilters:
+        """As typed at the edges (CLI, API, web page): dates as text (`parse_date`; a bare `until` date includes
+        that whole day); an empty date is no condition."""
+        return cls(min_duration, max_duration, parse_date(since) if since else None,
+                   parse_date(until, end_of_day=True) if until else None, tuple(tags))
 
     @property
     def active(self) -> bool:

@@ -169,9 +169,9 @@ class MemoryIndex:
 
     # --- search -------------------------------------------------------------------------------------------------
     def search(self, vector: np.ndarray, k: int, filters: SearchFilters | None = None) -> list[Hit]:
+        snapshot = self.current()  # also when Milvus answers: it drops the segment cache's stale entries
         if filters is not None and filters.active:
             return self.store.search(vector, k, filters)  # Milvus evaluates the filter on its scalar fields
-        snapshot = self.current()
         if snapshot is None:  # a large load is under way
             return self.store.search(vector, k)
         return snapshot.top_k(vector, k)

@@ -36,7 +36,7 @@ from ingest.encoder import ModelUnavailableError
 from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
 from schema.catalog import Job, JobState, Video, VideoStatus
-from schema.filters import MAX_FILTER_TAGS, MAX_TAG_LENGTH, check_tag, parse_date
+from schema.filters import MAX_FILTER_TAGS, MAX_TAG_LENGTH, check_tag
 from schema.vectors import VectorStoreError
 from search_app.app import fragment, media_url, thumbnail_url
 from search_app.search import (
@@ -113,10 +113,8 @@ class Filters(_Strict):
 
     def to_search(self) -> SearchFilters:
         """Dates parsed, tags checked: a value that can match nothing as written is refused with a 422."""
-        return SearchFilters(self.min_duration, self.max_duration,
-                             parse_date(self.ingested_after) if self.ingested_after else None,
-                             parse_date(self.ingested_before, end_of_day=True) if self.ingested_before else None,
-                             tuple(self.tags))
+        return SearchFilters.from_text(self.min_duration, self.max_duration, self.ingested_after,
+                                       self.ingested_before, self.tags)
 
 
 class SearchIn(_Strict):

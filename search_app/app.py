@@ -16,7 +16,7 @@ from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
 from ingest.worker import JobResult, Worker
 from schema.catalog import VideoStatus
-from schema.filters import SearchFilters, check_tag, parse_date
+from schema.filters import SearchFilters, check_tag
 from schema.vectors import VectorStoreError
 from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
 from search_app.moments import Moment, Timeline
@@ -150,10 +150,8 @@ def ui_filters(min_duration: float | None, max_duration: float | None, since: st
     for an empty one, are no condition; bad values raise QueryError)."""
     if isinstance(tags, str):
         tags = [tags]
-    return SearchFilters(min_duration or None, max_duration or None,
-                         parse_date(since) if since and since.strip() else None,
-                         parse_date(until, end_of_day=True) if until and until.strip() else None,
-                         tuple(t for t in tags or () if t and t.strip()))
+    return SearchFilters.from_text(min_duration or None, max_duration or None, (since or "").strip(),
+                                   (until or "").strip(), [t for t in tags or () if t and t.strip()])
 
 
 def search_html(runtime: Runtime, text: str, k: int, filters: SearchFilters | None = None) -> str:
