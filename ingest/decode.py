@@ -15,6 +15,8 @@ import av
 import av.error
 import numpy as np
 
+from schema.units import clock
+
 log = logging.getLogger(__name__)
 
 # Seek to each sample when samples are further apart than this (seconds). A seek lands on the keyframe before
@@ -58,14 +60,8 @@ class Limits:
 
     def check_duration(self, duration: float | None) -> None:
         if self.max_duration and duration is not None and duration > self.max_duration:
-            raise DecodeError(f"the video lasts {_hms(duration)}; the limit is {_hms(self.max_duration)} "
+            raise DecodeError(f"the video lasts {clock(duration)}; the limit is {clock(self.max_duration)} "
                               "(VIDSEARCH_MAX_DURATION_SECONDS)")
-
-
-def _hms(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
 # ----------------------------------------------------------------------------------------------- public API

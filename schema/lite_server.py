@@ -83,7 +83,8 @@ def _port_open(port: int, timeout: float = 0.5) -> bool:
         return sock.connect_ex((LOOPBACK, port)) == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback address."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
@@ -109,7 +110,7 @@ def ensure_server(data_dir: Path, port: int = 0, timeout: float = 120.0) -> str:
         state = read_state(data_dir)
         if state is not None:
             return state.uri
-        state = _start(data_dir, port or _free_port(), timeout)
+        state = _start(data_dir, port or free_port(), timeout)
         _state_path(data_dir).write_text(json.dumps({"pid": state.pid, "port": state.port}))
         return state.uri
 
@@ -133,10 +134,9 @@ def _start(data_dir: Path, port: int, timeout: float) -> ServerState:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise LiteServerError(
-                f"the Milvus Lite server for {data_dir} exited at start (code {proc.returncode}). "
-                f"Last lines of {log_path}:\n{_tail(log_path)}"
-            )
+            last = "\n".join(log_tail(log_path)) or "(no log)"
+            raise LiteServerError(f"the Milvus Lite server for {data_dir} exited at start (code {proc.returncode}). "
+                                  f"Last lines of {log_path}:\n{last}")
         if _port_open(port) and proc.poll() is None:
             return ServerState(pid=proc.pid, port=port)
         time.sleep(0.1)
@@ -164,8 +164,10 @@ def stop_server(data_dir: Path, timeout: float = 15.0) -> bool:
         return True
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> list[str]:
+    """The last non-empty lines of a log file ([] when it cannot be read)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace")
     except OSError:
-        return "(no log)"
+        return []
+    return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]

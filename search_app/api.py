@@ -38,7 +38,7 @@ from ingest.runtime import Runtime
 from schema.catalog import Job, JobState, Video, VideoStatus
 from schema.filters import MAX_FILTER_TAGS, MAX_TAG_LENGTH, check_tag
 from schema.vectors import VectorStoreError
-from search_app.app import fragment, media_url, thumbnail_url
+from search_app.present import fragment, media_url, thumbnail_url
 from search_app.search import (
     MAX_IMAGE_BYTES,
     MAX_K,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from schema.lite_server import free_port  # noqa: F401  (tests import it from here)
 from tests.conftest import cli_env
 
 
 def vidsearch_cmd() -> list[str]:
     script = Path(sys.executable).parent / "vidsearch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ingest.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return [str(script)] if script.exists() else [sys.executable, "-m", "search_app.cli"]
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:

@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
 from ingest.library import enqueue_file
 from ingest.runtime import Runtime
 from schema.settings import Settings
-from search_app.app import create_app, start_worker_thread
+from search_app.web import create_app, start_worker_thread
 from tests.conftest import CLIPS
 from tests.procs import free_port
 from tests.videos import render_frame, write_video

@@ -145,7 +145,7 @@ def test_cli_search_by_image(tmp_path, tiny_model, milvus_uri, clips_dir, monkey
 
     from typer.testing import CliRunner
 
-    from ingest.cli import UserError, app
+    from search_app.cli import UserError, app
 
     for name, value in {"HOME": str(tmp_path / "home"), "MODEL": str(tiny_model), "MILVUS_URI": milvus_uri,
                         "COLLECTION": f"cli_{uuid.uuid4().hex[:8]}", "FRAMES": "4", "DECODE_MODE": "thread"}.items():

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from ingest.loadtest import ClipSpec, format_report, run_self_contained, summarize, to_json
 from schema.settings import Settings
+from search_app.loadtest import ClipSpec, format_report, run_self_contained, summarize, to_json
 from tests.conftest import cli_env
 from tests.procs import free_port, vidsearch_cmd
 

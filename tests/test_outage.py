@@ -15,7 +15,7 @@ from schema.catalog import JobState, VideoStatus
 from schema.lite_server import ensure_server, stop_server
 from schema.settings import Settings
 from schema.vectors import VectorStoreError
-from search_app.app import search_html
+from search_app.page import search_html
 from search_app.search import search_text
 from tests.procs import free_port
 

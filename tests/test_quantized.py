@@ -8,9 +8,9 @@ import uuid
 import numpy as np
 import pytest
 
-from ingest.bench import clustered_unit_vectors, settle_index
 from schema.settings import Settings
 from schema.vectors import MilvusVectorStore
+from search_app.bench import clustered_unit_vectors, settle_index
 
 DIM = 64
 N = 4000

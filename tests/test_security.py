@@ -131,7 +131,7 @@ def app_in_thread(settings: Settings) -> Iterator[str]:
     import uvicorn
 
     from ingest.runtime import Runtime
-    from search_app.app import create_app
+    from search_app.web import create_app
 
     runtime = Runtime(settings)
     server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=free_port(),
@@ -412,7 +412,7 @@ def test_only_the_videos_folder_is_served_when_logged_in(locked):
 
 def test_stored_media_is_never_served_as_a_page(settings, runtime, tmp_path):
     """A GIF that is also an HTML/SVG page, uploaded as page.html: /media must not serve it as a page of this site."""
-    from search_app.app import media_url
+    from search_app.present import media_url
 
     gif = write_video(tmp_path / "base.gif", colour="red", shape="circle", seconds=1.0, fps=4, size=64) or (
         tmp_path / "base.gif")

@@ -22,9 +22,9 @@ from pathlib import Path
 import pymilvus  # noqa: F401
 import transformers.models.clip.modeling_clip  # noqa: F401
 
-import ingest.cli  # noqa: F401  (the imports are the point)
 import ingest.encoder  # noqa: F401
 import ingest.worker  # noqa: F401
+import search_app.cli  # noqa: F401  (the imports are the point)
 
 
 def _child(argv: list[str], env: dict[str, str], stdout: str, stderr: str) -> None:
@@ -42,7 +42,7 @@ def _child(argv: list[str], env: dict[str, str], stdout: str, stderr: str) -> No
     sys.argv = ["vidsearch", *argv]
     code = 1
     try:
-        ingest.cli.main()
+        search_app.cli.main()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -1,31 +1,25 @@
-"""Gradio Blocks UI (Search, Upload, Library) mounted on FastAPI, which also serves the stored media."""
+"""The Gradio page: Search, Upload, Library and Timeline tabs, and the HTML they render."""
 
 from __future__ import annotations
 
 import html
 import logging
-import math
-import threading
 from pathlib import Path
 
 import gradio as gr
-from fastapi import FastAPI
 
-from ingest import thumbnails
 from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
-from ingest.worker import JobResult, Worker
 from schema.catalog import VideoStatus
 from schema.filters import SearchFilters, check_tag
+from schema.units import clock
 from schema.vectors import VectorStoreError
-from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
 from search_app.moments import Moment, Timeline
+from search_app.present import fragment, media_url, span, thumbnail_url
 from search_app.search import QueryError, SearchResult, search_text, video_timeline
 
 log = logging.getLogger(__name__)
 
-MEDIA_ROUTE = "/media"
-THUMBS_ROUTE = "/thumbnails"
 STATUS_LABEL = {
     VideoStatus.QUEUED: "queued",
     VideoStatus.PROCESSING: "processing",
@@ -69,40 +63,6 @@ element.addEventListener('click', (event) => {
 """
 
 
-def media_url(runtime: Runtime, stored_path: str) -> str | None:
-    """URL of a stored video under /media, or None for files kept outside the data folder (--link)."""
-    try:
-        relative = Path(stored_path).resolve().relative_to(runtime.settings.videos_dir)
-    except ValueError:
-        return None
-    return f"{MEDIA_ROUTE}/{relative.as_posix()}"
-
-
-def thumbnail_url(runtime: Runtime, sha256: str, name: str | int = thumbnails.POSTER) -> str | None:
-    """URL of a video's poster (or of one sample's thumbnail) under /thumbnails; None when it has none (ingested
-    before thumbnails were made)."""
-    if not sha256 or not thumbnails.has_poster(runtime.settings.thumbnails_dir, sha256):
-        return None
-    return f"{THUMBS_ROUTE}/{thumbnails.relative_url(sha256, name)}"
-
-
-def fragment(url: str, start: float, end: float) -> str:
-    """A media fragment URL: players start at `start` and pause at `end`."""
-    return f"{url}#t={start:.2f},{end:.2f}"
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}:{secs:02d}"
-
-
-def fmt_span(start: float, end: float) -> str:
-    """'0:12–0:17' (whole seconds, rounded outwards so a short moment never reads as 0:03–0:03)."""
-    return f"{_fmt_duration(math.floor(start))}–{_fmt_duration(math.ceil(end))}"
-
-
 def moment_buttons(runtime: Runtime, url: str | None, sha256: str, moments) -> str:
     """One button per moment (its thumbnail and time range); clicking plays the player from there."""
     if not url or not moments:
@@ -114,7 +74,7 @@ def moment_buttons(runtime: Runtime, url: str | None, sha256: str, moments) -> s
         buttons.append(
             f'<button type="button" class="vs-moment" data-start="{m.start:.2f}" data-end="{m.end:.2f}" '
             f'data-src="{html.escape(fragment(url, m.start, m.end), quote=True)}" '
-            f'title="score {m.score:.3f}">{img}<span>{fmt_span(m.start, m.end)}</span></button>')
+            f'title="score {m.score:.3f}">{img}<span>{span(m.start, m.end)}</span></button>')
     return f'<div class="vs-moments">{"".join(buttons)}</div>'
 
 
@@ -134,7 +94,7 @@ def render_results(runtime: Runtime, query: str, results: list[SearchResult]) ->
         cards.append(
             f'<div class="vs-card" data-video-id="{r.video_id}">{player}'
             f'<div class="vs-title">{r.rank}. {html.escape(r.title)}</div>'
-            f'<div class="vs-meta">score {r.score:.3f} · {_fmt_duration(r.duration)} · id {r.video_id}</div>'
+            f'<div class="vs-meta">score {r.score:.3f} · {clock(r.duration)} · id {r.video_id}</div>'
             f'{moment_buttons(runtime, url, r.sha256, r.moments)}</div>'
         )
     return f'<div class="vs-results">{"".join(cards)}</div>'
@@ -422,64 +382,3 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
         library_tab.select(lambda: (library_rows(runtime), library_gallery(runtime)), None, [library, gallery])
         delete_btn.click(do_delete, delete_id, [delete_msg, library])
     return demo
-
-
-def create_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(title="vidsearch")
-    runtime.settings.videos_dir.mkdir(parents=True, exist_ok=True)
-    credentials = load_credentials(runtime.settings.auth)  # None: no login
-    # Only the content-addressed video folder is served; nothing else of the data folder is reachable
-    # (follow_symlink=False: a symlink inside the folder that points out of it is refused).
-    # MediaFiles: never served as a page of this site (no HTML/SVG from /media, nosniff, sandbox CSP).
-    app.mount(MEDIA_ROUTE, MediaFiles(directory=runtime.settings.videos_dir, follow_symlink=False), name="media")
-    # ... and the thumbnails made at ingest (JPEGs under content-hash names), with the same safeguards.
-    runtime.settings.thumbnails_dir.mkdir(parents=True, exist_ok=True)
-    app.mount(THUMBS_ROUTE, MediaFiles(directory=runtime.settings.thumbnails_dir, follow_symlink=False),
-              name="thumbnails")
-    from search_app.api import build_api  # JSON API under /api, before the Gradio mount at "" takes the rest
-
-    app.include_router(build_api(runtime))
-    demo = build_ui(runtime)
-    demo.queue(default_concurrency_limit=4)
-    # Gradio's own file routes (/gradio_api/file=...) must never serve anything of the data folder.
-    blocked = gradio_blocked_paths(runtime.settings.home_dir, [Path(gr.utils.get_upload_folder()),
-                                                               gr.utils.get_cache_folder()])
-    app = gr.mount_gradio_app(app, demo, path="", css=CSS, footer_links=[], blocked_paths=blocked,
-                              auth=credentials.check if credentials else None)
-    if credentials is not None:
-        protect(app, credentials)  # every route, including ones added after this: Basic or Gradio login, else 401
-    return app
-
-
-def start_worker_thread(runtime: Runtime, stop: threading.Event) -> threading.Thread:
-    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
-
-    def log_result(r: JobResult) -> None:
-        log.info("video %d %s: %s", r.video_id, "ready" if r.ok else "failed", r.error or r.title)
-
-    thread = threading.Thread(target=worker.run_forever, args=(stop, log_result), name="vidsearch-worker",
-                              daemon=True)
-    thread.start()
-    return thread
-
-
-def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True) -> None:
-    import uvicorn
-
-    warn_if_exposed(host, load_credentials(runtime.settings.auth))  # also rejects a malformed VIDSEARCH_AUTH early
-    # Load the model and open the collection before accepting requests: fail fast with a clear message.
-    _ = runtime.encoder, runtime.store
-    # Start building the in-memory copy now (in the background when large) so the first searches are fast.
-    from schema.memory_index import MemoryIndex
-
-    if isinstance(runtime.search_store, MemoryIndex):
-        runtime.search_store.current()
-    stop = threading.Event()
-    thread = start_worker_thread(runtime, stop) if with_worker else None
-    app = create_app(runtime)
-    try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
-    finally:
-        stop.set()
-        if thread:
-            thread.join(timeout=30)

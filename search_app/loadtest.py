@@ -18,7 +18,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Literal
 import httpx
 import numpy as np
 
+from schema.lite_server import free_port, log_tail
 from schema.settings import Settings
 
 Target = Literal["api", "gradio"]
@@ -242,19 +242,13 @@ def resolve_model(settings: Settings, workdir: Path) -> tuple[str, str]:
     """(what the server loads, how to describe it): VIDSEARCH_MODEL when it loads, else the bench's random ViT-B/32.
 
     Loaded here once through the bench's own helper, so the choice is exactly the bench's; then freed."""
-    from ingest.bench import load_bench_encoder
+    from search_app.bench import load_bench_encoder
 
     encoder, name = load_bench_encoder(settings, None, workdir)
     model = encoder.model_id
     del encoder
     gc.collect()
     return model, name
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_env(home: Path, model: str) -> dict[str, str]:
@@ -264,19 +258,14 @@ def server_env(home: Path, model: str) -> dict[str, str]:
     for key, value in INGEST_DEFAULTS.items():
         env.setdefault(key, value)
     env.update({"VIDSEARCH_HOME": str(home), "VIDSEARCH_MODEL": model})
-    root = str(Path(__file__).resolve().parent.parent)  # `python -m ingest.cli` from the throwaway folder too
+    root = str(Path(__file__).resolve().parent.parent)  # `python -m search_app.cli` from the throwaway folder too
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
 
 def _tail(path: Path, lines: int = 3) -> str:
     """The server log's last lines, on one line (the CLI shows errors as one line)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(last)[-600:] or "(empty log)"
+    return " | ".join(line.strip() for line in log_tail(path, lines))[-600:] or "(empty log)"
 
 
 def wait_started(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 300.0) -> None:
@@ -341,8 +330,8 @@ def run_self_contained(settings: Settings, clients: int = 20, seconds: float = 2
     """Serve a throwaway library with `vidsearch serve` (worker included) on 127.0.0.1; upload one generated clip and
     wait until it is ready (decoder processes started, model warm); then upload `videos` more and start the clients
     at once, so the worker ingests them under the load."""
-    from ingest.bench import write_clip
     from schema.lite_server import stop_server
+    from search_app.bench import write_clip
 
     if videos < 1:
         raise ValueError("videos must be >= 1")
@@ -355,13 +344,13 @@ def run_self_contained(settings: Settings, clients: int = 20, seconds: float = 2
         warmup, *clips = [write_clip(work / "clips" / f"load_{i:03d}.mp4", clip.width, clip.height, clip.seconds,
                                      fps=clip.fps, seed=i) for i in range(videos + 1)]
         home = work / "home"
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         log_path = work / "serve.log"
         env = server_env(home, model)
         progress(f"starting vidsearch serve on {url}")
         with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "serve", "--port", str(port)], env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "search_app.cli", "serve", "--port", str(port)], env=env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=work)
         try:
             wait_started(url, proc, log_path)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from schema.settings import Settings
+from schema.units import clock
 
 if TYPE_CHECKING:
     from ingest.runtime import Runtime
@@ -63,7 +64,7 @@ def serve(
 
     Example: vidsearch serve   then open http://127.0.0.1:7860
     """
-    from search_app.app import serve as run_app
+    from search_app.web import serve as run_app
 
     runtime = _runtime()
     s = runtime.settings
@@ -259,15 +260,8 @@ def search(
         duration = f"{r.duration:.1f}s" if r.duration is not None else "?"
         typer.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.video_id:>5}  {duration:>8}  {r.title}\n{'':>30}{r.path}")
         if r.moments:
-            spans = ", ".join(f"{_clock(m.start)}-{_clock(m.end)} ({m.score:.3f})" for m in r.moments)
+            spans = ", ".join(f"{clock(m.start)}-{clock(m.end)} ({m.score:.3f})" for m in r.moments)
             typer.echo(f"{'':>30}moments: {spans}")
-
-
-def _clock(seconds: float) -> str:
-    """0:12, or 1:02:03 past an hour (whole seconds)."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 @app.command("list")
@@ -396,7 +390,7 @@ def bench(
 
     Example: vidsearch bench --quick
     """
-    from ingest.bench import format_search, format_table, run, run_search_only
+    from search_app.bench import format_search, format_table, run, run_search_only
 
     if search_only:
         try:
@@ -449,7 +443,7 @@ def loadtest(
       vidsearch loadtest --clients 20 --seconds 20
       vidsearch loadtest --url http://127.0.0.1:7860 --json
     """
-    from ingest.loadtest import LoadTestError, format_report, parse_auth, run_against, run_self_contained, to_json
+    from search_app.loadtest import LoadTestError, format_report, parse_auth, run_against, run_self_contained, to_json
 
     if target not in ("api", "gradio"):
         raise UserError("--target is api or gradio")

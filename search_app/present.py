@@ -1,0 +1,40 @@
+"""How results are shown, wherever they are shown: media and thumbnail URLs, times as clocks. Used by the Gradio
+page, the JSON API and the command line alike."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ingest import thumbnails
+from ingest.runtime import Runtime
+from schema.units import clock
+
+MEDIA_ROUTE = "/media"
+THUMBS_ROUTE = "/thumbnails"
+
+def media_url(runtime: Runtime, stored_path: str) -> str | None:
+    """URL of a stored video under /media, or None for files kept outside the data folder (--link)."""
+    try:
+        relative = Path(stored_path).resolve().relative_to(runtime.settings.videos_dir)
+    except ValueError:
+        return None
+    return f"{MEDIA_ROUTE}/{relative.as_posix()}"
+
+
+def thumbnail_url(runtime: Runtime, sha256: str, name: str | int = thumbnails.POSTER) -> str | None:
+    """URL of a video's poster (or of one sample's thumbnail) under /thumbnails; None when it has none (ingested
+    before thumbnails were made)."""
+    if not sha256 or not thumbnails.has_poster(runtime.settings.thumbnails_dir, sha256):
+        return None
+    return f"{THUMBS_ROUTE}/{thumbnails.relative_url(sha256, name)}"
+
+
+def fragment(url: str, start: float, end: float) -> str:
+    """A media fragment URL: players start at `start` and pause at `end`."""
+    return f"{url}#t={start:.2f},{end:.2f}"
+
+
+def span(start: float, end: float) -> str:
+    """'0:12–0:17' (whole seconds, rounded outwards so a short moment never reads as 0:03–0:03)."""
+    return f"{clock(math.floor(start))}–{clock(math.ceil(end))}"

@@ -1,0 +1,80 @@
+"""Builds the web app (FastAPI with the JSON API, the stored media and the Gradio page) and serves it, with an
+ingestion worker thread beside it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import gradio as gr
+from fastapi import FastAPI
+
+from ingest.runtime import Runtime
+from ingest.worker import JobResult, Worker
+from search_app.api import build_api
+from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
+from search_app.page import CSS, build_ui
+from search_app.present import MEDIA_ROUTE, THUMBS_ROUTE
+
+log = logging.getLogger(__name__)
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="vidsearch")
+    runtime.settings.videos_dir.mkdir(parents=True, exist_ok=True)
+    credentials = load_credentials(runtime.settings.auth)  # None: no login
+    # Only the content-addressed video folder is served; nothing else of the data folder is reachable
+    # (follow_symlink=False: a symlink inside the folder that points out of it is refused).
+    # MediaFiles: never served as a page of this site (no HTML/SVG from /media, nosniff, sandbox CSP).
+    app.mount(MEDIA_ROUTE, MediaFiles(directory=runtime.settings.videos_dir, follow_symlink=False), name="media")
+    # ... and the thumbnails made at ingest (JPEGs under content-hash names), with the same safeguards.
+    runtime.settings.thumbnails_dir.mkdir(parents=True, exist_ok=True)
+    app.mount(THUMBS_ROUTE, MediaFiles(directory=runtime.settings.thumbnails_dir, follow_symlink=False),
+              name="thumbnails")
+    # The JSON API under /api, before the Gradio mount at "" takes the rest.
+    app.include_router(build_api(runtime))
+    demo = build_ui(runtime)
+    demo.queue(default_concurrency_limit=4)
+    # Gradio's own file routes (/gradio_api/file=...) must never serve anything of the data folder.
+    blocked = gradio_blocked_paths(runtime.settings.home_dir, [Path(gr.utils.get_upload_folder()),
+                                                               gr.utils.get_cache_folder()])
+    app = gr.mount_gradio_app(app, demo, path="", css=CSS, footer_links=[], blocked_paths=blocked,
+                              auth=credentials.check if credentials else None)
+    if credentials is not None:
+        protect(app, credentials)  # every route, including ones added after this: Basic or Gradio login, else 401
+    return app
+
+
+def start_worker_thread(runtime: Runtime, stop: threading.Event) -> threading.Thread:
+    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
+
+    def log_result(r: JobResult) -> None:
+        log.info("video %d %s: %s", r.video_id, "ready" if r.ok else "failed", r.error or r.title)
+
+    thread = threading.Thread(target=worker.run_forever, args=(stop, log_result), name="vidsearch-worker",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True) -> None:
+    import uvicorn
+
+    warn_if_exposed(host, load_credentials(runtime.settings.auth))  # also rejects a malformed VIDSEARCH_AUTH early
+    # Load the model and open the collection before accepting requests: fail fast with a clear message.
+    _ = runtime.encoder, runtime.store
+    # Start building the in-memory copy now (in the background when large) so the first searches are fast.
+    from schema.memory_index import MemoryIndex
+
+    if isinstance(runtime.search_store, MemoryIndex):
+        runtime.search_store.current()
+    stop = threading.Event()
+    thread = start_worker_thread(runtime, stop) if with_worker else None
+    app = create_app(runtime)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        stop.set()
+        if thread:
+            thread.join(timeout=30)
