@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from schema.catalog import Catalog
 from schema.settings import Settings
-from schema.vectors import MilvusVectorStore, VectorStore
+from schema.store import Store
 
 if TYPE_CHECKING:
     from ingest.encoder import ClipEncoder
@@ -38,29 +38,12 @@ class Runtime:
         return load_encoder(s.model, s.model_revision, s.device, s.batch_size)
 
     @cached_property
-    def store(self) -> MilvusVectorStore:
-        # The collection records the model's key and dimension; a different model is refused here.
-        return MilvusVectorStore.open(self.settings, self.encoder.dim, self.encoder.key)
-
-    @cached_property
-    def search_store(self) -> VectorStore:
-        """The store searches go to: the exact in-memory copy where enabled, else Milvus itself."""
-        if not self.settings.use_memory_index:
-            return self.store
-        from schema.memory_index import MemoryIndex
-
-        return MemoryIndex(self.store, self.catalog, self.settings.memory_index_file)
-
-    def existing_store(self) -> MilvusVectorStore | None:
-        """The collection as it is, without loading a model (for delete and maintenance); None if absent."""
-        if "store" in self.__dict__:
-            return self.store
-        return MilvusVectorStore.attach(self.settings)
+    def store(self) -> Store:
+        """Every vector read and write of this process (schema/store.py). The model loads only when vectors are
+        written or searched; the collection records the model's key and dimension, and another model is refused."""
+        return Store(self.settings, self.catalog, lambda: (self.encoder.dim, self.encoder.key))
 
     def close(self) -> None:
-        index = self.__dict__.get("search_store")
-        if index is not None and index is not self.__dict__.get("store"):
-            index.save()  # the next start loads it from disk instead of from Milvus
         if "store" in self.__dict__:
             self.store.close()
         if "catalog" in self.__dict__:

@@ -43,8 +43,8 @@ class Settings(BaseSettings):
         "IVF_SQ8 or HNSW_SQ; IVF_RABITQ on a server); the in-memory copy is then off unless memory_index=on."
     )
     memory_index: Literal["auto", "on", "off"] = Field(
-        "auto", description="Answer searches from an exact in-memory copy of the vectors (auto: only with the "
-        "embedded Milvus Lite, whose own search is ~15x slower than numpy at 100k videos, and not in compact mode)."
+        "auto", description="Answer searches from an exact in-memory copy of the vectors (auto: only when the "
+        "endpoint is Milvus Lite, whose own search is ~15x slower than numpy at 100k videos, and not in compact mode)."
     )
     model: str = Field(DEFAULT_MODEL, description="Hugging Face CLIP checkpoint id or local folder.")
     model_revision: str | None = Field(
@@ -127,11 +127,10 @@ class Settings(BaseSettings):
     def milvus_lite_dir(self) -> Path:
         return self.home_dir / "milvus"
 
-    @property
-    def use_memory_index(self) -> bool:
-        # Compact mode (rerank > 0) exists to not hold every float vector in memory: auto leaves the copy off then.
-        return self.memory_index == "on" or (self.memory_index == "auto" and self.milvus_uri is None
-                                             and self.rerank == 0)
+    def memory_index_for(self, lite: bool) -> bool:
+        """Whether searches go to the in-memory copy, given whether the endpoint is Milvus Lite. Compact mode
+        (rerank > 0) exists to not hold every float vector in memory: auto leaves the copy off then."""
+        return self.memory_index == "on" or (self.memory_index == "auto" and lite and self.rerank == 0)
 
     @property
     def memory_index_file(self) -> Path:

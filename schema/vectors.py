@@ -135,13 +135,25 @@ def connect(settings: Settings):  # -> pymilvus.MilvusClient (imported lazily: i
     raise AssertionError("unreachable")
 
 
+def is_milvus_lite(client) -> bool:
+    """Whether the endpoint is Milvus Lite (its server reports `milvus_lite-<version>`), whatever the URI says: the
+    embedded default, or a Lite server shared by URI as the tests do. Lite needs its writes sealed and is worth an
+    in-memory copy; a Milvus server is neither. An endpoint that cannot tell is taken for a server."""
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        return str(client.get_server_version()).lower().startswith("milvus_lite")
+    except MilvusException:
+        return False
+
+
 class MilvusVectorStore:
     """Two collections on one client: the videos' vectors (auto primary key, video id, float vector of the model's
     dimension) and, named `<collection>_segments`, their segments' vectors (plus start and end seconds)."""
 
     def __init__(self, client, collection: str, dim: int, model: str, *, index_type: str = "FLAT",
                  index_params: dict | None = None, search_params: dict | None = None,
-                 seal_writes: bool = False, rerank: int = 0) -> None:
+                 lite: bool = False, rerank: int = 0) -> None:
         self.client = client
         self.collection = collection
         self.segment_collection = collection + SEGMENTS_SUFFIX
@@ -151,32 +163,38 @@ class MilvusVectorStore:
         self.index_type = index_type
         self.index_params = dict(index_params or {})
         self.search_params = dict(search_params or {})
-        self.seal_writes = seal_writes
+        self.lite = lite  # the endpoint is Milvus Lite: seal writes (flush)
         # Compact mode: candidates asked of a (quantized) index, re-scored exactly from the stored floats (`_rerank`).
         self.rerank = rerank
         self.reconnect: Callable[[], object] | None = None  # makes a new client after a lost connection
         self.has_filter_fields = True  # False for a collection created by a version without filters
 
     @classmethod
-    def open(cls, settings: Settings, dim: int, model: str) -> MilvusVectorStore:
-        """Connect, create the collection if needed, and refuse a collection built by another model."""
-        store = cls(connect(settings), settings.collection, dim, model, index_type=settings.index_type,
+    def open(cls, settings: Settings, dim: int, model: str, *, client=None) -> MilvusVectorStore:
+        """Connect (or use `client`), create the collection if needed, and refuse a collection built by another
+        model."""
+        client = client if client is not None else connect(settings)
+        store = cls(client, settings.collection, dim, model, index_type=settings.index_type,
                     index_params=settings.index_params, search_params=settings.search_params,
-                    seal_writes=settings.milvus_uri is None, rerank=settings.rerank)
+                    lite=is_milvus_lite(client), rerank=settings.rerank)
         store.reconnect = lambda: connect(settings)
         store._ensure_collection()
         return store
 
     @classmethod
-    def attach(cls, settings: Settings) -> MilvusVectorStore | None:
-        """Open an existing collection whatever model built it; None if there is none yet."""
-        client = connect(settings)
+    def attach(cls, settings: Settings, *, client=None) -> MilvusVectorStore | None:
+        """Open an existing collection whatever model built it; None if there is none yet (a client passed in is
+        left open then, one made here is closed)."""
+        own = client is None
+        client = connect(settings) if own else client
         if not client.has_collection(settings.collection):
-            client.close()
+            if own:
+                client.close()
             return None
         info = client.describe_collection(settings.collection)
         dim = next(int(f["params"]["dim"]) for f in info["fields"] if f.get("name") == "vector")
-        store = cls(client, settings.collection, dim, (info.get("properties") or {}).get(PROP_MODEL, ""))
+        store = cls(client, settings.collection, dim, (info.get("properties") or {}).get(PROP_MODEL, ""),
+                    lite=is_milvus_lite(client), rerank=settings.rerank, search_params=settings.search_params)
         store.reconnect = lambda: connect(settings)
         store.has_filter_fields = all(f in {x.get("name") for x in info["fields"]} for f in FILTER_FIELDS)
         return store
@@ -341,8 +359,9 @@ class MilvusVectorStore:
 
     def flush(self) -> None:
         """After a burst of writes. Milvus Lite searches unsealed rows by a slow scan (586 ms vs 21 ms at 10k rows,
-        measured), so its segments are sealed; a Milvus server indexes growing segments itself and is left alone."""
-        if self.seal_writes:
+        measured), so its segments are sealed; a Milvus server indexes growing segments itself and is left alone
+        (lite: the endpoint is Milvus Lite, see is_milvus_lite)."""
+        if self.lite:
             self._call("flush", lambda: self.client.flush(self.segment_collection))
             self._call("flush", lambda: self.client.flush(self.collection))
 
@@ -430,9 +449,10 @@ class MilvusVectorStore:
         self.client.close()
 
 
-def drop_collection(settings: Settings) -> bool:
+def drop_collection(settings: Settings, client=None) -> bool:
     """Remove the collection and its segments' collection entirely (used by `reindex`). True if it existed."""
-    client = connect(settings)
+    own = client is None
+    client = connect(settings) if own else client
     try:
         if client.has_collection(settings.collection + SEGMENTS_SUFFIX):
             client.drop_collection(settings.collection + SEGMENTS_SUFFIX)
@@ -441,4 +461,5 @@ def drop_collection(settings: Settings) -> bool:
             return True
         return False
     finally:
-        client.close()
+        if own:
+            client.close()

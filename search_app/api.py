@@ -486,11 +486,11 @@ def build_api(runtime: Runtime) -> APIRouter:
     def search(body: SearchIn) -> SearchOut:
         filters = body.filters.to_search() if body.filters else None
         if body.text is not None:
-            found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, body.text, body.k, filters,
+            found = search_text(runtime.catalog, runtime.store, runtime.encoder, body.text, body.k, filters,
                                 moment_seconds=settings.moment_seconds)
         else:
             assert body.image is not None
-            found = search_image(runtime.catalog, runtime.search_store, runtime.encoder,
+            found = search_image(runtime.catalog, runtime.store, runtime.encoder,
                                  decode_base64_image(body.image), body.k, filters,
                                  moment_seconds=settings.moment_seconds)
         return SearchOut(results=[_hit(runtime, r) for r in found])
@@ -524,7 +524,7 @@ def build_api(runtime: Runtime) -> APIRouter:
     @router.delete("/videos/{video_id}", response_model=VideoOut, responses=_errors(404),
                    summary="Delete a video: its vectors, its catalog row and its stored file")
     def delete_route(video_id: VideoId) -> VideoOut:
-        video = delete_video(runtime.catalog, runtime.existing_store(), video_id, settings.thumbnails_dir)
+        video = delete_video(runtime.catalog, runtime.store, video_id, settings.thumbnails_dir)
         if video is None:
             raise HTTPException(404, f"no video with id {video_id}")
         return _video_out(runtime, video)

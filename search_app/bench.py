@@ -367,8 +367,9 @@ def measure_search(settings: Settings, dim: int, n: int, queries: int, rng: np.r
                 "recall_at_10": round(recall, 4), "ratio_vs_brute": round(p50 / brute_p50, 2)}
 
     milvus, memory = figures(milvus_lat, milvus_recall), figures(memory_lat, memory_recall)
-    used = memory if settings.use_memory_index else milvus
-    return {"n": n, "path": "memory" if settings.use_memory_index else "milvus", **used,
+    uses_memory = settings.memory_index_for(store.lite)
+    used = memory if uses_memory else milvus
+    return {"n": n, "path": "memory" if uses_memory else "milvus", **used,
             "brute_p50_ms": round(brute_p50, 2), "index": settings.index_type,
             "milvus": milvus, "memory": {**memory, "load_s": round(load_s, 2)}, "quantized": quantized}
 
@@ -463,7 +464,7 @@ def measure_query_e2e(settings: Settings, encoder: ClipEncoder, queries: int) ->
     catalog = Catalog(settings.catalog_url)
     store = MilvusVectorStore.open(settings, encoder.dim, encoder.key)
     index = None
-    if settings.use_memory_index:
+    if settings.memory_index_for(store.lite):
         from schema.memory_index import MemoryIndex
 
         store = index = MemoryIndex(store, catalog)

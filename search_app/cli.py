@@ -241,11 +241,11 @@ def search(
     runtime = _runtime()
     moments = runtime.settings.moment_seconds
     if data is not None:
-        results = search_image(runtime.catalog, runtime.search_store, runtime.encoder, data, k, filters,
+        results = search_image(runtime.catalog, runtime.store, runtime.encoder, data, k, filters,
                                moment_seconds=moments)
     else:
         assert query is not None
-        results = search_text(runtime.catalog, runtime.search_store, runtime.encoder, query, k, filters,
+        results = search_text(runtime.catalog, runtime.store, runtime.encoder, query, k, filters,
                               moment_seconds=moments)
     if as_json:
         _out([r.as_dict() for r in results])
@@ -286,10 +286,9 @@ def delete(ids: Annotated[list[int], typer.Argument(help="Video ids (see `vidsea
     from ingest.library import delete_video
 
     runtime = _runtime()
-    store = runtime.existing_store()
     missing = []
     for video_id in ids:
-        video = delete_video(runtime.catalog, store, video_id, runtime.settings.thumbnails_dir)
+        video = delete_video(runtime.catalog, runtime.store, video_id, runtime.settings.thumbnails_dir)
         if video is None:
             missing.append(video_id)
         else:
@@ -324,8 +323,7 @@ def _vector_store_health(runtime: Runtime) -> dict:
     s = runtime.settings
     endpoint = s.milvus_uri or f"Milvus Lite in {s.milvus_lite_dir}"
     try:
-        store = runtime.existing_store()
-        vectors = store.count() if store is not None else 0
+        vectors = runtime.store.count()
     except Exception as exc:  # noqa: BLE001 (whatever the client raises, the answer is "not reachable, because")
         return {"endpoint": endpoint, "reachable": False, "error": str(exc).splitlines()[0][:300]}
     return {"endpoint": endpoint, "reachable": True, "vectors": vectors}
@@ -342,7 +340,8 @@ def doctor(
     from ingest.worker import LEASE_SECONDS
 
     runtime = _runtime()
-    findings = examine(runtime.catalog, runtime.existing_store(), runtime.settings, lease_seconds=LEASE_SECONDS,
+    # The collection as it is, whatever model built it: checking and repairing needs no model.
+    findings = examine(runtime.catalog, runtime.store.existing(), runtime.settings, lease_seconds=LEASE_SECONDS,
                        repair=repair)
     runtime.close()
     if as_json:
@@ -363,13 +362,11 @@ def doctor(
 @app.command()
 def reindex(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
     """Drop all vectors and queue every video again (after changing VIDSEARCH_MODEL)."""
-    from schema.vectors import drop_collection
-
     runtime = _runtime()
     videos = runtime.catalog.list_videos()
     if not yes:
         typer.confirm(f"Drop the vector collection and re-embed {len(videos)} video(s)?", abort=True)
-    drop_collection(runtime.settings)
+    runtime.store.drop()
     for v in videos:
         runtime.catalog.requeue_video(v.id)
     typer.echo(f"Queued {len(videos)} video(s) for re-embedding with {runtime.settings.model}. "

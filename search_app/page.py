@@ -117,7 +117,7 @@ def ui_filters(min_duration: float | None, max_duration: float | None, since: st
 def search_html(runtime: Runtime, text: str, k: int, filters: SearchFilters | None = None) -> str:
     """The Search tab's answer: results, or a message saying what is wrong (never a stack trace)."""
     try:
-        found = search_text(runtime.catalog, runtime.search_store, runtime.encoder, text, k, filters,
+        found = search_text(runtime.catalog, runtime.store, runtime.encoder, text, k, filters,
                             moment_seconds=runtime.settings.moment_seconds)
         if not found and filters is not None and filters.active and runtime.catalog.list_videos(VideoStatus.READY):
             return message_html("No video matches the filters.")
@@ -280,7 +280,7 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
                 return message_html("Choose an image first.")
             try:
                 filters = ui_filters(*conditions)
-                found = search_image(runtime.catalog, runtime.search_store, runtime.encoder, image, int(count),
+                found = search_image(runtime.catalog, runtime.store, runtime.encoder, image, int(count),
                                      filters, moment_seconds=runtime.settings.moment_seconds)
             except QueryError as exc:
                 return message_html(str(exc))
@@ -318,7 +318,7 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
         def do_delete(video_id: float | None) -> tuple[str, list[list]]:
             if video_id is None:
                 return "Enter the id of the video to delete.", library_rows(runtime)
-            video = delete_video(runtime.catalog, runtime.existing_store(), int(video_id),
+            video = delete_video(runtime.catalog, runtime.store, int(video_id),
                                  runtime.settings.thumbnails_dir)
             if video is None:
                 return f"No video with id {int(video_id)}.", library_rows(runtime)

@@ -62,13 +62,9 @@ def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True) -> N
     import uvicorn
 
     warn_if_exposed(host, load_credentials(runtime.settings.auth))  # also rejects a malformed VIDSEARCH_AUTH early
-    # Load the model and open the collection before accepting requests: fail fast with a clear message.
-    _ = runtime.encoder, runtime.store
-    # Start building the in-memory copy now (in the background when large) so the first searches are fast.
-    from schema.memory_index import MemoryIndex
-
-    if isinstance(runtime.search_store, MemoryIndex):
-        runtime.search_store.current()
+    # Load the model and open the collection before accepting requests: fail fast with a clear message. The in-memory
+    # copy starts building now (in the background when large) so the first searches are fast.
+    runtime.store.warm()
     stop = threading.Event()
     thread = start_worker_thread(runtime, stop) if with_worker else None
     app = create_app(runtime)

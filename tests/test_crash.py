@@ -106,8 +106,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
 
         runtime = Runtime(settings)
         try:
-            vectors = runtime.existing_store().vector_counts()
-            segments = runtime.existing_store().segment_counts()
+            vectors = runtime.store.vector_counts()
+            segments = runtime.store.segment_counts()
         finally:
             runtime.close()
         assert vectors == {v["video_id"]: 1 for v in videos}  # exactly one vector each, no orphans

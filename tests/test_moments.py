@@ -175,7 +175,7 @@ def test_timeline_from_stored_segments_or_computed_on_demand(moments_runtime, tm
     assert SPANS["red"][0] - 0.5 <= stored.moments[0].start and stored.moments[0].end <= SPANS["red"][1] + 0.5
 
     # A video ingested before segments were stored: its frames are embedded on demand, with progress reports.
-    rt.store.client.delete(rt.store.segment_collection, filter=f"video_id in [{video_id}]")
+    rt.store.milvus().client.delete(rt.store.milvus().segment_collection, filter=f"video_id in [{video_id}]")
     reports: list[tuple[int, int]] = []
     computed = video_timeline(rt.store, rt.encoder, video, query, frames=s.frames, moment_seconds=s.moment_seconds,
                               max_frames=s.max_frames, progress=lambda done, total: reports.append((done, total)))

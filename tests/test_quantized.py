@@ -70,8 +70,8 @@ def test_rerank_asks_for_more_candidates_and_returns_k(compact):
 
 
 def test_compact_mode_turns_the_in_memory_copy_off_under_auto(lite_settings):
-    embedded = lite_settings.model_copy(update={"milvus_uri": None})
-    assert embedded.use_memory_index
-    assert not embedded.model_copy(update={"rerank": 100}).use_memory_index
-    assert embedded.model_copy(update={"rerank": 100, "memory_index": "on"}).use_memory_index
+    assert lite_settings.memory_index_for(lite=True)
+    assert not lite_settings.memory_index_for(lite=False)  # a Milvus server searches itself
+    assert not lite_settings.model_copy(update={"rerank": 100}).memory_index_for(lite=True)
+    assert lite_settings.model_copy(update={"rerank": 100, "memory_index": "on"}).memory_index_for(lite=True)
 
