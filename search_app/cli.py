@@ -191,6 +191,7 @@ def worker() -> None:
 
     # SIGTERM behaves like Ctrl-C so service managers get the same clean requeue.
     signal.signal(signal.SIGTERM, _interrupt)
+    runtime.store.milvus()  # connect, and refuse another model's collection, before saying ready
     typer.echo(f"worker ready (model {runtime.encoder.key}); Ctrl-C to stop", err=True)
     try:
         w.run_forever(stop, report)
