@@ -1,4 +1,7 @@
-"""SQLAlchemy catalog: videos and ingestion jobs. The job table is the queue shared by all processes."""
+"""SQLAlchemy catalog: videos and ingestion jobs. The job table is the queue shared by all processes.
+
+The tables are made and changed by migrations (schema/migrations), not from these models: a model change needs a new
+revision (`python -m schema.migrations revision -m ...`), and tests/test_migrations.py fails until it has one."""
 
 from __future__ import annotations
 
@@ -19,15 +22,14 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    inspect,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from schema.lite_server import pid_alive
+from schema.migrations import MigrationResult, ensure_schema
 
 
 def utcnow() -> datetime:
@@ -115,7 +117,8 @@ class Job(Base):
 
 class Counter(Base):
     """Named counters. `ready` changes whenever the set of ready videos (or their vectors) may have changed, so a
-    search process can tell with one primary-key read whether its in-memory copy of the vectors is current."""
+    search process can tell with one primary-key read whether its in-memory copy of the vectors is current. Its row
+    is inserted by the migration that creates the table (schema/migrations/versions/0002_counters.py)."""
 
     __tablename__ = "counters"
 
@@ -146,35 +149,9 @@ class Catalog:
         self.engine: Engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
+        # Creates or upgrades the tables (Alembic, under a lock); one query when the catalog is current.
+        self.migration: MigrationResult = ensure_schema(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._ensure_counter(READY_COUNTER)
-
-    def _add_missing_columns(self) -> None:
-        """Bring a catalog made by an earlier version up to date. Columns are only ever added, and nullable, so an
-        ALTER TABLE per column is the whole migration."""
-        present = {c["name"] for c in inspect(self.engine).get_columns(Video.__tablename__)}
-        for column in Video.__table__.columns:
-            if column.name in present:
-                continue
-            kind = column.type.compile(dialect=self.engine.dialect)
-            try:
-                with self.engine.begin() as conn:
-                    conn.exec_driver_sql(f'ALTER TABLE {Video.__tablename__} ADD COLUMN "{column.name}" {kind}')
-            except OperationalError:  # another process added it first
-                if column.name not in {c["name"] for c in inspect(self.engine).get_columns(Video.__tablename__)}:
-                    raise
-        for index in Video.__table__.indexes:
-            index.create(self.engine, checkfirst=True)
-
-    def _ensure_counter(self, name: str) -> None:
-        try:
-            with self.sessions.begin() as s:
-                if s.get(Counter, name) is None:
-                    s.add(Counter(name=name, value=0))
-        except IntegrityError:
-            pass  # another process created it first
 
     def close(self) -> None:
         self.engine.dispose()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 import pytest  # noqa: E402
 
 from schema.settings import Settings  # noqa: E402
+from tests.postgres import postgres_server, postgres_url  # noqa: E402,F401  (fixtures)
 from tests.videos import write_video  # noqa: E402
 
 if TYPE_CHECKING:

@@ -6,13 +6,11 @@ themselves and nothing else, and strings that cannot be tags are refused."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
-from schema.catalog import Catalog
 from schema.filters import FilterError, SearchFilters, check_tag, milvus_string, parse_date
 from schema.vectors import MilvusVectorStore, VectorStoreError, VideoFields
 from tests.conftest import CLIPS
@@ -181,24 +179,6 @@ def test_collection_without_filter_fields_says_to_reindex(settings):
     finally:
         store.drop()
         store.close()
-
-
-def test_old_catalog_gains_the_tag_column(tmp_path):
-    db = tmp_path / "catalog.db"
-    Catalog(f"sqlite:///{db}").close()
-    with sqlite3.connect(db) as conn:  # as an earlier version left it: no tag column
-        conn.execute("DROP INDEX ix_videos_tag")
-        conn.execute("ALTER TABLE videos DROP COLUMN tag")
-        conn.execute("INSERT INTO videos (sha256, title, stored_path, owned, size_bytes, created_at, status) "
-                     "VALUES ('a', 'old', '/x', 1, 1, '2026-01-01 00:00:00', 'ready')")
-    catalog = Catalog(f"sqlite:///{db}")
-    try:
-        [old] = catalog.list_videos()
-        assert old.title == "old" and old.tag is None
-        video, _ = catalog.add_video(sha256="b", title="new", stored_path="/y", owned=False, size_bytes=1, tag="t")
-        assert catalog.get_video(video.id).tag == "t" and catalog.tags() == ["t"]
-    finally:
-        catalog.close()
 
 
 # --- through the product: `vidsearch ingest --tag`, `vidsearch search` with filters ------------------------------
