@@ -375,6 +375,27 @@ def reindex(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for conf
 
 
 @app.command()
+def migrate() -> None:
+    """Bring the catalog's schema up to this version (every command also does it at start-up, under a lock).
+
+    Example: vidsearch migrate   (after an upgrade, before starting several workers at once)
+    """
+    from schema.migrations import upgrade
+
+    result = upgrade(Settings().catalog_url)
+    if not result.changed:
+        typer.echo(f"catalog schema: already at {result.to_revision}")
+        return
+    if result.stamped:
+        typer.echo(f"catalog schema: made before migrations, recognised as {result.stamped}; now at "
+                   f"{result.to_revision}")
+    elif result.from_revision is None:
+        typer.echo(f"catalog schema: created at {result.to_revision}")
+    else:
+        typer.echo(f"catalog schema: {result.from_revision} -> {result.to_revision}")
+
+
+@app.command()
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Small corpus and sizes: a few minutes on 2 cores.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
@@ -473,13 +494,14 @@ def main() -> None:
 
     from ingest.encoder import ModelUnavailableError
     from schema.lite_server import LiteServerError
+    from schema.migrations import MigrationError
     from schema.vectors import VectorStoreError
     from search_app.search import QueryError
 
     try:
         code = app(standalone_mode=False)  # click returns the exit code of typer.Exit in this mode
         sys.exit(code if isinstance(code, int) else 0)
-    except (UserError, ModelUnavailableError, VectorStoreError, LiteServerError, QueryError) as exc:
+    except (UserError, ModelUnavailableError, VectorStoreError, LiteServerError, QueryError, MigrationError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     except (ValidationError, SettingsError) as exc:

@@ -161,3 +161,17 @@ def test_worker_processes_the_queue_and_stops_cleanly_on_ctrl_c(cli, clips_dir, 
     assert "done: video" in err
     results = json.loads(cli("search", "a blue triangle", "--json").stdout)
     assert results[0]["title"] == "blue_triangle.mkv"
+
+
+def test_migrate_upgrades_an_old_catalog_then_has_nothing_to_do(cli, tmp_path):
+    from tests.test_migrations import FIRST_RELEASE, ROWS, execute
+
+    home = tmp_path / "home"
+    home.mkdir()
+    url = f"sqlite:///{home / 'catalog.db'}"  # where VIDSEARCH_HOME keeps it
+    execute(url, FIRST_RELEASE["sqlite"] + ROWS)  # as the first release left it: no counters, no tag
+    assert "catalog schema: made before migrations, recognised as 0001; now at 0003" in cli("migrate").stdout
+    assert "catalog schema: already at" in cli("migrate").stdout
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [(v["title"], v["status"], v["tag"]) for v in listed] == [("beach.mp4", "ready", None),
+                                                                      ("broken.avi", "failed", None)]
