@@ -10,12 +10,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import av.error
 import numpy as np
 
 from schema.units import clock
+
+if TYPE_CHECKING:
+    from schema.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,11 @@ class Limits:
 
     max_side: int | None = None  # pixels, the longer side
     max_duration: float | None = None  # seconds
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits every decode of this installation applies: ingestion and the timeline alike."""
+        return cls(max_side=settings.max_video_side, max_duration=settings.max_duration_seconds)
 
     def check_size(self, width: int, height: int) -> None:
         if self.max_side and max(width, height) > self.max_side:
@@ -112,6 +121,12 @@ class Sampling:
     frames: int = 12
     interval: float | None = None  # seconds; None: always `frames`
     max_frames: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Sampling:
+        """The one sampling rule: `frames`, or a frame every half moment (VIDSEARCH_MOMENT_SECONDS), so that a moment
+        window always spans about two samples; at most `max_frames`. Ingestion, the timeline and the bench use it."""
+        return cls(settings.frames, settings.moment_seconds / 2, settings.max_frames)
 
     def count(self, duration: float | None) -> int:
         n = self.frames

@@ -4,7 +4,8 @@ A decoder can hang or crash on a damaged or crafted file. A thread cannot be sto
 mode each file gets `timeout` seconds, after which its worker process is killed and replaced, and a worker that dies
 (an FFmpeg crash, the OOM killer) fails only the file it was decoding. Processes start once per worker (about 2 s)
 and ship each video's preprocessed frames back as one array (with JPEG thumbnails when asked); `vidsearch bench`
-measures both modes.
+measures both modes. What is decoded from each file is one DecodeRequest: ingestion and the web app's timeline send
+the same one (from the same settings), so a video embedded on demand gets exactly the frames ingestion would give it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ import torch
 from ingest.decode import DecodeError, Limits, Sampling, VideoInfo, frame_spans, iter_sampled_frames, probe
 from ingest.encoder import Preprocessing, decode_size_for, resize_crop_frame
 from ingest.thumbnails import jpeg_thumbnail, luma_stats, pick_poster
+
+if TYPE_CHECKING:
+    from schema.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,28 @@ def decode_pixels(prep: Preprocessing, path: Path, frames: int | Sampling,
     return Decoded(info, pixels, frame_spans(info.duration, n), jpegs, pick_poster(stats) if thumbs else 0)
 
 
+@dataclass(frozen=True)
+class DecodeRequest:
+    """What to decode from each file, within which limits: its sampled frames at the model's input size (`frames`: a
+    count or the Sampling rule), and their JPEG thumbnails when asked. Another stream (audio for a speech model) joins
+    as a field here, decoded by its own function beside decode_pixels, so every decode path stays this one."""
+
+    prep: Preprocessing
+    frames: int | Sampling
+    limits: Limits = Limits()  # noqa: RUF009 (frozen)
+    thumbs: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, prep: Preprocessing, *, thumbs: bool = False) -> DecodeRequest:
+        """The request of this installation: its sampling rule and its limits."""
+        return cls(prep, Sampling.from_settings(settings), Limits.from_settings(settings), thumbs)
+
+
+def decode(request: DecodeRequest, path: Path) -> Decoded:
+    """Everything `request` asks of one file (this is what a decode worker runs)."""
+    return decode_pixels(request.prep, path, request.frames, request.limits, thumbs=request.thumbs)
+
+
 def _init_process(started) -> None:
     # Each decode process works on one file at a time: more torch threads would only fight the model for cores.
     torch.set_num_threads(1)
@@ -92,15 +118,12 @@ def failure_message(exc: BaseException, timeout: float | None) -> str:
 
 
 class DecodePool:
-    """`submit(path)` -> Future of a Decoded. Close it (or use `with`) to stop the workers."""
+    """`submit(path)` -> Future of a Decoded (what `request` asks of that file). Close it (or use `with`) to stop the
+    workers."""
 
-    def __init__(self, prep: Preprocessing, frames: int | Sampling, *, workers: int = 2,
-                 mode: DecodeMode = "process", timeout: float | None = 120.0,
-                 limits: Limits = Limits(), thumbs: bool = False) -> None:  # noqa: B008 (frozen)
-        self.prep = prep
-        self.frames = frames
-        self.limits = limits
-        self.thumbs = thumbs
+    def __init__(self, request: DecodeRequest, *, workers: int = 2, mode: DecodeMode = "process",
+                 timeout: float | None = 120.0) -> None:
+        self.request = request
         self.mode = mode
         self.timeout = timeout if mode == "process" else None  # a thread cannot be stopped
         if mode == "process":
@@ -120,18 +143,21 @@ class DecodePool:
     def submit(self, path: Path) -> Future:
         if self.mode == "process":
             self._running = True
-            return self._pool.schedule(decode_pixels, args=(self.prep, Path(path), self.frames, self.limits),
-                                       kwargs={"thumbs": self.thumbs}, timeout=self.timeout)
-        return self._pool.submit(decode_pixels, self.prep, Path(path), self.frames, self.limits, thumbs=self.thumbs)
+            return self._pool.schedule(decode, args=(self.request, Path(path)), timeout=self.timeout)
+        return self._pool.submit(decode, self.request, Path(path))
 
     def outcome(self, future: Future) -> Decoded | str:
         """The decoded video, or a message saying why this file (and only this file) failed."""
         try:
             return future.result()
         except Exception as exc:
-            if not isinstance(exc, DecodeError | FutureTimeout | TimeoutError):
-                log.warning("decoding failed: %s", exc, exc_info=not _is_expired(exc))
-            return failure_message(exc, self.timeout)
+            return self.explain(exc)
+
+    def explain(self, exc: BaseException) -> str:
+        """Why a file's decoding failed, for a person; the unexpected kinds are logged too."""
+        if not isinstance(exc, DecodeError | FutureTimeout | TimeoutError):
+            log.warning("decoding failed: %s", exc, exc_info=not _is_expired(exc))
+        return failure_message(exc, self.timeout)
 
     def map(self, paths: list[Path]) -> list[Decoded | str]:
         """Decode all of `paths` (in parallel), in order: each the decoded video or why it failed."""

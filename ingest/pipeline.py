@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ingest.decode import Sampling, VideoInfo
-from ingest.decode_pool import Decoded, DecodePool, decode_pixels
+from ingest.decode_pool import Decoded, DecodePool, DecodeRequest, decode_pixels
 from ingest.encoder import ClipEncoder, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def embed_videos(encoder: ClipEncoder, items: Iterable[tuple[Hashable, Path]], f
     this call."""
     own_pool = pool is None
     if pool is None:
-        pool = DecodePool(encoder.prep, frames, workers=decode_workers, mode="thread")
+        pool = DecodePool(DecodeRequest(encoder.prep, frames), workers=decode_workers, mode="thread")
     batcher = FrameBatcher(encoder, encoder.batch_size)
     todo = iter(items)
     window: dict[Future, Hashable] = {}

@@ -18,7 +18,7 @@ import numpy as np
 
 from ingest import thumbnails
 from ingest.decode import Limits, Sampling, VideoInfo
-from ingest.decode_pool import DecodeMode, DecodePool
+from ingest.decode_pool import DecodeMode, DecodePool, DecodeRequest
 from ingest.encoder import ClipEncoder
 from ingest.pipeline import Embedded, embed_videos
 from schema.catalog import Catalog, Job, Video
@@ -87,15 +87,15 @@ class Worker:
                    decode_workers=settings.decode_workers, claim_size=settings.claim_size,
                    write_batch=settings.write_batch, decode_mode=settings.decode_mode,
                    decode_timeout=settings.decode_timeout_seconds,
-                   limits=Limits(max_side=settings.max_video_side, max_duration=settings.max_duration_seconds),
-                   sampling=Sampling(settings.frames, settings.moment_seconds / 2, settings.max_frames),
+                   limits=Limits.from_settings(settings), sampling=Sampling.from_settings(settings),
                    thumbnails_dir=settings.thumbnails_dir)
 
     def decode_pool(self) -> DecodePool:
         if self._pool is None:
-            self._pool = DecodePool(self.encoder.prep, self.sampling, workers=self.decode_workers,
-                                    mode=self.decode_mode, timeout=self.decode_timeout, limits=self.limits,
+            request = DecodeRequest(self.encoder.prep, self.sampling, self.limits,
                                     thumbs=self.thumbnails_dir is not None)
+            self._pool = DecodePool(request, workers=self.decode_workers, mode=self.decode_mode,
+                                    timeout=self.decode_timeout)
         return self._pool
 
     def close(self) -> None:

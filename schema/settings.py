@@ -63,8 +63,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the web app binds to.")
     port: int = Field(7860, ge=1, le=65535, description="Port of the web app.")
     search_concurrency: int = Field(
-        2, ge=1, le=64, description="Searches that run the model at once, in the HTTP API and in the web page each; "
-        "more wait their turn without holding a thread. Chosen with `vidsearch loadtest` (README, Load test)."
+        2, ge=1, le=64, description="Model calls (searches, embeddings, the timeline's on-demand frames) that run at "
+        "once in the web app, HTTP API and page together; more wait their turn without holding a thread. Chosen with "
+        "`vidsearch loadtest` (README, Load test)."
     )
     auth: SecretStr | None = Field(
         None, description="Login for the web app: user:password (comma-separated for several) or the path of a "

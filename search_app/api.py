@@ -14,11 +14,9 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -51,8 +49,9 @@ from search_app.search import (
     embed_query_image,
     search_image,
     search_text,
-    video_timeline,
 )
+from search_app.slots import ModelSlots
+from search_app.timeline import TimelineService
 
 log = logging.getLogger(__name__)
 
@@ -438,18 +437,13 @@ async def _receive_upload(request: Request, folder: Path, max_bytes: int) -> tup
 
 
 # --- the router -------------------------------------------------------------------------------------------------
-def build_api(runtime: Runtime) -> APIRouter:
-    """The /api routes of one runtime (its catalog, encoder and vector store)."""
+def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -> APIRouter:
+    """The /api routes of one runtime (its catalog, encoder and vector store). Every model call takes one of the
+    web app's `slots` (shared with the page), waiting without holding a thread; `timelines` is the app's service."""
     settings = runtime.settings
     max_upload = settings.max_upload_mb * 1024 * 1024
     router = APIRouter(prefix="/api", tags=["api"], route_class=_route_class(settings.max_upload_mb),
                        responses=_errors(422, 503))
-    # Query encodes share the cores with each other and with the ingestion worker: beyond a few at once they only
-    # slow each other down and starve ingestion (README, Load test). The rest wait here without holding a thread.
-    model_slots = anyio.CapacityLimiter(settings.search_concurrency)
-
-    async def run_model(fn: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=model_slots)
 
     def embedding(vector) -> EmbeddingOut:
         return EmbeddingOut(embedding=[float(x) for x in vector], dim=len(vector), model=runtime.encoder.key)
@@ -462,7 +456,7 @@ def build_api(runtime: Runtime) -> APIRouter:
 
     @router.post("/embed/text", response_model=EmbeddingOut, summary="Embed a text query")
     async def embed_text_route(body: TextIn) -> EmbeddingOut:
-        return embedding(await run_model(embed_text, body.text))
+        return embedding(await slots.run(embed_text, body.text))
 
     @router.post(
         "/embed/image", response_model=EmbeddingOut, summary="Embed a still image",
@@ -475,13 +469,13 @@ def build_api(runtime: Runtime) -> APIRouter:
     )
     async def embed_image_route(request: Request) -> EmbeddingOut:
         data = await _image_bytes(request)
-        vector = await run_model(embed_query_image, runtime.encoder, data)
+        vector = await slots.run(lambda: embed_query_image(runtime.encoder, data))  # the model loads in the thread
         return embedding(vector)
 
     @router.post("/search", response_model=SearchOut, summary="Search by text or by image",
                  responses=_errors(400, 413))
     async def search_route(body: SearchIn) -> SearchOut:
-        return await run_model(search, body)
+        return await slots.run(search, body)
 
     def search(body: SearchIn) -> SearchOut:
         filters = body.filters.to_search() if body.filters else None
@@ -507,14 +501,16 @@ def build_api(runtime: Runtime) -> APIRouter:
         return _video_out(runtime, video)
 
     @router.get("/videos/{video_id}/timeline", response_model=TimelineOut, responses=_errors(404),
-                summary="Similarity of one video to a text over time, and its best moments")
-    def timeline_route(video_id: VideoId, text: Annotated[str, Query(min_length=1, max_length=MAX_TEXT)]
-                       ) -> TimelineOut:
-        video = runtime.catalog.get_video(video_id)
+                summary="Similarity of one video to a text over time, and its best moments",
+                description="A video indexed before segment vectors were stored is decoded and embedded for the "
+                "request (source 'computed'), within the ingestion limits and timeout; a file that cannot be "
+                "decoded so is a 422.")
+    async def timeline_route(video_id: VideoId, text: Annotated[str, Query(min_length=1, max_length=MAX_TEXT)]
+                             ) -> TimelineOut:
+        video = await run_in_threadpool(runtime.catalog.get_video, video_id)
         if video is None:
             raise HTTPException(404, f"no video with id {video_id}")
-        timeline = video_timeline(runtime.store, runtime.encoder, video, embed_text(text), frames=settings.frames,
-                                  moment_seconds=settings.moment_seconds, max_frames=settings.max_frames)
+        timeline = await timelines.timeline(video, text)
         url = media_url(runtime, video.stored_path)
         return TimelineOut(video_id=video.id, source=timeline.source,
                            points=[TimelinePoint(time=t, score=s) for t, s in zip(timeline.times, timeline.scores,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ingest.decode import Sampling, probe
-from ingest.decode_pool import DecodeMode, DecodePool
+from ingest.decode_pool import DecodeMode, DecodePool, DecodeRequest
 from ingest.encoder import ClipEncoder, ModelUnavailableError, l2_normalize, load_encoder
 from schema.settings import Settings
 
@@ -202,7 +202,7 @@ def measure_baseline(settings: Settings, encoder: ClipEncoder, clips: list[Path]
 def measure_decode_ceiling(encoder: ClipEncoder, clips: list[Path], frames: int, workers: int,
                            mode: DecodeMode = "thread") -> float:
     """Frames/s of sampling + preprocessing alone, through the pipeline's DecodePool in `mode`."""
-    with DecodePool(encoder.prep, frames, workers=workers, mode=mode, timeout=None) as pool:
+    with DecodePool(DecodeRequest(encoder.prep, frames), workers=workers, mode=mode, timeout=None) as pool:
         if mode == "process":  # start-up (spawn, imports) is paid once per worker: not timed
             pool.wait_started(timeout=120)
         start = time.perf_counter()
@@ -567,7 +567,7 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
         # Memory follows the number of samples, not the pixels or the codec's effort: small, cheap-to-encode clips.
         short = write_clip(work / "short.mp4", 426, 240, 10, fps=4, preset="ultrafast")
         long = write_clip(work / "long.mp4", 426, 240, plan.long_minutes * 60, fps=4, preset="ultrafast")
-        sampling = Sampling(frames, settings.moment_seconds / 2, settings.max_frames)  # as the worker samples
+        sampling = Sampling.from_settings(settings)  # as the worker samples
         rss_warm, [(rss_short, frames_short), (rss_long, frames_long)] = peak_rss_mb(
             encoder.model_id, [short, long], sampling, encoder.batch_size)
 

@@ -9,13 +9,13 @@ that do not overlap become a video's moments; a timeline is the score of every s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from schema.vectors import Segments, VectorStore, VectorStoreError
+from schema.vectors import Segments, VectorStoreError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ class Timeline:
     scores: list[float]  # cosine similarity of each sample with the query
     moments: list[Moment]
     source: str  # "stored" (segment vectors from the index) or "computed" (embedded on demand)
+
+
+class SegmentSource(Protocol):
+    """Where segment vectors are read from: any VectorStore (schema/vectors.py)."""
+
+    def segments(self, video_ids: Sequence[int]) -> dict[int, Segments]: ...
 
 
 def window_size(segments: Segments, moment_seconds: float) -> int:
@@ -94,7 +100,7 @@ def best_moments(segments: Segments, query: np.ndarray, moment_seconds: float = 
     return sorted(moments, key=lambda m: -m.score)
 
 
-def fetch_segments(store: VectorStore, video_ids: Sequence[int]) -> dict[int, Segments]:
+def fetch_segments(store: SegmentSource, video_ids: Sequence[int]) -> dict[int, Segments]:
     """Segments of these videos; none (logged) when the store cannot give them: moments are an extra, never the
     reason a search fails."""
     if not video_ids:
@@ -111,33 +117,3 @@ def stored_timeline(segments: Segments, query: np.ndarray, moment_seconds: float
     times = ((segments.starts + segments.ends) / 2).tolist()
     return Timeline([round(t, 3) for t in times], [round(float(s), 6) for s in scores],
                     best_moments(segments, query, moment_seconds), "stored")
-
-
-def compute_segments(encoder, path: Path, frames: int, moment_seconds: float, max_frames: int,
-                     progress: Callable[[int, int], None] | None = None) -> Segments:
-    """Embed sampled frames of a video now (for videos ingested before segments were stored), reporting
-    progress as (frames done, frames in all). Same sampling as ingestion."""
-    import torch
-
-    from ingest.decode import Sampling, frame_spans, iter_sampled_frames, probe
-
-    info = probe(path)
-    n = Sampling(frames, moment_seconds / 2, max_frames).count(info.duration)
-    size = encoder.decode_size(info.height, info.width)
-    vectors: list[np.ndarray] = []
-    batch: list = []
-    done = 0
-    for frame in iter_sampled_frames(path, n, info, size=size):
-        batch.append(encoder.preprocess(frame))
-        if len(batch) == encoder.batch_size:
-            vectors.append(encoder.embed_pixels(torch.stack(batch)).numpy())
-            done, batch = done + len(batch), []
-            if progress:
-                progress(done, n)
-    if batch:
-        vectors.append(encoder.embed_pixels(torch.stack(batch)).numpy())
-        done += len(batch)
-        if progress:
-            progress(done, n)
-    spans = np.asarray(frame_spans(info.duration, n), np.float32)
-    return Segments(spans[:, 0], spans[:, 1], np.concatenate(vectors).astype(np.float32))

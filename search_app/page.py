@@ -6,6 +6,7 @@ import html
 import logging
 from pathlib import Path
 
+import anyio.to_thread
 import gradio as gr
 
 from ingest.library import Outcome, delete_video, enqueue_file
@@ -16,7 +17,9 @@ from schema.units import clock
 from schema.vectors import VectorStoreError
 from search_app.moments import Moment, Timeline
 from search_app.present import fragment, media_url, span, thumbnail_url
-from search_app.search import QueryError, SearchResult, search_text, video_timeline
+from search_app.search import QueryError, SearchResult, search_text
+from search_app.slots import ModelSlots
+from search_app.timeline import TimelineProgress, TimelineService
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +211,8 @@ def upload_rows(runtime: Runtime, tracked: list[dict]) -> list[list]:
     return rows
 
 
-def build_ui(runtime: Runtime) -> gr.Blocks:
+def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -> gr.Blocks:
+    """The page; every model call of its handlers takes one of the web app's `slots` (shared with the API)."""
     with gr.Blocks(title="vidsearch") as demo:
         gr.Markdown("# vidsearch\nFind videos by describing what happens in them.")
         with gr.Tab("Search") as search_tab:
@@ -266,22 +270,19 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
             timeline_html = gr.HTML(elem_id="timeline-player", js_on_load=MOMENT_CLICK_JS)
             timeline_state = gr.State(None)
 
-        def do_search(text: str, count: float, *conditions) -> str:
+        async def do_search(text: str, count: float, *conditions) -> str:
             try:
                 filters = ui_filters(*conditions)
             except QueryError as exc:
                 return message_html(str(exc))
-            return search_html(runtime, text, int(count), filters)
+            return await slots.run(search_html, runtime, text, int(count), filters)
 
-        def do_image_search(image, count: float, *conditions) -> str:
+        def image_search_html(image, count: int, filters: SearchFilters) -> str:
             from search_app.search import search_image
 
-            if image is None:
-                return message_html("Choose an image first.")
             try:
-                filters = ui_filters(*conditions)
-                found = search_image(runtime.catalog, runtime.store, runtime.encoder, image, int(count),
-                                     filters, moment_seconds=runtime.settings.moment_seconds)
+                found = search_image(runtime.catalog, runtime.store, runtime.encoder, image, count, filters,
+                                     moment_seconds=runtime.settings.moment_seconds)
             except QueryError as exc:
                 return message_html(str(exc))
             except VectorStoreError as exc:
@@ -289,6 +290,15 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
             if not found and filters.active:
                 return message_html("No video matches the filters.")
             return render_results(runtime, "this image", found)
+
+        async def do_image_search(image, count: float, *conditions) -> str:
+            if image is None:
+                return message_html("Choose an image first.")
+            try:
+                filters = ui_filters(*conditions)
+            except QueryError as exc:
+                return message_html(str(exc))
+            return await slots.run(image_search_html, image, int(count), filters)
 
         def do_add(paths: list[str] | None, current: list[dict], tag: str | None
                    ) -> tuple[list[dict], list[list], None]:
@@ -325,26 +335,24 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
             msg = f"Deleted “{html.escape(video.title)}” (id {video.id})."
             return msg, library_rows(runtime)
 
-        def do_timeline(video_id, text: str, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
+        async def do_timeline(video_id, text: str, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
             import pandas as pd
 
             empty = pd.DataFrame(columns=["time (s)", "similarity", "series"])
             if video_id is None:
                 return empty, message_html("Choose a video first."), None
-            video = runtime.catalog.get_video(int(video_id))
+            video = await anyio.to_thread.run_sync(runtime.catalog.get_video, int(video_id))
             if video is None:
                 return empty, message_html(f"No video with id {int(video_id)}."), None
             if not (text or "").strip():
                 return empty, message_html("Describe the moment to look for."), None
 
-            def report(done: int, total: int) -> None:
-                progress(done / max(total, 1), desc=f"Embedding frames of this video: {done}/{total}")
+            def report(step: TimelineProgress) -> None:
+                progress(step.fraction, desc=step.describe())
 
-            s = runtime.settings
             try:
-                timeline = video_timeline(runtime.store, runtime.encoder, video,
-                                          runtime.encoder.embed_text(text.strip()), frames=s.frames,
-                                          moment_seconds=s.moment_seconds, max_frames=s.max_frames, progress=report)
+                # Decoding (a video without stored segments) waits outside the model slots, embedding inside them.
+                timeline = await timelines.timeline(video, text, progress=report)
             except QueryError as exc:
                 return empty, message_html(str(exc)), None
             except VectorStoreError as exc:
@@ -360,14 +368,15 @@ def build_ui(runtime: Runtime) -> gr.Blocks:
             start, end = sorted(max(0.0, float(x)) for x in evt.index[:2])
             return timeline_player(runtime, video, [Moment(**m) for m in state["moments"]], start, end)
 
+        # Gradio's queue limits only bound how many of the page's events are in flight (and show the others their
+        # place in the queue); the model work inside them takes the app's ModelSlots, shared with the API.
         timeline_outputs = [timeline_plot, timeline_html, timeline_state]
-        timeline_btn.click(do_timeline, [timeline_video, timeline_query], timeline_outputs, concurrency_limit=2,
-                           concurrency_id="timeline")
-        timeline_query.submit(do_timeline, [timeline_video, timeline_query], timeline_outputs, concurrency_limit=2,
-                              concurrency_id="timeline")
+        timelines_at_once = {"concurrency_limit": 2, "concurrency_id": "timeline"}
+        timeline_btn.click(do_timeline, [timeline_video, timeline_query], timeline_outputs, **timelines_at_once)
+        timeline_query.submit(do_timeline, [timeline_video, timeline_query], timeline_outputs, **timelines_at_once)
         timeline_plot.select(do_plot_select, timeline_state, timeline_html)
         timeline_tab.select(lambda: gr.update(choices=timeline_choices(runtime)), None, timeline_video)
-        # One queue slot count for every search event (concurrency_id), the measured limit the API uses too.
+        # One queue slot count for every search event (concurrency_id), as many as there are model slots.
         searching = {"concurrency_limit": runtime.settings.search_concurrency, "concurrency_id": "search"}
         conditions = [min_dur, max_dur, since, until, tag_filter]
         search_btn.click(do_search, [query, k, *conditions], results, **searching)

@@ -6,28 +6,16 @@ import base64
 import binascii
 import io
 import re
-import threading
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
 from ingest.encoder import ClipEncoder
-from schema.catalog import Catalog, Video, VideoStatus
+from schema.catalog import Catalog, VideoStatus
 from schema.filters import QueryError, SearchFilters, epoch_seconds
-from schema.vectors import Segments, VectorStore
-from search_app.moments import (
-    DEFAULT_MOMENT_SECONDS,
-    Moment,
-    Timeline,
-    best_moments,
-    compute_segments,
-    fetch_segments,
-    stored_timeline,
-)
+from schema.vectors import VectorStore
+from search_app.moments import DEFAULT_MOMENT_SECONDS, Moment, best_moments, fetch_segments
 
 # Query images: bounded before anything is decoded (a small PNG can claim gigapixels: a decompression bomb).
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -204,40 +192,3 @@ def search_image(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, ima
     _check_k(k)
     return search_vector(catalog, store, embed_query_image(encoder, image), k, filters,
                          moment_seconds=moment_seconds)
-
-
-# --- timeline: one video, one query, similarity over time ----------------------------------------------------------
-_COMPUTED_CACHE = 8  # videos whose on-demand segments are kept in memory
-_computed: OrderedDict[tuple, Segments] = OrderedDict()
-_computed_lock = threading.Lock()
-
-
-def video_timeline(store: VectorStore, encoder: ClipEncoder, video: Video, query_vector: np.ndarray, *,
-                   frames: int, moment_seconds: float, max_frames: int,
-                   progress: Callable[[int, int], None] | None = None) -> Timeline:
-    """Similarity of each sampled moment of `video` with the query, and its best moments.
-
-    From the stored segment vectors when the video has them; otherwise (ingested before segments were stored) its
-    frames are sampled and embedded now, as ingestion would, reporting (done, total) to `progress`, and kept in a
-    small in-memory cache (search never writes vectors)."""
-    if video.status != VideoStatus.READY:
-        raise QueryError("the video is not ready yet (still being processed, or failed)")
-    segments = fetch_segments(store, [video.id]).get(video.id)
-    if segments is not None and len(segments):
-        return stored_timeline(segments, query_vector, moment_seconds)
-    key = (video.id, video.sha256, frames, moment_seconds, max_frames)
-    with _computed_lock:
-        segments = _computed.get(key)
-    if segments is None:
-        from ingest.decode import DecodeError
-
-        try:
-            segments = compute_segments(encoder, Path(video.stored_path), frames, moment_seconds, max_frames,
-                                        progress)
-        except DecodeError as exc:
-            raise QueryError(f"the video could not be read: {exc}") from None
-        with _computed_lock:
-            _computed[key] = segments
-            while len(_computed) > _COMPUTED_CACHE:
-                _computed.popitem(last=False)
-    return replace(stored_timeline(segments, query_vector, moment_seconds), source="computed")

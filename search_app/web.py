@@ -3,10 +3,13 @@ ingestion worker thread beside it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio.to_thread
 import gradio as gr
 from fastapi import FastAPI
 
@@ -16,12 +19,28 @@ from search_app.api import build_api
 from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
 from search_app.page import CSS, build_ui
 from search_app.present import MEDIA_ROUTE, THUMBS_ROUTE
+from search_app.slots import ModelSlots
+from search_app.timeline import TimelineService
 
 log = logging.getLogger(__name__)
 
 
 def create_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(title="vidsearch")
+    """The web app of one runtime. Its one ModelSlots (`app.state.model_slots`) bounds the model calls of the API
+    and of the page together; its TimelineService (`app.state.timelines`) is closed when the app shuts down."""
+    slots = ModelSlots(runtime.settings.search_concurrency)
+    timelines = TimelineService(runtime.settings, runtime.catalog, runtime.store, lambda: runtime.encoder, slots)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(timelines.close)  # stops its decode process
+
+    app = FastAPI(title="vidsearch", lifespan=lifespan)
+    app.state.model_slots = slots
+    app.state.timelines = timelines
     runtime.settings.videos_dir.mkdir(parents=True, exist_ok=True)
     credentials = load_credentials(runtime.settings.auth)  # None: no login
     # Only the content-addressed video folder is served; nothing else of the data folder is reachable
@@ -33,8 +52,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.mount(THUMBS_ROUTE, MediaFiles(directory=runtime.settings.thumbnails_dir, follow_symlink=False),
               name="thumbnails")
     # The JSON API under /api, before the Gradio mount at "" takes the rest.
-    app.include_router(build_api(runtime))
-    demo = build_ui(runtime)
+    app.include_router(build_api(runtime, slots, timelines))
+    demo = build_ui(runtime, slots, timelines)
     demo.queue(default_concurrency_limit=4)
     # Gradio's own file routes (/gradio_api/file=...) must never serve anything of the data folder.
     blocked = gradio_blocked_paths(runtime.settings.home_dir, [Path(gr.utils.get_upload_folder()),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ingest.decode import DecodeError, Limits, probe
-from ingest.decode_pool import DecodePool
+from ingest.decode_pool import DecodePool, DecodeRequest
 from tests.hostile import write_corpus, write_good, write_slow_to_sample
 from tests.test_cli import Cli
 
@@ -76,7 +76,7 @@ def test_a_crashed_decoder_fails_its_file_and_the_pool_recovers(corpus, random_m
     _, _, good = corpus
     slow = write_slow_to_sample(tmp_path / "slow.mp4")
     prep = load_encoder(str(random_model), device="cpu").prep
-    with DecodePool(prep, 4, workers=1, mode="process", timeout=None) as pool:
+    with DecodePool(DecodeRequest(prep, 4), workers=1, mode="process", timeout=None) as pool:
         assert not isinstance(pool.outcome(pool.submit(good[1])), str)  # the worker process is up
         future = pool.submit(slow)
         deadline = time.monotonic() + 30

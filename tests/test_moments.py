@@ -160,26 +160,49 @@ def _jpeg() -> bytes:
 
 
 def test_timeline_from_stored_segments_or_computed_on_demand(moments_runtime, tmp_path):
-    from search_app.search import video_timeline
+    import os
+    from functools import partial
+
+    import anyio
+
+    from search_app.slots import ModelSlots
+    from search_app.timeline import TimelineProgress, TimelineService
 
     rt = moments_runtime
     [video_id] = _ingest(rt, write_parts_clip(tmp_path / "parts.mp4"))
     video = rt.catalog.get_video(video_id)
     query = rt.encoder.embed_text("a red circle")
-    s = rt.settings
-    stored = video_timeline(rt.store, rt.encoder, video, query, frames=s.frames, moment_seconds=s.moment_seconds,
-                            max_frames=s.max_frames)
-    assert stored.source == "stored" and len(stored.times) == 14
-    peak = stored.times[int(np.argmax(stored.scores))]
-    assert SPANS["red"][0] <= peak <= SPANS["red"][1]
-    assert SPANS["red"][0] - 0.5 <= stored.moments[0].start and stored.moments[0].end <= SPANS["red"][1] + 0.5
+    slots = ModelSlots(1)
+    # Threads here (the process pool, its limits and its timeout are tests/test_timeline.py's).
+    service = TimelineService(rt.settings.model_copy(update={"decode_mode": "thread"}), rt.catalog, rt.store,
+                              lambda: rt.encoder, slots)
+    try:
+        stored = anyio.run(service.timeline, video, query)
+        assert stored.source == "stored" and len(stored.times) == 14
+        peak = stored.times[int(np.argmax(stored.scores))]
+        assert SPANS["red"][0] <= peak <= SPANS["red"][1]
+        assert SPANS["red"][0] - 0.5 <= stored.moments[0].start and stored.moments[0].end <= SPANS["red"][1] + 0.5
 
-    # A video ingested before segments were stored: its frames are embedded on demand, with progress reports.
-    rt.store.milvus().client.delete(rt.store.milvus().segment_collection, filter=f"video_id in [{video_id}]")
-    reports: list[tuple[int, int]] = []
-    computed = video_timeline(rt.store, rt.encoder, video, query, frames=s.frames, moment_seconds=s.moment_seconds,
-                              max_frames=s.max_frames, progress=lambda done, total: reports.append((done, total)))
-    assert computed.source == "computed" and reports[-1] == (14, 14)
-    assert computed.times == stored.times
-    np.testing.assert_allclose(computed.scores, stored.scores, atol=1e-4)  # same sampling, same vectors
-    assert computed.moments == stored.moments
+        # A video ingested before segments were stored: its frames are embedded on demand, with progress reports.
+        rt.store.milvus().client.delete(rt.store.milvus().segment_collection, filter=f"video_id in [{video_id}]")
+        reports: list[TimelineProgress] = []
+        computed = anyio.run(partial(service.timeline, video, query, progress=reports.append))
+        assert computed.source == "computed"
+        assert reports[0].stage == "decoding" and reports[-1] == TimelineProgress("embedding", 14, 14)
+        assert computed.times == stored.times
+        np.testing.assert_allclose(computed.scores, stored.scores, atol=1e-4)  # same sampling, same vectors
+        assert computed.moments == stored.moments
+
+        # Kept: a text query (by video id) reuses the computed segments; a changed file or content does not.
+        by_text = anyio.run(service.timeline, video_id, "a red circle")
+        assert service.decodes == 1
+        np.testing.assert_allclose(by_text.scores, computed.scores, atol=1e-5)
+        os.utime(video.stored_path, ns=(1, 1))
+        anyio.run(service.timeline, video, query)
+        assert service.decodes == 2
+        video.sha256 = "0" * 64  # as if another file had taken this id
+        anyio.run(service.timeline, video, query)
+        assert service.decodes == 3
+        assert slots.stats().total == 1 + 3  # every model call took a slot: the text query, 3 times 1 batch of frames
+    finally:
+        service.close()
