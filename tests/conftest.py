@@ -125,3 +125,14 @@ def cli_env(home: Path, model: Path, **extra: str) -> dict[str, str]:
                 "VIDSEARCH_BATCH_SIZE": "16", "VIDSEARCH_WORKER_POLL_SECONDS": "0.2", "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", **extra})
     return env
+
+
+def drop_stored_segments(runtime, video_ids) -> None:
+    """Leave these videos as a version before segment vectors left them: video vectors only. Deleted behind the
+    store's back, so the in-memory copy's segment cache is emptied too (as a fresh process would start)."""
+    milvus = runtime.store.milvus()
+    ids = ", ".join(str(int(v)) for v in video_ids)
+    milvus.client.delete(milvus.segment_collection, filter=f"video_id in [{ids}]")
+    clear = getattr(runtime.store.searcher(), "clear_segment_cache", None)
+    if clear is not None:
+        clear()

@@ -20,6 +20,7 @@ from ingest.worker import LEASE_SECONDS, Worker
 from schema.vectors import Segments
 from search_app.moments import best_moments
 from search_app.search import search_image, search_text
+from tests.conftest import drop_stored_segments
 from tests.videos import render_frame, write_video
 
 FPS = 4
@@ -184,7 +185,7 @@ def test_timeline_from_stored_segments_or_computed_on_demand(moments_runtime, tm
         assert SPANS["red"][0] - 0.5 <= stored.moments[0].start and stored.moments[0].end <= SPANS["red"][1] + 0.5
 
         # A video ingested before segments were stored: its frames are embedded on demand, with progress reports.
-        rt.store.milvus().client.delete(rt.store.milvus().segment_collection, filter=f"video_id in [{video_id}]")
+        drop_stored_segments(rt, [video_id])
         reports: list[TimelineProgress] = []
         computed = anyio.run(partial(service.timeline, video, query, progress=reports.append))
         assert computed.source == "computed"

@@ -305,7 +305,8 @@ def test_hostile_names_never_become_paths(settings, runtime, tmp_path):
     # Nothing was written anywhere but the videos folder and the catalog (the only new files outside it).
     after = tree(tmp_path, skip=(sources, settings.videos_dir))
     assert {p for p in after if p not in before} <= {str(settings.home_dir / n) for n in
-                                                     ("catalog.db", "catalog.db-wal", "catalog.db-shm")}
+                                                     ("catalog.db", "catalog.db-wal", "catalog.db-shm",
+                                                      "catalog.db.migrate.lock")}
     assert not any(v != after[p] for p, v in before.items() if p in after and "catalog.db" not in p)
     assert not Path("/etc/passwd.mp4").exists() and not (tmp_path / "etc").exists()
     stored = [p for p in settings.videos_dir.rglob("*") if p.is_file()]

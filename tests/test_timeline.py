@@ -30,6 +30,7 @@ from schema.settings import Settings
 from search_app.slots import ModelSlots
 from search_app.timeline import TimelineService
 from search_app.web import create_app
+from tests.conftest import drop_stored_segments
 from tests.hostile import _encode, write_slow_to_sample
 from tests.procs import free_port
 from tests.videos import write_video
@@ -132,8 +133,7 @@ def drop_segments(settings: Settings, video_ids: list[int]) -> None:
     """As for a video indexed before segment vectors were stored."""
     rt = Runtime(settings)
     try:
-        ids = ", ".join(str(i) for i in video_ids)
-        rt.store.client.delete(rt.store.segment_collection, filter=f"video_id in [{ids}]")
+        drop_stored_segments(rt, video_ids)
         assert not rt.store.segments(video_ids)
     finally:
         rt.close()
