@@ -35,12 +35,15 @@ class Runtime:
         from ingest.encoder import load_encoder  # torch is slow to import: only commands that embed pay for it
 
         s = self.settings
-        return load_encoder(s.model, s.model_revision, s.device, s.batch_size)
+        return load_encoder(s.model, s.model_revision, s.device, s.batch_size, hash_cache=s.checkpoint_hashes_file)
 
     @cached_property
     def store(self) -> MilvusVectorStore:
-        # The collection records the model's key and dimension; a different model is refused here.
-        return MilvusVectorStore.open(self.settings, self.encoder.dim, self.encoder.key)
+        # The collections record the checkpoint's snapshot, precision and dimension; another one is refused here,
+        # and a collection from before snapshots were recorded is upgraded once.
+        encoder = self.encoder
+        return MilvusVectorStore.open(self.settings, encoder.dim, encoder.model_key,
+                                      legacy_snapshot=encoder.legacy_snapshot)
 
     @cached_property
     def search_store(self) -> VectorStore:
