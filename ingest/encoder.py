@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ingest.checkpoint import cached_hub_snapshot, folder_snapshot, hub_revision
+from schema.model_key import PRECISION_BF16, PRECISION_EXACT, ModelKey
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,16 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+def precision_class(dtype: torch.dtype, device: torch.device) -> str:
+    """The precision class of vectors computed in `dtype` on `device` (schema/model_key.py). torch fp16 on CUDA
+    counts as exact: it is today's GPU default, and a GPU worker must share its library with a CPU web app."""
+    if dtype == torch.float32 or (dtype == torch.float16 and device.type == "cuda"):
+        return PRECISION_EXACT
+    if dtype == torch.bfloat16:
+        return PRECISION_BF16
+    return str(dtype).removeprefix("torch.")
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,13 +137,15 @@ class ClipEncoder:
     """CLIP text and vision towers with projection; vectors are L2-normalised float32 numpy arrays."""
 
     def __init__(self, vision, text, tokenizer, prep: Preprocessing, *, model_id: str, revision: str | None,
-                 device: torch.device, batch_size: int = 48) -> None:
+                 snapshot: str, device: torch.device, batch_size: int = 48, cache_dir: Path | None = None) -> None:
         self.vision = vision
         self.text = text
         self.tokenizer = tokenizer
         self.prep = prep
         self.model_id = model_id
         self.revision = revision
+        self.snapshot = snapshot  # hub commit, or a folder's content hash (ingest/checkpoint.py)
+        self.cache_dir = cache_dir  # the Hugging Face cache it was loaded from (None: the default one)
         self.device = device
         self.dtype = next(vision.parameters()).dtype
         self.batch_size = batch_size
@@ -138,9 +154,27 @@ class ClipEncoder:
         self.max_text_length = int(min(text.config.max_position_embeddings, tokenizer.model_max_length))
 
     @property
+    def model_key(self) -> ModelKey:
+        """Identifies the vector space: the vector store refuses to mix vectors of another snapshot or precision."""
+        return ModelKey(model=self.model_id, snapshot=self.snapshot, precision=precision_class(self.dtype, self.device),
+                        dim=self.dim, revision=self.revision)
+
+    @property
     def key(self) -> str:
-        """Identifies the vector space: vectors from different keys must never be mixed."""
-        return f"{self.model_id}@{self.revision}" if self.revision else self.model_id
+        """The model key as printable text, e.g. 'org/name@1a2b3c4d5e6f'."""
+        return self.model_key.key
+
+    def legacy_snapshot(self, model: str, revision: str | None) -> str | None:
+        """The snapshot that a collection recording only `model`[@`revision`] (vidsearch before snapshots) names
+        now: this checkpoint's own when it is the one loaded, else the commit the revision has in the local Hugging
+        Face cache. None for another folder: its files may have changed since, and nothing says which they were."""
+        if model == self.model_id and revision == self.revision:
+            return self.snapshot
+        if Path(model).is_absolute():
+            return None
+        if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+            return revision
+        return cached_hub_snapshot(model, revision, self.cache_dir)
 
     def preprocess(self, frame: np.ndarray) -> torch.Tensor:
         return preprocess_frame(frame, self.prep)
@@ -226,12 +260,13 @@ def _is_local(model: str) -> bool:
     return Path(model).expanduser().is_dir()
 
 
-def load_preprocessing(source: str, revision: str | None, image_size: int) -> Preprocessing:
+def load_preprocessing(source: str, revision: str | None, image_size: int, cache_dir: Path | None = None
+                       ) -> Preprocessing:
     """Read size/crop/mean/std from the checkpoint's image processor config; fall back to CLIP's defaults."""
     from transformers import CLIPImageProcessorPil
 
     try:
-        proc = CLIPImageProcessorPil.from_pretrained(source, revision=revision)
+        proc = CLIPImageProcessorPil.from_pretrained(source, revision=revision, cache_dir=cache_dir)
     except (OSError, ValueError) as exc:
         log.info("no image processor config in %s (%s); using CLIP defaults at %d px", source, exc, image_size)
         return Preprocessing(image_size, None, (image_size, image_size), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
@@ -249,7 +284,7 @@ def load_preprocessing(source: str, revision: str | None, image_size: int) -> Pr
     )
 
 
-def _tower_configs(source: str, revision: str | None):
+def _tower_configs(source: str, revision: str | None, cache_dir: Path | None = None):
     """Vision and text configs of a checkpoint, with the projection size taken from the checkpoint itself.
 
     A full CLIPConfig keeps `projection_dim` at the top level; the tower configs carry their own field with a
@@ -257,7 +292,7 @@ def _tower_configs(source: str, revision: str | None):
     """
     from transformers import AutoConfig, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
-    config = AutoConfig.from_pretrained(source, revision=revision)
+    config = AutoConfig.from_pretrained(source, revision=revision, cache_dir=cache_dir)
     if isinstance(config, CLIPConfig):
         vision, text = config.vision_config, config.text_config
         vision.projection_dim = text.projection_dim = config.projection_dim
@@ -283,27 +318,41 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_encoder(model: str, revision: str | None = None, device: str = "auto", batch_size: int = 48) -> ClipEncoder:
-    """Load the text and vision towers from a hub id (at a pinned revision) or a local folder."""
+def load_encoder(model: str, revision: str | None = None, device: str = "auto", batch_size: int = 48, *,
+                 hash_cache: Path | None = None, cache_dir: Path | None = None) -> ClipEncoder:
+    """Load the text and vision towers from a hub id (at a revision) or a local folder, and tell its snapshot.
+
+    A hub revision is resolved to its commit once, and every file is loaded at that commit: the snapshot the
+    encoder reports is the one whose weights it holds. A folder's snapshot is the content hash of its weights
+    (`hash_cache`: the JSON file that remembers those hashes, e.g. Settings.checkpoint_hashes_file). `cache_dir`:
+    the Hugging Face cache (None: the default, HF_HUB_CACHE / HF_HOME).
+    """
+    from huggingface_hub.errors import RevisionResolutionError
     from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
     local = _is_local(model)
     source = str(Path(model).expanduser().resolve()) if local else model
-    rev = None if local else revision
     torch_device = pick_device(device)
     dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
+    hub_dir = None if local else cache_dir
+    rev = None
     try:
-        vision_config, text_config = _tower_configs(source, rev)
+        if not local:
+            rev = hub_revision(model, revision, hub_dir)
+        vision_config, text_config = _tower_configs(source, rev, hub_dir)
         with _quiet_transformers():  # loading one tower from a full CLIP checkpoint lists the other's weights
             vision = CLIPVisionModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype,
-                                                                   config=vision_config)
-            text = CLIPTextModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype, config=text_config)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=rev)
-    except (OSError, ValueError) as exc:
+                                                                   config=vision_config, cache_dir=hub_dir)
+            text = CLIPTextModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype, config=text_config,
+                                                               cache_dir=hub_dir)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=rev, cache_dir=hub_dir)
+        snapshot = folder_snapshot(Path(source), hash_cache) if local else rev.resolved
+    except (OSError, ValueError, RevisionResolutionError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        asked = None if local else revision
         raise ModelUnavailableError(
             f"could not load the CLIP model {model!r}"
-            + (f" at revision {rev!r}" if rev else "")
+            + (f" at revision {asked!r}" if asked else "")
             + f": {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
             "Provide a model in one of two ways:\n"
             "  - allow access to the Hugging Face Hub (network access"
@@ -314,8 +363,8 @@ def load_encoder(model: str, revision: str | None = None, device: str = "auto", 
         ) from exc
     vision.to(torch_device).eval()
     text.to(torch_device).eval()
-    prep = load_preprocessing(source, rev, int(vision.config.image_size))
-    log.info("loaded %s (dim %d, %d px) on %s", source, vision.config.projection_dim, vision.config.image_size,
-             torch_device)
-    return ClipEncoder(vision, text, tokenizer, prep, model_id=source if local else model, revision=rev,
-                       device=torch_device, batch_size=batch_size)
+    prep = load_preprocessing(source, rev, int(vision.config.image_size), hub_dir)
+    log.info("loaded %s (snapshot %s, dim %d, %d px) on %s", source, snapshot, vision.config.projection_dim,
+             vision.config.image_size, torch_device)
+    return ClipEncoder(vision, text, tokenizer, prep, model_id=source, revision=None if local else revision,
+                       snapshot=snapshot, device=torch_device, batch_size=batch_size, cache_dir=hub_dir)

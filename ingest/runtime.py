@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from schema.catalog import Catalog
 from schema.settings import Settings
-from schema.store import Store
+from schema.store import Identity, Store
 
 if TYPE_CHECKING:
     from ingest.encoder import ClipEncoder
@@ -35,13 +35,15 @@ class Runtime:
         from ingest.encoder import load_encoder  # torch is slow to import: only commands that embed pay for it
 
         s = self.settings
-        return load_encoder(s.model, s.model_revision, s.device, s.batch_size)
+        return load_encoder(s.model, s.model_revision, s.device, s.batch_size, hash_cache=s.checkpoint_hashes_file)
 
     @cached_property
     def store(self) -> Store:
         """Every vector read and write of this process (schema/store.py). The model loads only when vectors are
-        written or searched; the collection records the model's key and dimension, and another model is refused."""
-        return Store(self.settings, self.catalog, lambda: (self.encoder.dim, self.encoder.key))
+        written or searched. The collections record the checkpoint's snapshot, precision and dimension; another one
+        is refused, and a collection from before snapshots were recorded is upgraded once."""
+        return Store(self.settings, self.catalog, lambda: Identity(self.encoder.dim, self.encoder.model_key,
+                                                                    self.encoder.legacy_snapshot))
 
     def close(self) -> None:
         if "store" in self.__dict__:

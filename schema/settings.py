@@ -9,7 +9,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Diangle/clip4clip-webvid"
-# Pinned so that an upstream push can never silently change the vector space of an existing index.
+# A branch, not a pin: what decides the vector space is the commit it resolves to, which the collection records
+# (schema/model_key.py); if `main` moves upstream, the old index is refused, never mixed. Pin a commit with
+# VIDSEARCH_MODEL_REVISION to stay on one snapshot (README, Pinning the model).
 DEFAULT_MODEL_REVISION = "main"
 
 
@@ -136,6 +138,11 @@ class Settings(BaseSettings):
     @property
     def memory_index_file(self) -> Path:
         return self.home_dir / "cache" / f"{self.collection}.npz"
+
+    @property
+    def checkpoint_hashes_file(self) -> Path:
+        """Content hashes of local model folders' weight files, so a start re-hashes only changed files."""
+        return self.home_dir / "cache" / "checkpoint-hashes.json"
 
     @property
     def catalog_url(self) -> str:

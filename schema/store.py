@@ -11,14 +11,17 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from schema.catalog import Catalog
 from schema.filters import SearchFilters
+from schema.model_key import ModelKey
 from schema.settings import Settings
 from schema.vectors import (
     Hit,
+    LegacySnapshot,
     MilvusVectorStore,
     Segments,
     VectorStore,
@@ -30,8 +33,19 @@ from schema.vectors import (
 
 log = logging.getLogger(__name__)
 
-# (dim, model key) of the configured model: loads it, so it is only called when vectors must be written or searched.
-ModelIdentity = Callable[[], tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the collections must record for the configured model (see MilvusVectorStore.open)."""
+
+    dim: int
+    key: ModelKey | str  # a str labels vectors from no checkpoint (bench, tests)
+    legacy_snapshot: LegacySnapshot | None = None  # upgrades a collection from before snapshots were recorded
+
+
+# Loads the model, so it is only called when vectors must be written or searched.
+ModelIdentity = Callable[[], Identity]
 
 
 class Store:
@@ -75,8 +89,9 @@ class Store:
             if self._bound is None:
                 if self._model is None:
                     raise RuntimeError("this Store was opened without a model: it can only read and delete")
-                dim, key = self._model()
-                self._bound = MilvusVectorStore.open(self.settings, dim, key, client=self.client())
+                model = self._model()
+                self._bound = MilvusVectorStore.open(self.settings, model.dim, model.key, client=self.client(),
+                                                     legacy_snapshot=model.legacy_snapshot)
                 self._client = None  # the bound store owns it now (and replaces it on reconnect)
             return self._bound
 

@@ -13,13 +13,22 @@ from typing import Protocol
 import numpy as np
 
 from schema.filters import UNKNOWN_DURATION, SearchFilters, check_tag, epoch_seconds
+from schema.model_key import (
+    PRECISION_EXACT,
+    PROP_DIM,
+    PROP_MODEL,
+    PROP_SNAPSHOT,
+    ModelKey,
+    describe_mismatch,
+    parse_legacy,
+)
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Collection properties recording which vector space the collection holds.
-PROP_MODEL = "vidsearch.model"
-PROP_DIM = "vidsearch.dim"
+# Given the (model, revision) an old collection recorded, the snapshot that names now (the encoder looks it up in
+# the Hugging Face cache, or hashes the folder); None when it cannot tell.
+LegacySnapshot = Callable[[str, "str | None"], "str | None"]
 # Inner product on L2-normalised vectors is cosine similarity.
 METRIC = "IP"
 PK = "pk"  # the primary key field: search hits carry it under this name
@@ -151,14 +160,20 @@ class MilvusVectorStore:
     """Two collections on one client: the videos' vectors (auto primary key, video id, float vector of the model's
     dimension) and, named `<collection>_segments`, their segments' vectors (plus start and end seconds)."""
 
-    def __init__(self, client, collection: str, dim: int, model: str, *, index_type: str = "FLAT",
+    def __init__(self, client, collection: str, dim: int, model: str | ModelKey, *, index_type: str = "FLAT",
                  index_params: dict | None = None, search_params: dict | None = None,
-                 lite: bool = False, rerank: int = 0) -> None:
+                 lite: bool = False, rerank: int = 0, legacy_snapshot: LegacySnapshot | None = None) -> None:
+        if isinstance(model, ModelKey) and model.dim != dim:
+            raise ValueError(f"model key {model.key} has dim {model.dim}, not {dim}")
         self.client = client
         self.collection = collection
         self.segment_collection = collection + SEGMENTS_SUFFIX
         self.dim = dim
-        self.model = model
+        # The encoder's key decides which collections are compatible. A plain string labels vectors that come from
+        # no checkpoint (tests, benchmarks on synthetic data) and is compared as it is.
+        self.key: ModelKey | None = model if isinstance(model, ModelKey) else None
+        self.model = model.key if isinstance(model, ModelKey) else model  # printable (the memory index keys by it)
+        self.legacy_snapshot = legacy_snapshot
         # FLAT (exact) by default: approximate indexes are chosen by measured recall (`vidsearch bench`).
         self.index_type = index_type
         self.index_params = dict(index_params or {})
@@ -170,21 +185,27 @@ class MilvusVectorStore:
         self.has_filter_fields = True  # False for a collection created by a version without filters
 
     @classmethod
-    def open(cls, settings: Settings, dim: int, model: str, *, client=None) -> MilvusVectorStore:
-        """Connect (or use `client`), create the collection if needed, and refuse a collection built by another
-        model."""
+    def open(cls, settings: Settings, dim: int, model: str | ModelKey, *, client=None,
+             legacy_snapshot: LegacySnapshot | None = None) -> MilvusVectorStore:
+        """Connect (or use `client`), create the collections if needed, and refuse collections built with another
+        model.
+
+        `model` is the encoder's ModelKey (ClipEncoder.model_key), or a label for vectors from no checkpoint. A
+        collection made before snapshots were recorded is upgraded once to the snapshot `legacy_snapshot` finds
+        for what it recorded (ClipEncoder.legacy_snapshot); without it, only when it recorded the configured key.
+        """
         client = client if client is not None else connect(settings)
         store = cls(client, settings.collection, dim, model, index_type=settings.index_type,
                     index_params=settings.index_params, search_params=settings.search_params,
-                    lite=is_milvus_lite(client), rerank=settings.rerank)
+                    lite=is_milvus_lite(client), rerank=settings.rerank, legacy_snapshot=legacy_snapshot)
         store.reconnect = lambda: connect(settings)
         store._ensure_collection()
         return store
 
     @classmethod
     def attach(cls, settings: Settings, *, client=None) -> MilvusVectorStore | None:
-        """Open an existing collection whatever model built it; None if there is none yet (a client passed in is
-        left open then, one made here is closed)."""
+        """Open an existing collection whatever model built it (old or new properties); None if there is none yet
+        (a client passed in is left open then, one made here is closed)."""
         own = client is None
         client = connect(settings) if own else client
         if not client.has_collection(settings.collection):
@@ -193,16 +214,19 @@ class MilvusVectorStore:
             return None
         info = client.describe_collection(settings.collection)
         dim = next(int(f["params"]["dim"]) for f in info["fields"] if f.get("name") == "vector")
-        store = cls(client, settings.collection, dim, (info.get("properties") or {}).get(PROP_MODEL, ""),
+        props = info.get("properties") or {}
+        recorded = ModelKey.from_properties(props, dim)
+        store = cls(client, settings.collection, dim, recorded if recorded is not None else props.get(PROP_MODEL, ""),
                     lite=is_milvus_lite(client), rerank=settings.rerank, search_params=settings.search_params)
         store.reconnect = lambda: connect(settings)
         store.has_filter_fields = all(f in {x.get("name") for x in info["fields"]} for f in FILTER_FIELDS)
         return store
 
     def _ensure_collection(self) -> None:
-        """Create the collection if missing (losing a creation race to another process is fine), then check it."""
+        """Create the collections if missing (losing a creation race to another process is fine), then check them."""
         from pymilvus.exceptions import MilvusException
 
+        upgraded: list[tuple[str, str, ModelKey]] = []
         for name, segments in ((self.collection, False), (self.segment_collection, True)):
             try:
                 if not self.client.has_collection(name):
@@ -211,9 +235,16 @@ class MilvusVectorStore:
                     except MilvusException:
                         if not self.client.has_collection(name):  # a real failure, not a lost race
                             raise
-                self._check_compatible(name)
+                self._check_compatible(name, upgraded)
             except MilvusException as exc:
                 raise VectorStoreError(f"Milvus could not open collection '{name}': {exc}") from exc
+        if upgraded:
+            _, recorded, key = upgraded[0]
+            source = ("the content hash of that folder's weight files" if key.is_folder
+                      else "its snapshot in the Hugging Face cache")
+            log.warning("Milvus collection %s recorded %s without a snapshot; recorded %s %s (done once; the "
+                        "vectors are assumed to come from these weights)", " and ".join(n for n, _, _ in upgraded),
+                        recorded, source, key.snapshot)
 
     def _create(self, name: str, segments: bool = False) -> None:
         from pymilvus import DataType, MilvusClient
@@ -238,28 +269,59 @@ class MilvusVectorStore:
                             params=self.index_params)
         # Strong consistency: a video marked done must be searchable by the very next query. The model is recorded
         # at creation, so no other process can ever see the collection untagged.
+        properties = self.key.properties() if self.key else {PROP_MODEL: self.model, PROP_DIM: str(self.dim)}
         self.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
-                                      properties={PROP_MODEL: self.model, PROP_DIM: str(self.dim)})
+                                      properties=properties)
         log.info("created Milvus collection %s (dim %d, model %s)", name, self.dim, self.model)
 
-    def _check_compatible(self, name: str | None = None) -> None:
+    def _check_compatible(self, name: str | None = None, upgraded: list | None = None) -> None:
         name = name or self.collection
         info = self.client.describe_collection(name)
-        stored_model = (info.get("properties") or {}).get(PROP_MODEL)
+        props = info.get("properties") or {}
         stored_dim = next(
-            (int(f["params"]["dim"]) for f in info.get("fields", []) if f.get("name") == "vector"), None
+            (int(f["params"]["dim"]) for f in info.get("fields", []) if f.get("name") == "vector"), self.dim
         )
         if name == self.collection:
             names = {f.get("name") for f in info.get("fields", [])}
             self.has_filter_fields = all(f in names for f in FILTER_FIELDS)
-        if stored_model != self.model or stored_dim != self.dim:
+        if self.key is None:
+            stored_model = props.get(PROP_MODEL)
+            if props.get(PROP_SNAPSHOT) or stored_model != self.model or stored_dim != self.dim:
+                raise ModelMismatchError(
+                    f"the Milvus collection '{name}' holds vectors from model {stored_model!r} (dim {stored_dim}), "
+                    f"but they were asked for as {self.model!r} (dim {self.dim}). Vectors from different models "
+                    "cannot be compared: use another VIDSEARCH_COLLECTION, or run `vidsearch reindex`."
+                )
+            return
+        stored = ModelKey.from_properties(props, stored_dim)
+        if stored is None:
+            stored = self._upgrade(name, props.get(PROP_MODEL) or "", stored_dim)
+            if upgraded is not None:
+                upgraded.append((name, props.get(PROP_MODEL) or "", stored))
+        if not stored.same_space(self.key):
+            raise ModelMismatchError(describe_mismatch(name, stored, self.key))
+        if name == self.collection:
+            self.model = stored.key  # one identity per collection, whichever name of its snapshot opened it
+
+    def _upgrade(self, name: str, recorded: str, dim: int) -> ModelKey:
+        """Record the snapshot of a collection made before snapshots were (it has only model@revision and dim)."""
+        assert self.key is not None
+        model, revision = parse_legacy(recorded)
+        if self.legacy_snapshot is not None:
+            snapshot = self.legacy_snapshot(model, revision)
+        else:
+            snapshot = self.key.snapshot if recorded == self.key.legacy_key else None
+        if snapshot is None:
             raise ModelMismatchError(
-                f"the Milvus collection '{name}' holds vectors from model {stored_model!r} "
-                f"(dim {stored_dim}), but the configured model is {self.model!r} (dim {self.dim}). "
-                "Vectors from different models cannot be compared. Either set VIDSEARCH_MODEL/"
-                "VIDSEARCH_MODEL_REVISION back, use another VIDSEARCH_COLLECTION, or run `vidsearch reindex` "
-                "to rebuild the index with the new model."
+                f"the Milvus collection '{name}' was made by an older vidsearch with model {recorded!r} (dim {dim}) "
+                f"and records no snapshot, and which snapshot that names cannot be told here (it is not the "
+                f"configured {self.key.key}, nor found in the Hugging Face cache). Set VIDSEARCH_MODEL/"
+                "VIDSEARCH_MODEL_REVISION back to it once (its snapshot is then recorded), or run "
+                "`vidsearch reindex` to rebuild the index with the configured model."
             )
+        stored = ModelKey(model=model, snapshot=snapshot, precision=PRECISION_EXACT, dim=dim, revision=revision)
+        self.client.alter_collection_properties(name, properties=stored.properties())
+        return stored
 
     def _call(self, what: str, fn):
         """Run one Milvus operation; its errors become VectorStoreError. A collection dropped under a running

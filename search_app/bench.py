@@ -155,7 +155,7 @@ def measure_pipeline(settings: Settings, encoder: ClipEncoder, clips: list[Path]
     from schema.vectors import MilvusVectorStore
 
     catalog = Catalog(settings.catalog_url)
-    store = MilvusVectorStore.open(settings, encoder.dim, encoder.key)
+    store = MilvusVectorStore.open(settings, encoder.dim, encoder.model_key)
     for clip in clips:
         enqueue_file(catalog, settings, clip, link=True, check_video=False)
     with Worker.from_settings(catalog, store, encoder, settings) as worker:
@@ -181,7 +181,7 @@ def measure_baseline(settings: Settings, encoder: ClipEncoder, clips: list[Path]
     processor = CLIPImageProcessorPil(size={"shortest_edge": encoder.image_size},
                                       crop_size={"height": encoder.image_size, "width": encoder.image_size})
     baseline_settings = settings.model_copy(update={"collection": settings.collection + "_baseline"})
-    store = MilvusVectorStore.open(baseline_settings, encoder.dim, encoder.key)
+    store = MilvusVectorStore.open(baseline_settings, encoder.dim, encoder.model_key)
     start = time.perf_counter()
     for video_id, clip in enumerate(clips):
         with av.open(str(clip)) as container:
@@ -462,7 +462,7 @@ def measure_query_e2e(settings: Settings, encoder: ClipEncoder, queries: int) ->
     from search_app.search import search_vector
 
     catalog = Catalog(settings.catalog_url)
-    store = MilvusVectorStore.open(settings, encoder.dim, encoder.key)
+    store = MilvusVectorStore.open(settings, encoder.dim, encoder.model_key)
     index = None
     if settings.memory_index_for(store.lite):
         from schema.memory_index import MemoryIndex
