@@ -123,7 +123,7 @@ def test_hub_revision_is_recorded_as_the_commit_it_resolves_to(hub, hub_settings
         direct = load_encoder(str(tiny_model), device="cpu")
         np.testing.assert_allclose(rt.encoder.embed_text("a red circle"), direct.embed_text("a red circle"),
                                    atol=1e-6)
-        _ = rt.store  # creates both collections with the key
+        rt.store.milvus()  # creates both collections with the key
         for name in (hub_settings.collection, hub_settings.collection + SEGMENTS_SUFFIX):
             props = properties(hub_settings, name)
             assert props[PROP_SNAPSHOT] == COMMIT_A and props[PROP_PRECISION] == PRECISION_EXACT
@@ -134,7 +134,7 @@ def test_hub_revision_is_recorded_as_the_commit_it_resolves_to(hub, hub_settings
 
 def test_main_moving_to_new_weights_is_refused_and_pinning_the_old_commit_goes_back(hub, hub_settings):
     rt = Runtime(hub_settings)
-    vectors = fill(rt.store, rt.encoder.dim)
+    vectors = fill(rt.store.milvus(), rt.encoder.dim)
     rt.close()
 
     hub.point(REPO, "main", COMMIT_B)  # upstream pushed new weights to main
@@ -142,7 +142,7 @@ def test_main_moving_to_new_weights_is_refused_and_pinning_the_old_commit_goes_b
     try:
         assert moved.encoder.snapshot == COMMIT_B
         with pytest.raises(ModelMismatchError) as err:
-            _ = moved.store
+            moved.store.milvus()
     finally:
         moved.close()
     message = str(err.value)
@@ -152,7 +152,7 @@ def test_main_moving_to_new_weights_is_refused_and_pinning_the_old_commit_goes_b
 
     pinned = Runtime(hub_settings.model_copy(update={"model_revision": COMMIT_A}))
     try:
-        assert [h.video_id for h in pinned.store.search(vectors[1], 1)] == [2]
+        assert [h.video_id for h in pinned.store.milvus().search(vectors[1], 1)] == [2]
     finally:
         pinned.close()
 
@@ -162,11 +162,11 @@ def test_another_name_for_the_same_snapshot_opens_the_collection(hub, hub_settin
     hub.add(renamed, COMMIT_A, tiny_model)
     hub.point(renamed, "main", COMMIT_A)
     rt = Runtime(hub_settings)
-    vectors = fill(rt.store, rt.encoder.dim)
+    vectors = fill(rt.store.milvus(), rt.encoder.dim)
     rt.close()
     other = Runtime(hub_settings.model_copy(update={"model": renamed}))
     try:
-        assert [h.video_id for h in other.store.search(vectors[0], 1)] == [1]
+        assert [h.video_id for h in other.store.milvus().search(vectors[0], 1)] == [1]
     finally:
         other.close()
 
@@ -181,8 +181,8 @@ def test_old_hub_collection_is_upgraded_once_and_keeps_its_vectors(hub, hub_sett
     caplog.set_level(logging.INFO, logger="schema.vectors")
     rt = Runtime(hub_settings)
     try:
-        assert [h.video_id for h in rt.store.search(vectors[2], 1)] == [3]
-        assert len(rt.store.segments([1])[1]) == 2
+        assert [h.video_id for h in rt.store.milvus().search(vectors[2], 1)] == [3]
+        assert len(rt.store.milvus().segments([1])[1]) == 2
     finally:
         rt.close()
     lines = upgrade_lines(caplog)
@@ -194,7 +194,7 @@ def test_old_hub_collection_is_upgraded_once_and_keeps_its_vectors(hub, hub_sett
     caplog.clear()
     again = Runtime(hub_settings)
     try:
-        assert [h.video_id for h in again.store.search(vectors[0], 1)] == [1]
+        assert [h.video_id for h in again.store.milvus().search(vectors[0], 1)] == [1]
     finally:
         again.close()
     assert upgrade_lines(caplog) == []
@@ -210,7 +210,7 @@ def test_old_collection_is_upgraded_to_what_its_own_revision_names(hub, hub_sett
     elsewhere = Runtime(hub_settings.model_copy(update={"model_revision": COMMIT_B}))
     try:
         with pytest.raises(ModelMismatchError, match=f"VIDSEARCH_MODEL_REVISION was 'main', now '{COMMIT_B}'"):
-            _ = elsewhere.store
+            elsewhere.store.milvus()
     finally:
         elsewhere.close()
     same = Runtime(hub_settings.model_copy(update={"model_revision": COMMIT_A}))
@@ -226,7 +226,7 @@ def test_old_collection_of_a_revision_not_in_the_cache_is_refused(hub, hub_setti
     rt = Runtime(hub_settings)
     try:
         with pytest.raises(ModelMismatchError, match="records no snapshot") as err:
-            _ = rt.store
+            rt.store.milvus()
     finally:
         rt.close()
     assert "vidsearch reindex" in str(err.value)
@@ -282,7 +282,7 @@ def test_folder_weights_replaced_under_a_collection_are_refused(settings, tmp_pa
     folder = old_folder_copy(tiny_model, tmp_path / "model")
     folder_settings = settings.model_copy(update={"model": str(folder)})
     rt = Runtime(folder_settings)
-    fill(rt.store, rt.encoder.dim)
+    fill(rt.store.milvus(), rt.encoder.dim)
     old_key = rt.encoder.model_key
     rt.close()
 
@@ -290,7 +290,7 @@ def test_folder_weights_replaced_under_a_collection_are_refused(settings, tmp_pa
     rt = Runtime(folder_settings)
     try:
         with pytest.raises(ModelMismatchError) as err:
-            _ = rt.store
+            rt.store.milvus()
     finally:
         rt.close()
     message = str(err.value)
@@ -305,7 +305,7 @@ def test_old_folder_collection_is_upgraded_to_its_content_hash(settings, tmp_pat
     caplog.set_level(logging.INFO, logger="schema.vectors")
     rt = Runtime(folder_settings)
     try:
-        assert [h.video_id for h in rt.store.search(vectors[1], 1)] == [2]
+        assert [h.video_id for h in rt.store.milvus().search(vectors[1], 1)] == [2]
         snapshot = rt.encoder.snapshot
     finally:
         rt.close()
