@@ -227,11 +227,15 @@ def search(
     Each result lists its best moments (start-end, score), e.g. `moments: 0:12-0:17 (0.312)`.
     """
     from schema.filters import SearchFilters
-    from search_app.search import MAX_IMAGE_BYTES, search_image, search_text
+    from search_app.search import MAX_IMAGE_BYTES, check_k, check_query, search_image, search_text
 
+    # Everything a person can get wrong is refused here, before seconds of model loading.
     filters = SearchFilters.from_text(min_duration, max_duration, since, until, tags or ())
     if (query is None) == (image is None):
         raise UserError("give either a text query or --image PATH (exactly one)")
+    check_k(k)
+    if query is not None:
+        query = check_query(query)
     data = None
     if image is not None:
         if not image.is_file():

@@ -23,12 +23,6 @@ from search_app.timeline import TimelineProgress, TimelineService
 
 log = logging.getLogger(__name__)
 
-STATUS_LABEL = {
-    VideoStatus.QUEUED: "queued",
-    VideoStatus.PROCESSING: "processing",
-    VideoStatus.READY: "done",
-    VideoStatus.FAILED: "failed",
-}
 LIBRARY_COLUMNS = ["id", "title", "status", "duration (s)", "resolution", "codec", "added", "tag", "error"]
 UPLOAD_COLUMNS = ["file", "status", "video id", "detail"]
 
@@ -137,7 +131,7 @@ def library_rows(runtime: Runtime) -> list[list]:
     rows = []
     for v in runtime.catalog.list_videos():
         rows.append([
-            v.id, v.title, STATUS_LABEL[v.status],
+            v.id, v.title, v.status.value,
             round(v.duration, 2) if v.duration is not None else None,
             f"{v.width}×{v.height}" if v.width else "",
             v.codec or "", v.created_at.strftime("%Y-%m-%d %H:%M"), v.tag or "", v.error or "",
@@ -207,7 +201,7 @@ def upload_rows(runtime: Runtime, tracked: list[dict]) -> list[list]:
         if video is None:
             rows.append([t["file"], t["outcome"], t.get("video_id") or "", t.get("detail", "")])
         else:
-            rows.append([t["file"], STATUS_LABEL[video.status], video.id, video.error or t.get("detail", "")])
+            rows.append([t["file"], video.status.value, video.id, video.error or t.get("detail", "")])
     return rows
 
 

@@ -94,15 +94,21 @@ def _rank(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
 def search_text(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, query: str, k: int = 10,
                 filters: SearchFilters | None = None, *,
                 moment_seconds: float | None = DEFAULT_MOMENT_SECONDS) -> list[SearchResult]:
-    query = query.strip()
-    if not query:
-        raise QueryError("type something to search for, e.g. 'a dog catching a frisbee'")
-    _check_k(k)
+    query = check_query(query)
+    check_k(k)
     return search_vector(catalog, store, encoder.embed_text(query), k, filters, moment_seconds=moment_seconds)
 
 
-def _check_k(k: int) -> None:
-    if not 1 <= k <= MAX_K:  # checked before the model runs, too
+def check_query(query: str) -> str:
+    """The query text, stripped; an empty one is refused (before any model is loaded or run)."""
+    query = query.strip()
+    if not query:
+        raise QueryError("type something to search for, e.g. 'a dog catching a frisbee'")
+    return query
+
+
+def check_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:  # checked before the model runs (or loads), too
         raise QueryError(f"k must be between 1 and {MAX_K}")
 
 
@@ -189,6 +195,6 @@ def search_image(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, ima
                  filters: SearchFilters | None = None, *,
                  moment_seconds: float | None = DEFAULT_MOMENT_SECONDS) -> list[SearchResult]:
     """Videos that look like a still image: encoded bytes, a PIL image, or an HxWx3 uint8 array."""
-    _check_k(k)
+    check_k(k)
     return search_vector(catalog, store, embed_query_image(encoder, image), k, filters,
                          moment_seconds=moment_seconds)

@@ -175,3 +175,14 @@ def test_migrate_upgrades_an_old_catalog_then_has_nothing_to_do(cli, tmp_path):
     listed = json.loads(cli("list", "--json").stdout)
     assert [(v["title"], v["status"], v["tag"]) for v in listed] == [("beach.mp4", "ready", None),
                                                                       ("broken.avi", "failed", None)]
+
+
+def test_bad_search_input_is_refused_before_the_model_loads(cli, tmp_path):
+    # A model folder that does not exist: had the model been loaded first, that error would be the one shown.
+    absent = str(tmp_path / "no-model-here")
+    for args, says in ((("search", ""), "type something to search for"),
+                       (("search", "   "), "type something to search for"),
+                       (("search", "a red circle", "-k", "0"), "k must be between 1 and"),
+                       (("search", "a red circle", "-k", "5000"), "k must be between 1 and")):
+        refused = cli(*args, expect=1, VIDSEARCH_MODEL=absent)
+        assert says in refused.stderr and "could not load the CLIP model" not in refused.stderr, refused.stderr

@@ -325,7 +325,7 @@ def test_hostile_upload_names_through_the_running_app(locked, tmp_path):
     assert refused.status_code == 400
     server_paths, (_tracked, table, _files) = upload_through_gradio(client, files)
     rows = table["data"] if isinstance(table, dict) else table
-    assert len(rows) == len(names) and all(row[1] in ("queued", "processing", "done") for row in rows), rows
+    assert len(rows) == len(names) and all(row[1] in ("queued", "processing", "ready") for row in rows), rows
     catalog = Catalog(locked.settings.catalog_url)
     try:
         videos = catalog.videos_by_ids([row[2] for row in rows])

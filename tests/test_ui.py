@@ -37,7 +37,7 @@ def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_mo
         page.locator("#search-btn").click()
         page.get_by_text("No videos yet").wait_for()
 
-        # Upload several videos at once; each row goes queued -> processing -> done.
+        # Upload several videos at once; each row goes queued -> processing -> ready (the CLI's and API's words).
         page.get_by_role("tab", name="Upload").click()
         files = [clips_dir / "red_circle.mp4", clips_dir / "green_square.webm", clips_dir / "blue_triangle.mkv"]
         fake = tmp_path / "holiday.mp4"
@@ -51,7 +51,7 @@ def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_mo
             status.get_by_text(f.name).wait_for()
         page.wait_for_function(
             "() => [...document.querySelectorAll('#upload-status [role=row]')]"
-            ".filter(r => r.innerText.includes('done')).length === 3",
+            ".filter(r => r.innerText.includes('ready')).length === 3",
             timeout=120_000,
         )
         fake_row = page.locator("#upload-status [role=row]", has_text="holiday.mp4")
@@ -76,6 +76,8 @@ def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_mo
         page.get_by_role("button", name="Refresh").click()
         library = page.locator("#library [role=row]")
         library.get_by_text("blue_triangle.mkv").wait_for()
+        statuses = page.locator("#library").inner_text()
+        assert statuses.count("ready") >= 3 and "done" not in statuses, statuses  # one vocabulary: CLI, API, page
         video_id = first.get_attribute("data-video-id")
         page.locator("#delete-id input").fill(str(video_id))
         page.locator("#delete-btn").click()
@@ -201,7 +203,7 @@ def test_image_search_tags_and_filters_in_the_browser(browser, tmp_path, tiny_mo
             _wait_job(client, client.post("/api/videos", files={"file": ("green_square.webm", fh)}).json()["job_id"])
         page.wait_for_function(
             "() => [...document.querySelectorAll('#upload-status [role=row]')]"
-            ".filter(r => r.innerText.includes('done')).length === 2", timeout=120_000)
+            ".filter(r => r.innerText.includes('ready')).length === 2", timeout=120_000)
 
         # Search by image: the green square's still finds the green square clip first.
         page.get_by_role("tab", name="Search").click()
