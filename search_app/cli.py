@@ -68,8 +68,9 @@ def serve(
 
     runtime = _runtime()
     s = runtime.settings
-    typer.echo(f"vidsearch: http://{host or s.host}:{port or s.port}  (data: {s.home_dir})", err=True)
-    run_app(runtime, host or s.host, port or s.port, with_worker=not no_worker)
+    host, port = host or s.host, port or s.port
+    run_app(runtime, host, port, with_worker=not no_worker,
+            on_ready=lambda: typer.echo(f"vidsearch: http://{host}:{port}  (data: {s.home_dir})", err=True))
 
 
 @app.command()

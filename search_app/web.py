@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio.to_thread
@@ -77,7 +77,10 @@ def start_worker_thread(runtime: Runtime, stop: threading.Event) -> threading.Th
     return thread
 
 
-def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True) -> None:
+def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True,
+          on_ready: Callable[[], None] | None = None) -> None:
+    """Load the model and open the store, then serve; `on_ready` runs once both worked (the CLI prints the URL
+    there, so a missing model is the first and only thing a person reads)."""
     import uvicorn
 
     warn_if_exposed(host, load_credentials(runtime.settings.auth))  # also rejects a malformed VIDSEARCH_AUTH early
@@ -87,6 +90,8 @@ def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True) -> N
     stop = threading.Event()
     thread = start_worker_thread(runtime, stop) if with_worker else None
     app = create_app(runtime)
+    if on_ready is not None:
+        on_ready()
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

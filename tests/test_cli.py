@@ -186,3 +186,9 @@ def test_bad_search_input_is_refused_before_the_model_loads(cli, tmp_path):
                        (("search", "a red circle", "-k", "5000"), "k must be between 1 and")):
         refused = cli(*args, expect=1, VIDSEARCH_MODEL=absent)
         assert says in refused.stderr and "could not load the CLIP model" not in refused.stderr, refused.stderr
+
+
+def test_serve_checks_the_model_before_it_announces_the_url(cli, tmp_path):
+    refused = cli("serve", "--port", "1", expect=1, VIDSEARCH_MODEL=str(tmp_path / "no-model-here"))
+    assert "could not load the CLIP model" in refused.stderr
+    assert "http://" not in refused.stderr + refused.stdout, "the URL was announced for an app that cannot start"
