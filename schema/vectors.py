@@ -26,6 +26,18 @@ from schema.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
+class _NoLiteTimestampWarning(logging.Filter):
+    """Milvus Lite sends no session timestamp for query iterators, so pymilvus warns "failed to get mvccTs ..." on
+    every scan and falls back to the client's clock, which is what Strong consistency needs anyway. The warning says
+    nothing a person can act on, so it is dropped (only that one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_NoLiteTimestampWarning())
+
 # Given the (model, revision) an old collection recorded, the snapshot that names now (the encoder looks it up in
 # the Hugging Face cache, or hashes the folder); None when it cannot tell.
 LegacySnapshot = Callable[[str, "str | None"], "str | None"]
@@ -488,6 +500,7 @@ class MilvusVectorStore:
         counts: Counter[int] = Counter()
 
         def scan() -> None:
+            counts.clear()  # `_call` runs it again after a lost connection: count once, not once per attempt
             iterator = self.client.query_iterator(collection, batch_size=4000, filter="",
                                                   output_fields=["video_id"])
             try:

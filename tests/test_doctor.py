@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -62,3 +63,44 @@ def test_doctor_finds_and_repairs_every_kind_of_damage(runtime, clips_dir):
     assert green.id in {h.video_id for h in hits}
     blue = catalog.get_video(ids["blue_triangle.mkv"])
     assert blue.status is VideoStatus.FAILED and "stored file is missing" in blue.error
+
+
+def _ingest_two(runtime, clips_dir) -> list[int]:
+    for name in ("red_circle.mp4", "green_square.webm"):
+        enqueue_file(runtime.catalog, runtime.settings, clips_dir / name)
+    with Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings) as worker:
+        worker.run_until_empty()
+    return [v.id for v in runtime.catalog.list_videos()]
+
+
+def test_a_retried_milvus_scan_counts_each_vector_once(runtime, clips_dir):
+    from pymilvus.exceptions import MilvusException
+
+    ids = _ingest_two(runtime, clips_dir)
+    store = runtime.store.milvus()
+    real = store.client.query_iterator
+
+    class LosesTheConnection:  # the first batch arrives, then the server goes away (a real reconnect follows)
+        def __init__(self, *args, **kwargs):
+            self.inner, self.calls = real(*args, **kwargs), 0
+
+        def next(self):
+            self.calls += 1
+            if self.calls == 2:
+                raise MilvusException(message="fail connecting to server 127.0.0.1")
+            return self.inner.next()
+
+        def close(self):
+            self.inner.close()
+
+    store.client.query_iterator = LosesTheConnection
+    assert store.vector_counts() == {v: 1 for v in ids}
+    assert store.segment_counts() == {v: 4 for v in ids}
+    assert examine(runtime.catalog, store, runtime.settings, lease_seconds=600) == []  # no "duplicate vectors"
+
+
+def test_doctor_says_nothing_of_pymilvus_internals(runtime, clips_dir, caplog):
+    _ingest_two(runtime, clips_dir)
+    with caplog.at_level(logging.WARNING):
+        assert examine(runtime.catalog, runtime.store.existing(), runtime.settings, lease_seconds=600) == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("pymilvus")] == []
