@@ -7,7 +7,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -76,25 +75,67 @@ def stored_path_for(settings: Settings, sha256: str, name: str) -> Path:
     return settings.videos_dir / sha256[:2] / f"{sha256}{_safe_suffix(name)}"
 
 
-def _copy_in(src: Path, dest: Path) -> None:
-    """Copy atomically: a crash never leaves a half-written file under the content-addressed name."""
-    if dest.exists():
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".incoming-")
+def _copy_hashing(src: Path, folder: Path) -> tuple[Path, str]:
+    """Copy `src` to a temporary file in `folder`, hashing the bytes as they are written: (temp file, its sha256).
+    The hash is of what was stored, whatever the source did meanwhile."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
+    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as handle:
-            shutil.copyfileobj(handle, out, 1 << 20)
-        os.replace(tmp, dest)
+            while block := handle.read(1 << 20):
+                digest.update(block)
+                out.write(block)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp), digest.hexdigest()
+
+
+def _place(tmp: Path, dest: Path, digest: str) -> None:
+    """Rename a fully written file to its content-addressed name (atomic: a crash never leaves half a file there).
+    A file already at that name is kept only if it really holds that content; a damaged one is replaced."""
+    try:
+        if dest.exists():
+            if sha256_file(dest) == digest:
+                return
+            log.warning("replacing %s: its content does not match its name (damaged or changed on disk)", dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _store(settings: Settings, src: Path, shown: str, expected: str, *, move: bool) -> tuple[str, Path]:
+    """Bring `src` into the videos folder under the hash of the bytes stored: (sha256, stored path).
+
+    move: `src` is our own temporary file (an upload), renamed into place instead of written a second time when it
+    is on the same file system."""
+    if move:
+        tmp = settings.videos_dir / f".incoming-{os.getpid()}-{os.urandom(6).hex()}"
+        try:
+            settings.videos_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(src, tmp)  # nobody else writes our temporary file: `expected` is its hash
+            digest = expected
+        except OSError:  # another file system: copy it after all
+            tmp, digest = _copy_hashing(src, settings.videos_dir)
+    else:
+        tmp, digest = _copy_hashing(src, settings.videos_dir)
+    if digest != expected:
+        log.warning("%s changed while it was being added; stored as its new content", src)
+    dest = stored_path_for(settings, digest, shown)
+    _place(tmp, dest, digest)
+    return digest, dest
 
 
 def enqueue_file(catalog: Catalog, settings: Settings, src: Path, *, title: str | None = None,
-                 link: bool = False, check_video: bool = True, tag: str | None = None) -> Enqueued:
+                 link: bool = False, check_video: bool = True, tag: str | None = None, move: bool = False
+                 ) -> Enqueued:
     """Register one file for ingestion. Same content twice is recognised by its SHA-256 and not embedded again
-    (it keeps the tag it was first given)."""
+    (it keeps the tag it was first given). The file is hashed first, so content already in the library costs no
+    copy; a new file is hashed again as it is copied, and stored under the hash of what was written.
+
+    move: `src` is a temporary file of ours (an upload) that may be renamed into the library; it is gone after."""
     src = Path(src)
     tag = check_tag(tag) if tag else None
     shown = safe_title(title if title is not None else src.name)
@@ -107,11 +148,13 @@ def enqueue_file(catalog: Catalog, settings: Settings, src: Path, *, title: str 
     if link:
         stored, owned = src.resolve(), False
     else:
-        stored, owned = stored_path_for(settings, digest, shown), True
-        _copy_in(src, stored)
+        digest, stored = _store(settings, src, shown, digest, move=move)
+        owned = True
+        if (existing := catalog.find_by_sha(digest)) is not None:  # it changed into content we already have
+            return _existing(catalog, str(src), existing)
     try:
         video, job = catalog.add_video(sha256=digest, title=shown, stored_path=str(stored), owned=owned,
-                                       size_bytes=src.stat().st_size, tag=tag)
+                                       size_bytes=stored.stat().st_size, tag=tag)
     except IntegrityError:  # another process registered the same content between our check and insert
         if (again := catalog.find_by_sha(digest)) is None:
             raise

@@ -545,7 +545,9 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
             raise HTTPException(422, f"send the video in a multipart file field named '{UPLOAD_FIELD}'")
         tmp, name = received
         try:
-            result = await run_in_threadpool(enqueue_file, runtime.catalog, settings, tmp, title=name, tag=tag)
+            # move: the received file is renamed into the library, not written a second time.
+            result = await run_in_threadpool(enqueue_file, runtime.catalog, settings, tmp, title=name, tag=tag,
+                                             move=True)
         finally:
             tmp.unlink(missing_ok=True)
         if result.outcome is Outcome.NOT_VIDEO or result.video_id is None:

@@ -306,7 +306,8 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
             for p in paths or []:
                 path = Path(p)
                 try:
-                    r = enqueue_file(runtime.catalog, runtime.settings, path, title=path.name, tag=tag)
+                    # Gradio's upload copy is renamed into the library where it can be, not copied again.
+                    r = enqueue_file(runtime.catalog, runtime.settings, path, title=path.name, tag=tag, move=True)
                 except OSError as exc:
                     current.append({"file": path.name, "outcome": "failed", "video_id": None, "detail": str(exc)})
                     continue

@@ -172,3 +172,61 @@ def test_a_busy_fixed_port_is_refused(tmp_path):
         other.listen()
         with pytest.raises(LiteServerError, match="already in use"):
             ensure_server(tmp_path / "milvus", port=other.getsockname()[1])
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_a_file_that_changes_while_it_is_added_is_stored_under_the_hash_of_what_was_stored(
+        catalog, plain_settings, clips_dir, tmp_path, monkeypatch):
+    import ingest.library as library
+
+    src = tmp_path / "growing.mp4"
+    src.write_bytes((clips_dir / "red_circle.mp4").read_bytes())
+    real = library.sha256_file
+
+    def hash_then_change(path, *args):  # the file is still being written by someone else (a camera, a copy)
+        digest = real(path, *args)
+        if Path(path) == src:
+            with open(src, "ab") as more:
+                more.write(b"\x00" * 4096)
+        return digest
+
+    monkeypatch.setattr(library, "sha256_file", hash_then_change)
+    result = enqueue_file(catalog, plain_settings, src)
+    video = catalog.get_video(result.video_id)
+    stored = Path(video.stored_path)
+    assert _sha(stored) == video.sha256 and stored.name.startswith(video.sha256)  # the row names what is stored
+    assert video.size_bytes == stored.stat().st_size
+
+
+def test_a_damaged_file_under_the_content_name_is_replaced_not_trusted(catalog, plain_settings, clips_dir):
+    src = clips_dir / "red_circle.mp4"
+    dest = stored_path_for(plain_settings, _sha(src), src.name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(b"left over from a crash or a bad disk")
+    result = enqueue_file(catalog, plain_settings, src)
+    assert Path(catalog.get_video(result.video_id).stored_path) == dest
+    assert dest.read_bytes() == src.read_bytes()
+
+
+def test_an_upload_is_renamed_into_the_library_not_copied(catalog, plain_settings, clips_dir, tmp_path, monkeypatch):
+    import ingest.library as library
+
+    upload = plain_settings.home_dir / "incoming" / "tmp-upload"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes((clips_dir / "green_square.webm").read_bytes())
+    inode = upload.stat().st_ino
+
+    def no_copy(*_args):
+        raise AssertionError("an upload on the same file system must not be written a second time")
+
+    monkeypatch.setattr(library, "_copy_hashing", no_copy)
+    result = enqueue_file(catalog, plain_settings, upload, title="green.webm", move=True)
+    stored = Path(catalog.get_video(result.video_id).stored_path)
+    assert stored.stat().st_ino == inode and not upload.exists()
+    assert _sha(stored) == catalog.get_video(result.video_id).sha256
+    assert not list(plain_settings.videos_dir.glob(".incoming-*"))
