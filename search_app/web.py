@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio.to_thread
 import gradio as gr
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from ingest.runtime import Runtime
 from ingest.worker import JobResult, Worker
@@ -38,7 +39,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         finally:
             await anyio.to_thread.run_sync(timelines.close)  # stops its decode process
 
-    app = FastAPI(title="vidsearch", lifespan=lifespan)
+    # /docs with Swagger UI served from the package, not a CDN: it works on a machine without internet.
+    app = FastAPIOffline(title="vidsearch", lifespan=lifespan)
     app.state.model_slots = slots
     app.state.timelines = timelines
     runtime.settings.videos_dir.mkdir(parents=True, exist_ok=True)

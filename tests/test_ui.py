@@ -251,3 +251,18 @@ def test_image_search_tags_and_filters_in_the_browser(browser, tmp_path, tiny_mo
         page.locator("#search-btn").click()
         page.wait_for_function("() => document.querySelectorAll('#results .vs-card').length === 2")
         page.close()
+
+
+@pytest.mark.browser
+def test_api_docs_render_without_internet(browser, tmp_path, tiny_model, artifacts_dir):
+    """/docs must not need a CDN (this browser reaches nothing but the app): Swagger UI renders the API's routes."""
+    with running_server(tmp_path / "home", tiny_model, tmp_path / "serve.log") as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        outside: list[str] = []
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(url) else None)
+        page.goto(url + "/docs")
+        page.locator(".swagger-ui .opblock-summary-path", has_text="/api/search").first.wait_for(timeout=30_000)
+        assert page.locator(".swagger-ui .opblock").count() >= 8
+        page.screenshot(path=str(artifacts_dir / "ui-docs.png"), full_page=False)
+        assert outside == [], outside
+        page.close()
