@@ -248,6 +248,10 @@ class MilvusVectorStore:
                         if not self.client.has_collection(name):  # a real failure, not a lost race
                             raise
                 self._check_compatible(name, upgraded)
+                # A restarted server (Milvus Lite always) has its collections released: load them now, rather than
+                # let the first query fail (pymilvus logs that failure with a traceback) and be retried by `_call`.
+                if getattr(self.client.get_load_state(name).get("state"), "name", "") == "NotLoad":
+                    self.client.load_collection(name)
             except MilvusException as exc:
                 raise VectorStoreError(f"Milvus could not open collection '{name}': {exc}") from exc
         if upgraded:

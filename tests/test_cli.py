@@ -192,3 +192,11 @@ def test_serve_checks_the_model_before_it_announces_the_url(cli, tmp_path):
     refused = cli("serve", "--port", "1", expect=1, VIDSEARCH_MODEL=str(tmp_path / "no-model-here"))
     assert "could not load the CLIP model" in refused.stderr
     assert "http://" not in refused.stderr + refused.stdout, "the URL was announced for an app that cannot start"
+
+
+def test_search_after_the_milvus_lite_server_restarted_is_quiet(cli, clips_dir):
+    cli("ingest", str(clips_dir / "red_circle.mp4"), "--wait")
+    cli("milvus", "stop")  # the next command starts it again: its collections come back released
+    found = cli("search", "a red circle", "--json", "-k", "1")  # `cli` also asserts no traceback on stderr
+    assert json.loads(found.stdout)[0]["title"] == "red_circle.mp4"
+    assert "released" not in found.stderr and "RPC error" not in found.stderr, found.stderr
