@@ -54,6 +54,13 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log pro
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _service_logging() -> None:
+    """Long-running commands (serve, worker) tell what they started and each video they finish, at INFO; one-shot
+    commands stay quiet unless -v."""
+    for package in ("schema", "ingest", "search_app"):
+        logging.getLogger(package).setLevel(min(logging.getLogger(package).getEffectiveLevel(), logging.INFO))
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default VIDSEARCH_HOST, 127.0.0.1).")] = None,
@@ -66,6 +73,7 @@ def serve(
     """
     from search_app.web import serve as run_app
 
+    _service_logging()
     runtime = _runtime()
     s = runtime.settings
     host, port = host or s.host, port or s.port
@@ -182,6 +190,7 @@ def worker() -> None:
     """Process queued jobs until interrupted (Ctrl-C requeues the job in progress)."""
     from ingest.worker import JobResult, Worker
 
+    _service_logging()
     runtime = _runtime()
     w = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
     stop = threading.Event()

@@ -92,6 +92,11 @@ def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True,
     stop = threading.Event()
     thread = start_worker_thread(runtime, stop) if with_worker else None
     app = create_app(runtime)
+    s, encoder = runtime.settings, runtime.encoder
+    endpoint = s.milvus_uri or f"embedded Milvus Lite in {s.milvus_lite_dir}"
+    log.info("model %s (dim %d) on %s; vector store: %s%s; catalog: %s; data folder: %s; worker: %s", encoder.key,
+             encoder.dim, encoder.device, endpoint, " (Milvus Lite)" if runtime.store.is_lite else "",
+             s.catalog_url.split("@")[-1], s.home_dir, "on" if with_worker else "off")
     if on_ready is not None:
         on_ready()
     try:

@@ -200,3 +200,27 @@ def test_search_after_the_milvus_lite_server_restarted_is_quiet(cli, clips_dir):
     found = cli("search", "a red circle", "--json", "-k", "1")  # `cli` also asserts no traceback on stderr
     assert json.loads(found.stdout)[0]["title"] == "red_circle.mp4"
     assert "released" not in found.stderr and "RPC error" not in found.stderr, found.stderr
+
+
+def test_serve_logs_what_it_started_and_each_video_it_finished(tmp_path, tiny_model, clips_dir):
+    import time
+
+    import httpx
+
+    from tests.procs import running_server
+
+    log = tmp_path / "serve.log"
+    with running_server(tmp_path / "home", tiny_model, log) as url, httpx.Client(base_url=url, timeout=60) as client:
+        with open(clips_dir / "red_circle.mp4", "rb") as f:
+            job = client.post("/api/videos", files={"file": ("red_circle.mp4", f)}).json()["job_id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/jobs/{job}").json()["state"] != "done":
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        time.sleep(0.5)  # the worker logs after the catalog commit the API just saw
+    text = log.read_text()
+    started = next((line for line in text.splitlines() if "INFO search_app.web: model" in line), "")
+    dim = json.loads((tiny_model / "config.json").read_text())["projection_dim"]
+    assert f"(dim {dim}) on cpu" in started and "(Milvus Lite)" in started and "data folder" in started, text
+    assert text.index("INFO search_app.web: model") < text.index("vidsearch: http://")  # announced once ready
+    assert "INFO search_app.web: video 1 ready: red_circle.mp4" in text, text
