@@ -59,3 +59,25 @@ def running_server(home: Path, model: Path, log_path: Path, *extra: str, env_ext
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         subprocess.run([*vidsearch_cmd(), "milvus", "stop"], env=env, capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, join_timeout: float = 60.0) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a background thread of this process, on a free loopback port; yield its
+    base URL; stop it."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=join_timeout)

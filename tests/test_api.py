@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -36,7 +35,7 @@ from ingest.runtime import Runtime
 from schema.settings import Settings
 from search_app.web import create_app, start_worker_thread
 from tests.conftest import CLIPS
-from tests.procs import free_port
+from tests.procs import serve_in_thread
 from tests.videos import render_frame, write_video
 
 FUZZ_EXAMPLES = 30
@@ -56,19 +55,10 @@ def serve(settings: Settings, *, worker: bool = True) -> Iterator[Served]:
     runtime = Runtime(settings)
     stop = threading.Event()
     worker_thread = start_worker_thread(runtime, stop) if worker else None
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield Served(f"http://127.0.0.1:{port}", runtime)
+        with serve_in_thread(create_app(runtime), join_timeout=30) as url:
+            yield Served(url, runtime)
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         stop.set()
         if worker_thread is not None:
             worker_thread.join(timeout=60)

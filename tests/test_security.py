@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import unicodedata
 import urllib.parse
@@ -33,7 +32,7 @@ from ingest.library import MAX_TITLE, Outcome, enqueue_file, safe_title
 from schema.catalog import Catalog
 from schema.settings import Settings
 from tests.conftest import cli_env
-from tests.procs import free_port, vidsearch_cmd, wait_http
+from tests.procs import free_port, serve_in_thread, vidsearch_cmd, wait_http
 from tests.videos import write_video
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -128,24 +127,14 @@ def distinct_video(path: Path, i: int) -> Path:
 @contextlib.contextmanager
 def app_in_thread(settings: Settings) -> Iterator[str]:
     """The real app of `create_app` under uvicorn on a free loopback port; yields its base URL."""
-    import uvicorn
-
     from ingest.runtime import Runtime
     from search_app.web import create_app
 
     runtime = Runtime(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=free_port(),
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        while not server.started:
-            assert thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{server.config.port}"
+        with serve_in_thread(create_app(runtime), join_timeout=30) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         runtime.close()
 
 

@@ -20,7 +20,6 @@ import anyio
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from ingest.library import enqueue_file
@@ -32,7 +31,7 @@ from search_app.timeline import TimelineService
 from search_app.web import create_app
 from tests.conftest import drop_stored_segments
 from tests.hostile import _encode, write_slow_to_sample
-from tests.procs import free_port
+from tests.procs import serve_in_thread
 from tests.videos import write_video
 
 TEXTS = ("a red circle", "a blue square")
@@ -96,18 +95,10 @@ def serve(settings: Settings, encoder=None) -> Iterator[App]:
     if encoder is not None:
         runtime.__dict__["encoder"] = encoder(runtime.encoder)
     app = create_app(runtime)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield App(f"http://127.0.0.1:{server.config.port}", app, runtime)
+        with serve_in_thread(app) as url:
+            yield App(url, app, runtime)
     finally:
-        server.should_exit = True
-        thread.join(timeout=60)
         runtime.close()
 
 
