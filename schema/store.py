@@ -34,7 +34,6 @@ from schema.vectors import (
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Identity:
     """What the collections must record for the configured model (see MilvusVectorStore.open)."""
@@ -91,7 +90,7 @@ class Store:
                     raise RuntimeError("this Store was opened without a model: it can only read and delete")
                 model = self._model()
                 self._bound = MilvusVectorStore.open(self.settings, model.dim, model.key, client=self.client(),
-                                                     legacy_snapshot=model.legacy_snapshot)
+                                                     lite=self.is_lite, legacy_snapshot=model.legacy_snapshot)
                 self._client = None  # the bound store owns it now (and replaces it on reconnect)
             return self._bound
 
@@ -113,7 +112,7 @@ class Store:
         with self._lock:
             if self._bound is not None:
                 return self._bound
-            return MilvusVectorStore.attach(self.settings, client=self.client())
+            return MilvusVectorStore.attach(self.settings, client=self.client(), lite=self.is_lite)
 
     def warm(self) -> None:
         """Open the collection and start building the in-memory copy, so that the first searches are fast."""

@@ -197,7 +197,7 @@ class MilvusVectorStore:
         self.has_filter_fields = True  # False for a collection created by a version without filters
 
     @classmethod
-    def open(cls, settings: Settings, dim: int, model: str | ModelKey, *, client=None,
+    def open(cls, settings: Settings, dim: int, model: str | ModelKey, *, client=None, lite: bool | None = None,
              legacy_snapshot: LegacySnapshot | None = None) -> MilvusVectorStore:
         """Connect (or use `client`), create the collections if needed, and refuse collections built with another
         model.
@@ -209,13 +209,14 @@ class MilvusVectorStore:
         client = client if client is not None else connect(settings)
         store = cls(client, settings.collection, dim, model, index_type=settings.index_type,
                     index_params=settings.index_params, search_params=settings.search_params,
-                    lite=is_milvus_lite(client), rerank=settings.rerank, legacy_snapshot=legacy_snapshot)
+                    lite=is_milvus_lite(client) if lite is None else lite, rerank=settings.rerank,
+                    legacy_snapshot=legacy_snapshot)
         store.reconnect = lambda: connect(settings)
         store._ensure_collection()
         return store
 
     @classmethod
-    def attach(cls, settings: Settings, *, client=None) -> MilvusVectorStore | None:
+    def attach(cls, settings: Settings, *, client=None, lite: bool | None = None) -> MilvusVectorStore | None:
         """Open an existing collection whatever model built it (old or new properties); None if there is none yet
         (a client passed in is left open then, one made here is closed)."""
         own = client is None
@@ -229,7 +230,8 @@ class MilvusVectorStore:
         props = info.get("properties") or {}
         recorded = ModelKey.from_properties(props, dim)
         store = cls(client, settings.collection, dim, recorded if recorded is not None else props.get(PROP_MODEL, ""),
-                    lite=is_milvus_lite(client), rerank=settings.rerank, search_params=settings.search_params)
+                    lite=is_milvus_lite(client) if lite is None else lite, rerank=settings.rerank,
+                    search_params=settings.search_params)
         store.reconnect = lambda: connect(settings)
         store.has_filter_fields = all(f in {x.get("name") for x in info["fields"]} for f in FILTER_FIELDS)
         return store
