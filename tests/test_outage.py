@@ -49,7 +49,9 @@ def test_vector_store_outage_keeps_jobs_waiting_and_recovers(tmp_path, tiny_mode
         video, job = catalog.get_video(late.video_id), catalog.jobs_for([late.video_id])[late.video_id]
         assert video.status in (VideoStatus.QUEUED, VideoStatus.PROCESSING)  # never ready while unsearchable
         assert job.state in (JobState.QUEUED, JobState.RUNNING) and job.attempts <= 1  # outages do not count
-        with pytest.raises(VectorStoreError, match="Milvus search failed"):
+        # Through the in-memory copy (on for Lite): the search, or the copy's fetch of a newly ready vector, is what
+        # finds the server gone, depending on whether the copy is current.
+        with pytest.raises(VectorStoreError, match=r"Milvus (search|query) failed: .*[Ff]ail connecting"):
             search_text(catalog, runtime.store, runtime.encoder, "a red circle", 3)
         message = search_html(runtime, "a red circle", 3)
         assert "vector store is not reachable" in message and "Traceback" not in message
