@@ -36,6 +36,23 @@ log = logging.getLogger(__name__)
 
 DecodeMode = Literal["process", "thread"]
 STARTUP_GRACE_SECONDS = 10.0
+# How a decode process ends when it is stopped rather than crashed: pebble's SIGTERM handler exits with the signal
+# number; a SIGHUP/SIGINT/SIGTERM death shows as its negative. A service manager stopping the whole group does this.
+STOPPED_EXIT_CODES = frozenset({signal.SIGTERM, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP})
+FailureKind = Literal["error", "crash", "stopped"]
+
+
+class DecodeFailure(str):
+    """Why one file's decoding failed: the message for a person (the string itself), and its `kind`: the file's own
+    error, a decoder process that died on it ("crash": a segfault, the OOM killer), or one stopped from outside
+    ("stopped": not the file's doing). The worker retries a crash alone before failing the file."""
+
+    kind: FailureKind
+
+    def __new__(cls, message: str, kind: FailureKind = "error") -> DecodeFailure:
+        failure = super().__new__(cls, message)
+        failure.kind = kind
+        return failure
 
 
 @dataclass(frozen=True)
@@ -103,18 +120,21 @@ def _init_process(started) -> None:
     started.put(os.getpid())  # see DecodePool.close
 
 
-def failure_message(exc: BaseException, timeout: float | None) -> str:
+def failure_message(exc: BaseException, timeout: float | None) -> DecodeFailure:
     """What to tell a person about a file whose decoding failed."""
     from pebble import ProcessExpired
 
     if isinstance(exc, DecodeError):
-        return str(exc)
+        return DecodeFailure(str(exc))
     if isinstance(exc, FutureTimeout | TimeoutError):
-        return (f"decoding took longer than {timeout:g} s and was stopped; the file may be damaged or crafted to "
-                "stall the decoder")
+        return DecodeFailure(f"decoding took longer than {timeout:g} s and was stopped; the file may be damaged or "
+                             "crafted to stall the decoder")
     if isinstance(exc, ProcessExpired):
-        return f"the decoder crashed on this file (exit code {exc.exitcode}); the file is probably damaged"
-    return f"could not read the video: {exc.__class__.__name__}: {exc}"
+        if exc.exitcode in STOPPED_EXIT_CODES:
+            return DecodeFailure(f"the decoder was stopped from outside (exit code {exc.exitcode})", "stopped")
+        return DecodeFailure(f"the decoder crashed on this file (exit code {exc.exitcode}): the file is probably "
+                             "damaged, or decoding it needs more memory than there is", "crash")
+    return DecodeFailure(f"could not read the video: {exc.__class__.__name__}: {exc}")
 
 
 class DecodePool:
@@ -146,20 +166,20 @@ class DecodePool:
             return self._pool.schedule(decode, args=(self.request, Path(path)), timeout=self.timeout)
         return self._pool.submit(decode, self.request, Path(path))
 
-    def outcome(self, future: Future) -> Decoded | str:
+    def outcome(self, future: Future) -> Decoded | DecodeFailure:
         """The decoded video, or a message saying why this file (and only this file) failed."""
         try:
             return future.result()
         except Exception as exc:
             return self.explain(exc)
 
-    def explain(self, exc: BaseException) -> str:
+    def explain(self, exc: BaseException) -> DecodeFailure:
         """Why a file's decoding failed, for a person; the unexpected kinds are logged too."""
         if not isinstance(exc, DecodeError | FutureTimeout | TimeoutError):
             log.warning("decoding failed: %s", exc, exc_info=not _is_expired(exc))
         return failure_message(exc, self.timeout)
 
-    def map(self, paths: list[Path]) -> list[Decoded | str]:
+    def map(self, paths: list[Path]) -> list[Decoded | DecodeFailure]:
         """Decode all of `paths` (in parallel), in order: each the decoded video or why it failed."""
         futures = [self.submit(p) for p in paths]
         return [self.outcome(f) for f in futures]

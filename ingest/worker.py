@@ -64,7 +64,7 @@ class Worker:
                  poll_seconds: float = 1.0, *, decode_workers: int = 2, claim_size: int = 16,
                  write_batch: int = 32, decode_mode: DecodeMode = "process",
                  decode_timeout: float | None = 120.0, limits: Limits = Limits(),  # noqa: B008 (frozen)
-                 sampling: Sampling | None = None, thumbnails_dir: Path | None = None) -> None:
+                 sampling: Sampling | None = None, thumbnails_dir: Path | None = None, max_crashes: int = 2) -> None:
         self.catalog = catalog
         self.store = store
         self.encoder = encoder
@@ -78,8 +78,10 @@ class Worker:
         self.limits = limits
         self.sampling = sampling or Sampling(frames)  # how many frames a video of a given duration gets
         self.thumbnails_dir = thumbnails_dir  # None: no thumbnails
+        self.max_crashes = max_crashes
         self._videos: dict[int, Video] = {}  # job id -> its catalog video, for the batch in progress
         self._pool: DecodePool | None = None  # started on first use, kept for the worker's life
+        self._alone: DecodePool | None = None  # one decode process for suspect jobs when decoding in threads
 
     @classmethod
     def from_settings(cls, catalog: Catalog, store: VectorStore, encoder: ClipEncoder, settings) -> Worker:
@@ -88,21 +90,33 @@ class Worker:
                    write_batch=settings.write_batch, decode_mode=settings.decode_mode,
                    decode_timeout=settings.decode_timeout_seconds,
                    limits=Limits.from_settings(settings), sampling=Sampling.from_settings(settings),
-                   thumbnails_dir=settings.thumbnails_dir)
+                   thumbnails_dir=settings.thumbnails_dir, max_crashes=settings.max_crashes)
+
+    def _request(self) -> DecodeRequest:
+        return DecodeRequest(self.encoder.prep, self.sampling, self.limits, thumbs=self.thumbnails_dir is not None)
 
     def decode_pool(self) -> DecodePool:
         if self._pool is None:
-            request = DecodeRequest(self.encoder.prep, self.sampling, self.limits,
-                                    thumbs=self.thumbnails_dir is not None)
-            self._pool = DecodePool(request, workers=self.decode_workers, mode=self.decode_mode,
+            self._pool = DecodePool(self._request(), workers=self.decode_workers, mode=self.decode_mode,
                                     timeout=self.decode_timeout)
         return self._pool
 
+    def pool_for(self, jobs: list[Job]) -> DecodePool:
+        """The decode pool for a claimed batch. A suspect job (its last worker died running it: see Job.suspect)
+        comes alone and, when the worker decodes in threads, is decoded in a process of its own: a file that kills
+        its decoder then takes down that process, which this worker sees and counts, instead of the worker."""
+        if self.decode_mode == "process" or not any(job.suspect for job in jobs):
+            return self.decode_pool()
+        if self._alone is None:
+            self._alone = DecodePool(self._request(), workers=1, mode="process", timeout=self.decode_timeout)
+        return self._alone
+
     def close(self) -> None:
         """Stop the decode workers."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._alone):
+            if pool is not None:
+                pool.close()
+        self._pool = self._alone = None
 
     def __enter__(self) -> Worker:
         return self
@@ -133,12 +147,13 @@ class Worker:
                 items.append((job.id, Path(video.stored_path)))
         pending: list[Embedded] = []
 
-        for item in embed_videos(self.encoder, items, self.sampling, pool=self.decode_pool(),
+        for item in embed_videos(self.encoder, items, self.sampling, pool=self.pool_for(jobs),
                                  prefetch=max(2, 2 * self.decode_workers)):
             self.catalog.heartbeat([j.id for j in jobs])
             job = by_id[item.key]
             if item.error is not None:
-                emit(self._fail(job, titles[job.id], item.error))
+                if (result := self._decode_failed(job, titles[job.id], item.error)) is not None:
+                    emit(result)
                 continue
             pending.append(item)
             if len(pending) >= self.write_batch:
@@ -171,6 +186,22 @@ class Worker:
         self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done])
         return [JobResult(d.key, jobs[d.key].video_id, titles[d.key]) for d in done]
 
+    def _decode_failed(self, job: Job, title: str, reason: str) -> JobResult | None:
+        """A file's decoding failed: fail the job, or (a decoder that died on it, or was stopped from outside) put
+        it back in the queue. Returns the failed job's result, None for a job requeued."""
+        kind = getattr(reason, "kind", "error")
+        if kind == "stopped":  # the service manager is stopping us all: not the file's doing
+            self.catalog.requeue_jobs([job.id], count_attempt=False)
+            return None
+        if kind == "crash":
+            if self.catalog.crashed(job.id, reason, self.max_crashes):
+                failed = self.catalog.get_job(job.id)
+                log.warning("job %d (video %d) failed: %s", job.id, job.video_id, failed.error if failed else reason)
+                return JobResult(job.id, job.video_id, title, failed.error if failed else reason)
+            log.warning("job %d (video %d): %s; it will be retried alone", job.id, job.video_id, reason)
+            return None
+        return self._fail(job, title, reason)
+
     def _fail(self, job: Job, title: str, reason: str) -> JobResult:
         self.catalog.finish_job(job.id, reason)
         log.warning("job %d (video %d) failed: %s", job.id, job.video_id, reason)
@@ -178,7 +209,9 @@ class Worker:
 
     def run_once(self, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
         """Claim queued jobs and process them. Interrupted or failed storage: unfinished jobs are requeued."""
-        self.catalog.recover(LEASE_SECONDS, MAX_ATTEMPTS)
+        if requeued := self.catalog.recover(LEASE_SECONDS, MAX_ATTEMPTS):
+            log.warning("%d job(s) of a worker that stopped unexpectedly are queued again, to be retried one at a "
+                        "time", len(requeued))
         jobs = self.catalog.claim_jobs(self.claim_size)
         if not jobs:
             return []

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
     func,
     select,
     update,
@@ -105,6 +107,10 @@ class Job(Base):
         Enum(JobState, values_callable=lambda e: [m.value for m in e]), default=JobState.QUEUED, index=True
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # A worker died while this job was running: it is retried alone, its frames decoded in a process of their own,
+    # so a file that kills what decodes it is told apart from its batch neighbours and from an outside kill.
+    suspect: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # decoder deaths seen on this file
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -230,27 +236,38 @@ class Catalog:
 
     # --- jobs ---------------------------------------------------------------------------------------------------
     def claim_jobs(self, limit: int, worker: str | None = None) -> list[Job]:
-        """Atomically move up to `limit` queued jobs to running; safe with many worker processes."""
+        """Atomically move up to `limit` queued jobs to running; safe with many worker processes. A suspect job
+        (see Job.suspect) is claimed alone: its batch is just itself."""
         worker = worker or worker_name()
         claimed: list[Job] = []
         with self.sessions.begin() as s:
             now = utcnow()
+            suspect = self._claim_next(s, worker, now, suspect=True)
+            if suspect is not None:
+                return [suspect]
             for _ in range(limit):
-                # One UPDATE ... WHERE state='queued' per job: a job another process claimed first simply
-                # matches no row here, so no two workers ever run the same job.
-                next_id = select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.id).limit(1).scalar_subquery()
-                row = s.execute(
-                    update(Job)
-                    .where(Job.id == next_id, Job.state == JobState.QUEUED)
-                    .values(state=JobState.RUNNING, worker=worker, started_at=now, updated_at=now,
-                            attempts=Job.attempts + 1)
-                    .returning(Job.id, Job.video_id)
-                ).first()
-                if row is None:
+                job = self._claim_next(s, worker, now, suspect=False)
+                if job is None:
                     break
-                s.execute(update(Video).where(Video.id == row.video_id).values(status=VideoStatus.PROCESSING))
-                claimed.append(s.get(Job, row.id))
+                claimed.append(job)
         return claimed
+
+    @staticmethod
+    def _claim_next(s, worker: str, now: datetime, *, suspect: bool) -> Job | None:
+        # One UPDATE ... WHERE state='queued' per job: a job another process claimed first simply matches no row
+        # here, so no two workers ever run the same job.
+        next_id = (select(Job.id).where(Job.state == JobState.QUEUED, Job.suspect == suspect)
+                   .order_by(Job.id).limit(1).scalar_subquery())
+        row = s.execute(
+            update(Job)
+            .where(Job.id == next_id, Job.state == JobState.QUEUED)
+            .values(state=JobState.RUNNING, worker=worker, started_at=now, updated_at=now, attempts=Job.attempts + 1)
+            .returning(Job.id, Job.video_id)
+        ).first()
+        if row is None:
+            return None
+        s.execute(update(Video).where(Video.id == row.video_id).values(status=VideoStatus.PROCESSING))
+        return s.get(Job, row.id)
 
     def finish_job(self, job_id: int, error: str) -> None:
         """Mark a job failed, and its video failed with the reason."""
@@ -308,10 +325,11 @@ class Catalog:
         requeued = []
         with self.sessions.begin() as s:
             for job in self._dead_jobs(s, lease_seconds):
-                # The file is decoded in child processes, so a worker's own death (SIGKILL, OOM, power loss) says
-                # nothing about the file: the attempt is given back. Failures the file causes count (finish_job,
-                # requeue_jobs after a storage error).
-                job.state, job.worker, job.started_at = JobState.QUEUED, None, None
+                # A worker's death (SIGKILL, a reboot, the OOM killer, or a file that crashed a decoder running in
+                # a thread) cannot be pinned on one file from here, so it fails none: the attempt is given back and
+                # each of its jobs is retried alone, decoded in a process of its own, where a crash is seen and
+                # counted by a live worker (crashed). An outside kill can therefore never fail a good file.
+                job.state, job.worker, job.started_at, job.suspect = JobState.QUEUED, None, None, True
                 job.attempts = max(0, job.attempts - 1)
                 s.execute(update(Video).where(Video.id == job.video_id).values(status=VideoStatus.QUEUED))
                 requeued.append(job.id)
@@ -321,6 +339,29 @@ class Catalog:
                 s.execute(update(Video).where(Video.id == job.video_id)
                           .values(status=VideoStatus.FAILED, error=reason))
         return requeued
+
+    def crashed(self, job_id: int, reason: str, max_crashes: int) -> bool:
+        """The process decoding a running job's file died (a crash, the OOM killer). The job fails once that has
+        happened `max_crashes` times, with `reason`; before that it is retried alone. Returns True if it failed."""
+        with self.sessions.begin() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.state != JobState.RUNNING:
+                return False
+            job.crashes += 1
+            video = s.get(Video, job.video_id)
+            if job.crashes >= max_crashes:
+                error = reason if job.crashes == 1 else f"{reason} ({job.crashes} times)"
+                job.state, job.error, job.finished_at = JobState.FAILED, error, utcnow()
+                if video is not None:
+                    video.status, video.error = VideoStatus.FAILED, error
+                return True
+            # Not the attempt's fault yet (another process's memory use can get a decoder OOM-killed): try alone.
+            error = f"{reason}; retrying it alone ({job.crashes} of {max_crashes})"
+            job.state, job.worker, job.started_at, job.suspect, job.error = JobState.QUEUED, None, None, True, error
+            job.attempts = max(0, job.attempts - 1)
+            if video is not None:
+                video.status, video.error = VideoStatus.QUEUED, error
+            return False
 
     def dead_jobs(self, lease_seconds: float) -> list[Job]:
         """Running jobs whose worker is gone (see `recover`)."""

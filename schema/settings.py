@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         2048, ge=1, description="Largest video accepted by the HTTP upload (POST /api/videos), in MiB."
     )
     claim_size: int = Field(16, ge=1, description="Jobs a worker takes from the queue at once.")
+    max_crashes: int = Field(
+        2, ge=1, le=100, description="Times the process decoding a file may die on it (a crash, the OOM killer) "
+        "before the file fails. The jobs of a worker that died are retried one at a time, each decoded in a process "
+        "of its own, so the file that crashed is found; a worker killed from outside fails no file."
+    )
     write_batch: int = Field(32, ge=1, description="Videos written to Milvus and the catalog per write.")
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for new jobs.")
 

@@ -83,7 +83,11 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
             worker = _start_worker(zygote, home, tiny_model, log)
             _wait_for(log, "worker ready", trial + 2, worker)
             # Anywhere in the time the pending work takes (and a little after): claim, decode, embed, the Milvus
-            # write, the catalog commit, or idle.
+            # write, the catalog commit, or idle. A restart first retries the dead worker's jobs one at a time, each
+            # in a decode process of its own (slow to start), so half the kills wait until the restart has finished
+            # a video: the later, batched writes get hit too.
+            if rng.random() < 0.5:
+                _wait_for(log, "done: video", done_before + 1, worker)
             time.sleep(rng.uniform(0.0, 1.3 * busy * pending / CLIPS_PER_TRIAL))
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
@@ -122,3 +126,62 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_m
     finally:
         catalog.close()
         cli.stop()
+
+
+SEGFAULT_INJECTION = Path(__file__).parent / "segfault"  # its sitecustomize crashes the decoding of one file
+
+
+@pytest.mark.slow
+def test_a_file_that_kills_its_worker_fails_alone_and_the_rest_is_ingested(tmp_path, tiny_model, clips_dir):
+    """Decoding in threads, a file that crashes the decoder kills the whole worker. The next worker (a service
+    manager restarts it) retries the dead worker's jobs one at a time, each in a decode process of its own: the
+    crashing file fails after VIDSEARCH_MAX_CRASHES crashes, with a reason, and every other file is ingested. Before,
+    each restart claimed the batch again and died again, for ever."""
+    import subprocess
+
+    from ingest.library import enqueue_file, sha256_file
+    from schema.catalog import Catalog, JobState
+    from schema.settings import Settings
+    from tests.procs import vidsearch_cmd
+
+    home, log = tmp_path / "home", tmp_path / "worker.log"
+    settings = Settings(home=home, model=str(tiny_model))
+    settings.ensure_dirs()
+    catalog = Catalog(settings.catalog_url)
+    crasher = _unique_clip(tmp_path / "damaged.mp4", 99)
+    good = [clips_dir / "red_circle.mp4", clips_dir / "green_square.webm", clips_dir / "blue_triangle.mkv"]
+    jobs = {p.name: enqueue_file(catalog, settings, p).job_id for p in [good[0], crasher, *good[1:]]}
+    env = cli_env(home, tiny_model, VIDSEARCH_DECODE_MODE="thread", VIDSEARCH_MAX_CRASHES="2",
+                  VIDSEARCH_TEST_SEGFAULT_ON=sha256_file(crasher)[:16],
+                  PYTHONPATH=os.pathsep.join([str(SEGFAULT_INJECTION), os.environ.get("PYTHONPATH", "")]))
+    deaths = []
+    try:
+        deadline = time.monotonic() + 300
+        while (counts := catalog.job_counts())["queued"] or counts["running"]:
+            assert len(deaths) < 4, f"the worker keeps dying: {deaths}\n{log.read_text()[-3000:]}"
+            with open(log, "a") as out:  # a service manager restarting the worker each time it dies
+                worker = subprocess.Popen([*vidsearch_cmd(), "worker"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+            while worker.poll() is None and ((counts := catalog.job_counts())["queued"] or counts["running"]):
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=60)
+            else:
+                deaths.append(worker.returncode)
+        assert deaths == [-signal.SIGSEGV]  # the first worker only: later crashes took a decode process instead
+
+        by_job = {name: catalog.get_job(job_id) for name, job_id in jobs.items()}
+        assert all(by_job[p.name].state is JobState.DONE for p in good), by_job
+        failed = by_job[crasher.name]
+        assert failed.state is JobState.FAILED and failed.crashes == 2, vars(failed)
+        assert "the decoder crashed on this file" in failed.error and "2 times" in failed.error, failed.error
+        video = catalog.get_video(failed.video_id)
+        assert video.status is VideoStatus.FAILED and video.error == failed.error
+        text = log.read_text()
+        assert "queued again, to be retried one at a time" in text
+        assert "will be retried alone" in text and text.count("done: video") == len(good)
+    finally:
+        catalog.close()
+        Cli(home, tiny_model)("milvus", "stop", expect=None)

@@ -154,6 +154,56 @@ def test_jobs_of_a_dead_worker_are_recovered_and_endless_failures_given_up(catal
     assert catalog.get_video(r.video_id).status is VideoStatus.FAILED
 
 
+def test_a_dead_workers_jobs_are_retried_alone_and_outside_kills_fail_nothing(catalog, plain_settings, clips_dir,
+                                                                              tmp_path):
+    import socket
+
+    files = [clips_dir / "red_circle.mp4", clips_dir / "green_square.webm", clips_dir / "blue_triangle.mkv"]
+    ids = [enqueue_file(catalog, plain_settings, f).job_id for f in files]
+    dead = f"{socket.gethostname()}:999999999"  # a pid that cannot exist
+    assert [j.id for j in catalog.claim_jobs(16, worker=dead)] == ids  # one worker took the batch, then died
+    assert sorted(catalog.recover(lease_seconds=600, max_attempts=3)) == ids
+    assert all(catalog.get_job(i).suspect for i in ids)
+    later = enqueue_file(catalog, plain_settings, _distinct_clip(tmp_path)).job_id
+    for expected in ids:  # each suspect alone, oldest first, before the fresh job
+        assert [j.id for j in catalog.claim_jobs(16)] == [expected]
+        catalog.finish_jobs([(expected, {})])
+    assert [j.id for j in catalog.claim_jobs(16)] == [later]
+
+
+def test_a_good_file_survives_any_number_of_outside_kills(catalog, plain_settings, clips_dir):
+    import socket
+
+    job_id = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4").job_id
+    dead = f"{socket.gethostname()}:999999999"
+    for _ in range(10):  # SIGKILL, reboots: every time while this file was running alone
+        assert [j.id for j in catalog.claim_jobs(16, worker=dead)] == [job_id]
+        catalog.recover(lease_seconds=600, max_attempts=3)
+    job = catalog.get_job(job_id)
+    assert (job.state, job.attempts, job.crashes, job.suspect) == (JobState.QUEUED, 0, 0, True)
+
+
+def test_a_decoder_crash_is_retried_alone_then_fails_the_file(catalog, plain_settings, clips_dir):
+    r = enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
+    [job] = catalog.claim_jobs(16)
+    assert not catalog.crashed(job.id, "the decoder crashed on this file (exit code -11)", max_crashes=2)
+    job = catalog.get_job(job.id)
+    assert (job.state, job.suspect, job.crashes, job.attempts) == (JobState.QUEUED, True, 1, 0)
+    assert "retrying it alone (1 of 2)" in catalog.get_video(r.video_id).error
+    [job] = catalog.claim_jobs(16)
+    assert catalog.crashed(job.id, "the decoder crashed on this file (exit code -11)", max_crashes=2)
+    job, video = catalog.get_job(job.id), catalog.get_video(r.video_id)
+    assert job.state is JobState.FAILED and video.status is VideoStatus.FAILED
+    assert video.error == job.error == "the decoder crashed on this file (exit code -11) (2 times)"
+
+
+def _distinct_clip(tmp_path):
+    from tests.videos import render_frame, write_video
+
+    return write_video(tmp_path / "distinct.mp4", [render_frame("red", "circle", 64, jitter=k + 7) for k in range(4)],
+                       fps=4)
+
+
 def test_live_workers_keep_their_jobs(catalog, plain_settings, clips_dir):
     enqueue_file(catalog, plain_settings, clips_dir / "red_circle.mp4")
     [job] = catalog.claim_jobs(1)  # this process: alive

@@ -170,7 +170,12 @@ def test_catalog_that_gained_tag_by_hand_is_stamped_not_altered(db_url):
         assert catalog.get_video(1).tag == "sea" and catalog.tags() == ["sea"]
     finally:
         catalog.close()
-    assert rows(db_url) == before_rows and layout(db_url) == before_layout
+    # Up to 0003 nothing was altered; later revisions only added what they add (0004: two columns of jobs).
+    after = layout(db_url)
+    added = {("crashes", "INTEGER", False), ("suspect", "BOOLEAN", False)}
+    assert set(after["jobs"][0]) - set(before_layout["jobs"][0]) == added
+    assert {**after, "jobs": None} == {**before_layout, "jobs": None} and after["jobs"][1] == before_layout["jobs"][1]
+    assert rows(db_url) == before_rows
     assert version_rows(db_url) == [head()]
 
 
@@ -338,8 +343,8 @@ BROKEN_REVISION = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "{revision}"
+down_revision = "{down}"
 
 
 def upgrade():
@@ -348,6 +353,10 @@ def upgrade():
         batch.add_column(sa.Column("probe", sa.Integer))
     raise RuntimeError("half done")
 '''
+
+
+def next_revision() -> str:
+    return f"{int(head()) + 1:04d}"
 
 
 def copy_of_the_scripts(tmp_path: Path) -> Path:
@@ -359,7 +368,8 @@ def copy_of_the_scripts(tmp_path: Path) -> Path:
 def test_a_failing_migration_changes_nothing(db_url, tmp_path):
     Catalog(db_url).close()
     scripts = copy_of_the_scripts(tmp_path)
-    (scripts / "versions" / "0004_broken.py").write_text(BROKEN_REVISION)
+    (scripts / "versions" / f"{next_revision()}_broken.py").write_text(
+        BROKEN_REVISION.replace("{revision}", next_revision()).replace("{down}", head()))
     before = layout(db_url)
     engine = create_engine(db_url, poolclass=NullPool)
     try:
@@ -367,7 +377,7 @@ def test_a_failing_migration_changes_nothing(db_url, tmp_path):
             ensure_schema(engine, scripts)
     finally:
         engine.dispose()
-    assert layout(db_url) == before and current(db_url) == "0003"
+    assert layout(db_url) == before and current(db_url) == head()
 
 
 def test_catalog_from_a_newer_version_is_refused(tmp_path):
@@ -381,7 +391,7 @@ def test_catalog_from_a_newer_version_is_refused(tmp_path):
 def test_revision_helper_numbers_the_next_revision(tmp_path):
     scripts = copy_of_the_scripts(tmp_path)
     path = new_revision("add probe", script_location=scripts)
-    assert path == scripts / "versions" / "0004_add_probe.py"
+    assert path == scripts / "versions" / f"{next_revision()}_add_probe.py"
     source = path.read_text()
-    assert "down_revision: str | None = '0003'" in source
+    assert f"down_revision: str | None = '{head()}'" in source
     assert "op." not in source  # the models and the migrations agree: nothing to autogenerate
