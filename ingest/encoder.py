@@ -359,7 +359,9 @@ def load_encoder(model: str, revision: str | None = None, device: str = "auto", 
             + (", and unset HF_HUB_OFFLINE" if offline else "")
             + ") so the checkpoint can be downloaded once into the cache, or\n"
             "  - set VIDSEARCH_MODEL to a local folder holding a CLIP checkpoint "
-            "(config.json, model weights, tokenizer files), e.g. one saved with save_pretrained()."
+            "(config.json, model weights, tokenizer files). For an offline machine, download it once where the hub "
+            f"is reachable (hf download {model if not local else 'Diangle/clip4clip-webvid'} --local-dir DIR), "
+            "copy DIR over and set VIDSEARCH_MODEL=DIR."
         ) from exc
     vision.to(torch_device).eval()
     text.to(torch_device).eval()

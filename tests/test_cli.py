@@ -134,6 +134,25 @@ def test_missing_model_is_one_clear_message(cli):
     assert "VIDSEARCH_MODEL" in proc.stderr
 
 
+def test_serve_without_the_hub_says_so_once_and_never_announces_its_url(tmp_path, tiny_model):
+    """No hub (nothing is reachable from here) and HF_HUB_OFFLINE unset, as on a new user's offline machine: serve
+    stops before its URL with one message, no line of it twice, saying how to bring a checkpoint over."""
+    from tests.procs import free_port
+
+    env = cli_env(tmp_path / "home", tiny_model, VIDSEARCH_MODEL="nobody/not-a-model")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(name)
+    proc = subprocess.run([*vidsearch_cmd(), "serve", "--port", str(free_port())], env=env, capture_output=True,
+                          text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert "http://" not in output and "Traceback" not in output, output
+    assert "could not load the CLIP model 'nobody/not-a-model'" in output
+    assert "hf download nobody/not-a-model --local-dir DIR" in output and "VIDSEARCH_MODEL=DIR" in output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), output
+
+
 def test_bad_setting_is_reported(tmp_path, tiny_model):
     # Through the installed console script, as a user runs it (the other tests fork from the zygote).
     proc = Cli(tmp_path / "home", tiny_model)("list", expect=2, VIDSEARCH_DEVICE="tpu")
