@@ -8,6 +8,7 @@ broken video never stalls the rest.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -105,12 +106,17 @@ class FrameBatcher:
         return finished
 
 
+class Stopped(Exception):
+    """embed_videos was asked to stop (`stop` was set) before every video was embedded."""
+
+
 def embed_videos(encoder: ClipEncoder, items: Iterable[tuple[Hashable, Path]], frames: int | Sampling, *,
-                 pool: DecodePool | None = None, decode_workers: int = 2, prefetch: int = 8) -> Iterator[Embedded]:
+                 pool: DecodePool | None = None, decode_workers: int = 2, prefetch: int = 8,
+                 stop: threading.Event | None = None) -> Iterator[Embedded]:
     """Yield one Embedded per (key, path), in completion order. Memory: at most `prefetch` decoded videos.
 
     `pool` is the caller's long-lived DecodePool (the worker keeps one); without it a thread pool is used for
-    this call."""
+    this call. Setting `stop` raises Stopped within half a second, even while decodes are still running."""
     own_pool = pool is None
     if pool is None:
         pool = DecodePool(DecodeRequest(encoder.prep, frames), workers=decode_workers, mode="thread")
@@ -128,7 +134,9 @@ def embed_videos(encoder: ClipEncoder, items: Iterable[tuple[Hashable, Path]], f
                 window[pool.submit(Path(nxt[1]))] = nxt[0]
             if not window:
                 break
-            completed, _ = wait(window, return_when=FIRST_COMPLETED)
+            completed, _ = wait(window, timeout=None if stop is None else 0.5, return_when=FIRST_COMPLETED)
+            if stop is not None and stop.is_set():
+                raise Stopped
             for future in completed:
                 key = window.pop(future)
                 outcome = pool.outcome(future)

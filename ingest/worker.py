@@ -20,7 +20,7 @@ from ingest import thumbnails
 from ingest.decode import Limits, Sampling, VideoInfo
 from ingest.decode_pool import DecodeMode, DecodePool, DecodeRequest
 from ingest.encoder import ClipEncoder
-from ingest.pipeline import Embedded, embed_videos
+from ingest.pipeline import Embedded, Stopped, embed_videos
 from schema.catalog import Catalog, Job, Video
 from schema.vectors import Segments, VectorStore, VectorStoreError, VideoFields
 
@@ -82,6 +82,7 @@ class Worker:
         self._videos: dict[int, Video] = {}  # job id -> its catalog video, for the batch in progress
         self._pool: DecodePool | None = None  # started on first use, kept for the worker's life
         self._alone: DecodePool | None = None  # one decode process for suspect jobs when decoding in threads
+        self._stop: threading.Event | None = None  # run_forever's: set, the batch in progress is put back
 
     @classmethod
     def from_settings(cls, catalog: Catalog, store: VectorStore, encoder: ClipEncoder, settings) -> Worker:
@@ -148,7 +149,7 @@ class Worker:
         pending: list[Embedded] = []
 
         for item in embed_videos(self.encoder, items, self.sampling, pool=self.pool_for(jobs),
-                                 prefetch=max(2, 2 * self.decode_workers)):
+                                 prefetch=max(2, 2 * self.decode_workers), stop=self._stop):
             self.catalog.heartbeat([j.id for j in jobs])
             job = by_id[item.key]
             if item.error is not None:
@@ -217,6 +218,10 @@ class Worker:
             return []
         try:
             return self.process(jobs, on_result)
+        except Stopped:  # the service is stopping: what is not finished waits for the next start
+            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False)
+            log.info("stopping: unfinished jobs put back in the queue")
+            return []
         except KeyboardInterrupt:
             self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False)
             raise
@@ -241,6 +246,7 @@ class Worker:
     def run_forever(self, stop: threading.Event, on_result: Callable[[JobResult], None] | None = None) -> None:
         """Process jobs until `stop` is set; sleep when the queue is empty, back off when storage fails."""
         backoff = self.poll_seconds
+        self._stop = stop
         try:
             while not stop.is_set():
                 try:

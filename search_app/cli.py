@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -77,8 +78,10 @@ def serve(
     runtime = _runtime()
     s = runtime.settings
     host, port = host or s.host, port or s.port
-    run_app(runtime, host, port, with_worker=not no_worker,
-            on_ready=lambda: typer.echo(f"vidsearch: http://{host}:{port}  (data: {s.home_dir})", err=True))
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
+        run_app(runtime, host, port, with_worker=not no_worker,
+                on_ready=lambda: typer.echo(f"vidsearch: http://{host}:{port}  (data: {s.home_dir})", err=True))
+    typer.echo("vidsearch: stopped (any video in progress was put back in the queue)", err=True)
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -67,6 +68,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     return app
 
 
+def _interrupt(*_args: object) -> None:
+    raise KeyboardInterrupt
+
+
 def start_worker_thread(runtime: Runtime, stop: threading.Event) -> threading.Thread:
     worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
 
@@ -99,6 +104,12 @@ def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True,
              s.catalog_url.split("@")[-1], s.home_dir, "on" if with_worker else "off")
     if on_ready is not None:
         on_ready()
+    # SIGTERM (a service manager, `docker stop`) ends like Ctrl-C: uvicorn shuts down, then re-raises the signal into
+    # the handler that was there before it; this one makes that a KeyboardInterrupt, which uvicorn.run absorbs, so the
+    # worker is stopped and its decode processes closed below. The default handler killed the process right there,
+    # leaking their semaphores and leaving the batch in progress to the next start's recovery.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

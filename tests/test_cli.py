@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -153,6 +154,48 @@ def test_serve_without_the_hub_says_so_once_and_never_announces_its_url(tmp_path
     assert len(lines) == len(set(lines)), output
 
 
+def test_serve_stopped_by_sigterm_mid_batch_puts_the_batch_back_and_leaks_nothing(tmp_path, tiny_model, clips_dir):
+    """`docker stop` / systemd: SIGTERM while the worker's decode processes are still starting. serve shuts down as
+    on Ctrl-C: the unfinished job goes back to the queue without using an attempt, the decode processes and their
+    queues are closed (before, the process died at once and multiprocessing reported leaked semaphores)."""
+    import signal
+    import time
+
+    import httpx
+
+    from schema.catalog import Catalog, JobState
+    from tests.procs import free_port, wait_http
+
+    home, log, port = tmp_path / "home", tmp_path / "serve.log", free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*vidsearch_cmd(), "serve", "--port", str(port)], env=cli_env(home, tiny_model),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/", proc)
+        with open(clips_dir / "red_circle.mp4", "rb") as f:
+            job_id = httpx.post(url + "/api/videos", files={"file": ("red_circle.mp4", f)}, timeout=60).json()["job_id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/api/jobs/{job_id}", timeout=10).json()["state"] != "running":  # claimed, decoding
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        Cli(home, tiny_model)("milvus", "stop", expect=None)
+    text = log.read_text()
+    assert "resource_tracker" not in text and "leaked" not in text and "Traceback" not in text, text[-3000:]
+    assert "vidsearch: stopped" in text, text[-3000:]
+    catalog = Catalog(f"sqlite:///{home / 'catalog.db'}")
+    try:
+        job = catalog.get_job(job_id)
+        assert (job.state, job.attempts) in {(JobState.QUEUED, 0), (JobState.DONE, 1)}, vars(job)
+    finally:
+        catalog.close()
+
+
 def test_bad_setting_is_reported(tmp_path, tiny_model):
     # Through the installed console script, as a user runs it (the other tests fork from the zygote).
     proc = Cli(tmp_path / "home", tiny_model)("list", expect=2, VIDSEARCH_DEVICE="tpu")
@@ -243,3 +286,5 @@ def test_serve_logs_what_it_started_and_each_video_it_finished(tmp_path, tiny_mo
     assert f"(dim {dim}) on cpu" in started and "(Milvus Lite)" in started and "data folder" in started, text
     assert text.index("INFO search_app.web: model") < text.index("vidsearch: http://")  # announced once ready
     assert "INFO search_app.web: video 1 ready: red_circle.mp4" in text, text
+    # Stopped with Ctrl-C: the decode processes and their queues are closed, nothing left to multiprocessing's tracker.
+    assert "resource_tracker" not in text and "leaked" not in text, text[-3000:]
