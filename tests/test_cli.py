@@ -232,7 +232,9 @@ def test_migrate_upgrades_an_old_catalog_then_has_nothing_to_do(cli, tmp_path):
     home.mkdir()
     url = f"sqlite:///{home / 'catalog.db'}"  # where VIDSEARCH_HOME keeps it
     execute(url, FIRST_RELEASE["sqlite"] + ROWS)  # as the first release left it: no counters, no tag
-    assert "catalog schema: made before migrations, recognised as 0001; now at 0003" in cli("migrate").stdout
+    from schema.migrations import head
+
+    assert f"catalog schema: made before migrations, recognised as 0001; now at {head()}" in cli("migrate").stdout
     assert "catalog schema: already at" in cli("migrate").stdout
     listed = json.loads(cli("list", "--json").stdout)
     assert [(v["title"], v["status"], v["tag"]) for v in listed] == [("beach.mp4", "ready", None),
