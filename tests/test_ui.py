@@ -186,6 +186,12 @@ def test_moments_thumbnails_and_timeline_in_the_browser(browser, tmp_path, tiny_
         page.wait_for_timeout(500)
         page.screenshot(path=str(artifacts_dir / "ui-timeline-static.png"), full_page=True)
         _assert_timeline_plot_readable(page)
+
+        # A query that cannot be plotted: the message in place of the player, and no stale plot above it.
+        page.locator("#timeline-query textarea").fill("")
+        page.locator("#timeline-btn").click()
+        page.locator("#timeline-player").get_by_text("Describe the moment to look for.").wait_for()
+        page.wait_for_function("() => !document.querySelector('#timeline-plot')?.checkVisibility()")
         page.close()
 
 
