@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 LIBRARY_COLUMNS = ["id", "title", "status", "duration (s)", "resolution", "codec", "added", "tag", "error"]
 UPLOAD_COLUMNS = ["file", "status", "video id", "detail"]
 
+SIMILARITY_COLOR = "#2563eb"  # the Timeline plot's similarity line
 CSS = """
 .vs-results { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 12px; }
 .vs-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
@@ -33,6 +34,12 @@ CSS = """
 .vs-card .vs-title { font-weight: 600; overflow-wrap: anywhere; }
 .vs-card .vs-meta { color: var(--body-text-color-subdued); font-size: 0.9em; }
 .vs-empty { color: var(--body-text-color-subdued); padding: 12px 0; }
+.vs-weak { margin-top: 16px; padding-top: 8px; border-top: 1px solid var(--border-color-primary); }
+.vs-weak > .vs-weak-label { font-weight: 600; margin-bottom: 6px; }
+.vs-weak > .vs-results { opacity: 0.55; }
+.vs-weak .vs-card { border-style: dashed; }
+/* Timeline: a top moment is a wide translucent band behind the similarity line, so the line stays visible. */
+#timeline-plot .mark-line path:not([stroke="#2563eb"]) { stroke-width: 10px; stroke-opacity: 0.35; }
 .vs-moments { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
 .vs-moment { display: flex; flex-direction: column; align-items: center; gap: 2px; padding: 3px; cursor: pointer;
   border: 1px solid var(--border-color-primary); border-radius: 6px; background: var(--background-fill-secondary);
@@ -75,11 +82,39 @@ def moment_buttons(runtime: Runtime, url: str | None, sha256: str, moments) -> s
     return f'<div class="vs-moments">{"".join(buttons)}</div>'
 
 
+# A result is a weaker match when its score is below the best one by more than a quarter of the best score's size
+# (at least 0.05). Relative to the best, since scales differ by model: real CLIP4Clip's cosine scores sit around
+# 0.2-0.35 with unrelated videos ~0.1 lower, the tests' tiny model spreads them over -1..1.
+WEAK_GAP = 0.25
+WEAK_GAP_MIN = 0.05
+
+
+def weak_threshold(best: float) -> float:
+    return best - max(WEAK_GAP_MIN, WEAK_GAP * abs(best))
+
+
+def split_results(results: list[SearchResult]) -> tuple[list[SearchResult], list[SearchResult]]:
+    """(strong, weak): the results (best first) at or above weak_threshold of the best score, and those below."""
+    if not results:
+        return [], []
+    cut = weak_threshold(max(r.score for r in results))
+    return [r for r in results if r.score >= cut], [r for r in results if r.score < cut]
+
+
 def render_results(runtime: Runtime, query: str, results: list[SearchResult]) -> str:
     if not results:
         if not runtime.catalog.list_videos(VideoStatus.READY):
             return '<div class="vs-empty">No videos yet — upload some in the Upload tab.</div>'
         return f'<div class="vs-empty">No results for “{html.escape(query)}”.</div>'
+    strong, weak = split_results(results)
+    page = f'<div class="vs-results">{result_cards(runtime, strong)}</div>'
+    if weak:
+        page += ('<div class="vs-weak"><div class="vs-weak-label">Weaker matches</div>'
+                 f'<div class="vs-results">{result_cards(runtime, weak)}</div></div>')
+    return page
+
+
+def result_cards(runtime: Runtime, results: list[SearchResult]) -> str:
     cards = []
     for r in results:
         url = media_url(runtime, r.path)
@@ -94,7 +129,7 @@ def render_results(runtime: Runtime, query: str, results: list[SearchResult]) ->
             f'<div class="vs-meta">score {r.score:.3f} · {clock(r.duration)} · id {r.video_id}</div>'
             f'{moment_buttons(runtime, url, r.sha256, r.moments)}</div>'
         )
-    return f'<div class="vs-results">{"".join(cards)}</div>'
+    return "".join(cards)
 
 
 def message_html(text: str) -> str:
@@ -173,6 +208,31 @@ def timeline_frame(timeline: Timeline):
     return pd.DataFrame(rows, columns=["time (s)", "similarity", "series"])
 
 
+# The y axis spans the data with 15% padding and at least TIMELINE_MIN_SPAN, so a near-flat line (a static clip)
+# is drawn flat, not magnified into noise with a single many-decimal tick.
+TIMELINE_MIN_SPAN = 0.1
+TIMELINE_PAD = 0.15
+
+
+def timeline_y_range(scores) -> list[float]:
+    """[low, high] for the plot's y axis, rounded to 3 decimals."""
+    low, high = float(min(scores)), float(max(scores))
+    span = max(high - low, TIMELINE_MIN_SPAN / (1 + 2 * TIMELINE_PAD))
+    middle, half = (low + high) / 2, span * (1 + 2 * TIMELINE_PAD) / 2
+    return [round(middle - half, 3), round(middle + half, 3)]
+
+
+MOMENT_COLORS = ["#f59e0b", "#10b981", "#ec4899", "#8b5cf6", "#ef4444"]
+TIMELINE_EMPTY = "Choose a video, describe a moment and press “Show timeline” to plot it here."
+
+
+def timeline_colors(moments: int) -> dict[str, str]:
+    """The plot's color_map: the similarity line, and moments 1..`moments` (colors repeat past five)."""
+    colors = {"similarity": SIMILARITY_COLOR}
+    colors.update({f"moment {i}": MOMENT_COLORS[(i - 1) % len(MOMENT_COLORS)] for i in range(1, moments + 1)})
+    return colors
+
+
 def timeline_player(runtime: Runtime, video, moments: list[Moment], start: float | None = None,
                     end: float | None = None) -> str:
     """The Timeline tab's player (starting at `start`, or at the best moment) and its clickable moments."""
@@ -210,15 +270,16 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
     with gr.Blocks(title="vidsearch") as demo:
         gr.Markdown("# vidsearch\nFind videos by describing what happens in them.")
         with gr.Tab("Search") as search_tab:
-            with gr.Row():
+            with gr.Row(equal_height=True):
                 query = gr.Textbox(label="Describe the video", placeholder="a dog catching a frisbee on the beach",
                                    scale=4, elem_id="query")
                 k = gr.Slider(1, 50, value=10, step=1, label="Results", scale=1)
-            search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
-            with gr.Row():  # ... or find videos that look like a still image
-                image_query = gr.Image(type="numpy", label="…or search with an image", elem_id="query-image",
-                                       height=200, scale=4)
-                image_btn = gr.Button("Search by image", elem_id="image-search-btn", scale=1)
+                search_btn = gr.Button("Search", variant="primary", elem_id="search-btn", scale=0, min_width=120)
+            # The image query and the filters stay folded away, so the results start right under the query row.
+            with gr.Accordion("Search with an image", open=False, elem_id="image-query"):
+                with gr.Row(equal_height=True):  # find videos that look like a still image
+                    image_query = gr.Image(type="numpy", label="Image", elem_id="query-image", height=160, scale=4)
+                    image_btn = gr.Button("Search by image", elem_id="image-search-btn", scale=1)
             with gr.Accordion("Filters", open=False, elem_id="filters"):
                 with gr.Row():
                     min_dur = gr.Number(label="Shortest (s)", minimum=0, elem_id="filter-min-duration",
@@ -259,9 +320,13 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
                 timeline_query = gr.Textbox(label="Describe the moment", placeholder="a dog catching a frisbee",
                                             elem_id="timeline-query", scale=3)
             timeline_btn = gr.Button("Show timeline", variant="primary", elem_id="timeline-btn")
+            # Hidden until there is a timeline to plot; the player's place says what to do meanwhile (or what went
+            # wrong).
             timeline_plot = gr.LinePlot(x="time (s)", y="similarity", color="series", elem_id="timeline-plot",
-                                        label="Similarity over time", color_title="series", tooltip="all")
-            timeline_html = gr.HTML(elem_id="timeline-player", js_on_load=MOMENT_CLICK_JS)
+                                        label="Similarity over time", color_title="series", tooltip="all",
+                                        color_map=timeline_colors(10), visible=False)
+            timeline_html = gr.HTML(message_html(TIMELINE_EMPTY), elem_id="timeline-player",
+                                    js_on_load=MOMENT_CLICK_JS)
             timeline_state = gr.State(None)
 
         async def do_search(text: str, count: float, *conditions) -> str:
@@ -331,9 +396,7 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
             return msg, library_rows(runtime)
 
         async def do_timeline(video_id, text: str, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
-            import pandas as pd
-
-            empty = pd.DataFrame(columns=["time (s)", "similarity", "series"])
+            empty = gr.update(visible=False)
             if video_id is None:
                 return empty, message_html("Choose a video first."), None
             video = await anyio.to_thread.run_sync(runtime.catalog.get_video, int(video_id))
@@ -352,8 +415,19 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
                 return empty, message_html(str(exc)), None
             except VectorStoreError as exc:
                 return empty, message_html(f"The vector store is not reachable right now ({exc})."), None
-            state = {"video_id": video.id, "moments": [vars(m) for m in timeline.moments]}
-            return timeline_frame(timeline), timeline_player(runtime, video, timeline.moments), state
+            if not timeline.scores:
+                return empty, message_html("This video has no frames to score."), None
+            state = {"video_id": video.id, "moments": [vars(m) for m in timeline.moments],
+                     "y_lim": timeline_y_range(timeline.scores)}
+            return (gr.update(value=timeline_frame(timeline), visible=True),
+                    timeline_player(runtime, video, timeline.moments), state)
+
+        def plot_axes(state):
+            """The plot's y range and colors, set after its data: Gradio 6's plot, given both at once, redraws with
+            the old data (the new spec's redraw races the in-place data update)."""
+            if not state:
+                return gr.skip()
+            return gr.update(y_lim=state["y_lim"], color_map=timeline_colors(len(state["moments"])))
 
         def do_plot_select(state, evt: gr.SelectData):
             """A drag across the plot selects a time range: play it."""
@@ -367,8 +441,9 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
         # place in the queue); the model work inside them takes the app's ModelSlots, shared with the API.
         timeline_outputs = [timeline_plot, timeline_html, timeline_state]
         timelines_at_once = {"concurrency_limit": 2, "concurrency_id": "timeline"}
-        timeline_btn.click(do_timeline, [timeline_video, timeline_query], timeline_outputs, **timelines_at_once)
-        timeline_query.submit(do_timeline, [timeline_video, timeline_query], timeline_outputs, **timelines_at_once)
+        for trigger in (timeline_btn.click, timeline_query.submit):
+            trigger(do_timeline, [timeline_video, timeline_query], timeline_outputs, **timelines_at_once).then(
+                plot_axes, timeline_state, timeline_plot, show_progress="hidden")
         timeline_plot.select(do_plot_select, timeline_state, timeline_html)
         timeline_tab.select(lambda: gr.update(choices=timeline_choices(runtime)), None, timeline_video)
         # One queue slot count for every search event (concurrency_id), as many as there are model slots.

@@ -102,6 +102,7 @@ def test_moments_thumbnails_and_timeline_in_the_browser(browser, tmp_path, tiny_
     import httpx
 
     from tests.test_moments import SPANS, write_parts_clip
+    from tests.videos import render_frame, write_video
 
     parts = write_parts_clip(tmp_path / "parts.mp4")  # black 0-2 s, red circle 2-6, blue square 6-10, green 10-14
     uploads = [parts, clips_dir / "red_circle.mp4", clips_dir / "green_square.webm", clips_dir / "blue_triangle.mkv"]
@@ -146,7 +147,15 @@ def test_moments_thumbnails_and_timeline_in_the_browser(browser, tmp_path, tiny_
                                "[...document.querySelectorAll('#library-thumbs img')].every(i => i.naturalWidth > 0)")
         page.screenshot(path=str(artifacts_dir / "ui-library-thumbs.png"), full_page=True)
 
+        # An 8 s clip of one unchanging frame, for the Timeline's near-flat line.
+        still = write_video(tmp_path / "still.mp4", [render_frame("red", "circle", 64)] * 32, fps=4)
+        with httpx.Client(base_url=url, timeout=120) as client, open(still, "rb") as handle:
+            _wait_job(client, client.post("/api/videos", files={"file": (still.name, handle)}).json()["job_id"])
+
         page.get_by_role("tab", name="Timeline").click()
+        # Before a query: no empty plot, a line saying what to do.
+        page.locator("#timeline-player").get_by_text("Choose a video, describe a moment").wait_for()
+        assert not page.locator("#timeline-plot").is_visible()
         page.locator("#timeline-video input").click()
         page.get_by_role("option", name="parts.mp4", exact=False).click()
         page.locator("#timeline-query textarea").fill("a green triangle")
@@ -162,7 +171,49 @@ def test_moments_thumbnails_and_timeline_in_the_browser(browser, tmp_path, tiny_
                                arg=[player.locator("video").element_handle(), start])
         page.wait_for_timeout(500)  # let the plot finish drawing
         page.screenshot(path=str(artifacts_dir / "ui-timeline.png"), full_page=True)
+        _assert_timeline_plot_readable(page)
+
+        # A static clip's near-flat line: a few short ticks, not one tick with six decimals.
+        page.locator("#timeline-video input").click()
+        page.get_by_role("option", name="still.mp4", exact=False).click()
+        page.locator("#timeline-btn").click()
+        page.locator("#timeline-player .vs-timeline .vs-title", has_text="still.mp4").wait_for()
+        page.wait_for_function(  # the plot redrawn for the 8 s clip (the x axis of the 14 s one ran to 14)
+            "() => Math.max(...[...document.querySelectorAll('#timeline-plot g.role-axis')]"
+            ".filter(a => (a.getAttribute('aria-label') || '').startsWith('X'))"
+            ".flatMap(a => [...a.querySelectorAll('.role-axis-label text')].map(t => parseFloat(t.textContent))))"
+            " <= 8", timeout=15_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(artifacts_dir / "ui-timeline-static.png"), full_page=True)
+        _assert_timeline_plot_readable(page)
+
+        # A query that cannot be plotted: the message in place of the player, and no stale plot above it.
+        page.locator("#timeline-query textarea").fill("")
+        page.locator("#timeline-btn").click()
+        page.locator("#timeline-player").get_by_text("Describe the moment to look for.").wait_for()
+        page.wait_for_function("() => !document.querySelector('#timeline-plot')?.checkVisibility()")
         page.close()
+
+
+def _assert_timeline_plot_readable(page) -> None:
+    """The y axis has two or more ticks of at most 3 decimals; the similarity line (a thin line) and the top
+    moments (wide translucent bands) are both drawn and visible."""
+    import re
+
+    ticks = page.evaluate(
+        "() => { const axes = [...document.querySelectorAll('#timeline-plot g.role-axis')]"
+        ".filter(a => (a.getAttribute('aria-label') || '').startsWith('Y'));"
+        " return axes.flatMap(a => [...a.querySelectorAll('.role-axis-label text')].map(t => t.textContent)); }")
+    assert len(ticks) >= 2, ticks
+    assert all(re.fullmatch(r"−?-?\d+(\.\d{1,3})?", t) for t in ticks), ticks
+    lines = page.evaluate(
+        "() => [...document.querySelectorAll('#timeline-plot .mark-line path')].map(p => { const s ="
+        " getComputedStyle(p); return [p.getAttribute('stroke'), parseFloat(s.strokeWidth),"
+        " parseFloat(s.strokeOpacity), p.getBBox().width]; })")
+    similarity = [line for line in lines if line[0] == "#2563eb"]
+    moments = [line for line in lines if line[0] != "#2563eb"]
+    assert len(similarity) == 1 and similarity[0][3] > 100 and similarity[0][2] == 1, lines
+    assert moments and all(m[1] > similarity[0][1] and m[2] < 0.6 for m in moments), lines
 
 
 def _wait_job(client, job_id: int, timeout: float = 180) -> None:
@@ -207,6 +258,7 @@ def test_image_search_tags_and_filters_in_the_browser(browser, tmp_path, tiny_mo
 
         # Search by image: the green square's still finds the green square clip first.
         page.get_by_role("tab", name="Search").click()
+        page.locator("#image-query").get_by_text("Search with an image").first.click()
         page.locator("#query-image input[type=file]").set_input_files(str(still))
         page.locator("#query-image img").first.wait_for()
         page.locator("#image-search-btn").click()
@@ -214,6 +266,31 @@ def test_image_search_tags_and_filters_in_the_browser(browser, tmp_path, tiny_mo
         page.wait_for_function("() => document.querySelectorAll('#results .vs-card').length === 3")
         assert "green_square.webm" in cards.first.locator(".vs-title").inner_text()
         page.screenshot(path=str(artifacts_dir / "ui-image-search.png"), full_page=True)
+
+        # A text search: results above the fold at 1280x900, the weak matches in their own muted section below.
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.locator("#image-query").get_by_text("Search with an image").first.click()  # fold it again
+        page.locator("#query textarea").fill("a green square")
+        page.locator("#search-btn").click()
+        page.wait_for_function("() => document.querySelectorAll('#results .vs-weak .vs-card').length >= 1 && "
+                               "document.querySelectorAll('#results .vs-card').length === 3")
+        page.evaluate("() => window.scrollTo(0, 0)")
+        top = page.evaluate("() => document.querySelector('#results .vs-card').getBoundingClientRect().top")
+        assert top < 900, top
+        strong = page.evaluate("() => [...document.querySelectorAll('#results .vs-card')]"
+                               ".filter(c => !c.closest('.vs-weak')).map(c => c.innerText)")
+        assert strong and "green_square.webm" in strong[0], strong
+        weak = page.locator("#results .vs-weak")
+        assert weak.locator(".vs-weak-label").inner_text() == "Weaker matches"
+        assert "green_square" not in weak.inner_text() and weak.locator(".vs-card").count() >= 1
+        scores = page.evaluate("() => [...document.querySelectorAll('#results .vs-card .vs-meta')].map(m =>"
+                               " [parseFloat(m.textContent.split('score ')[1]), !!m.closest('.vs-weak')])")
+        assert min(s for s, w in scores if not w) > max(s for s, w in scores if w), scores
+        assert page.evaluate("() => parseFloat(getComputedStyle("
+                             "document.querySelector('#results .vs-weak > .vs-results')).opacity)") < 1
+        page.screenshot(path=str(artifacts_dir / "ui-search-weak.png"))
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        page.locator("#image-query").get_by_text("Search with an image").first.click()  # the image search again
 
         # Filters: only the tagged videos, whichever query; the untagged best match is left out.
         page.locator("#filters").get_by_text("Filters").first.click()
