@@ -139,6 +139,13 @@ def _bump_ready(s) -> None:
     s.execute(update(Counter).where(Counter.name == READY_COUNTER).values(value=Counter.value + 1))
 
 
+def _video_conditions(status: VideoStatus | None, title: str | None) -> list:
+    conditions = [] if status is None else [Video.status == status]
+    if title:
+        conditions.append(Video.title.icontains(title, autoescape=True))
+    return conditions
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # WAL lets the UI read while a worker writes; busy_timeout makes writers from several processes wait, not fail.
     cursor = dbapi_connection.cursor()
@@ -172,11 +179,35 @@ class Catalog:
             return s.scalar(select(Video).where(Video.sha256 == sha256))
 
     def list_videos(self, status: VideoStatus | None = None) -> list[Video]:
+        """Every video (or every one with `status`): for commands that need them all; lists shown to people page
+        with page_videos."""
         with self.sessions() as s:
             query = select(Video).order_by(Video.id)
             if status is not None:
                 query = query.where(Video.status == status)
             return list(s.scalars(query))
+
+    def page_videos(self, limit: int, *, after: int | None = None, status: VideoStatus | None = None,
+                    title: str | None = None, newest_first: bool = False) -> list[Video]:
+        """Up to `limit` videos in id order (descending with `newest_first`) that come after the id `after`: keyset
+        paging, so a page does not shift when videos before it are added or deleted. `title`: a case-insensitive
+        substring of the title (matched literally: % and _ are not wildcards)."""
+        with self.sessions() as s:
+            query = select(Video).where(*_video_conditions(status, title))
+            if after is not None:
+                query = query.where(Video.id < after if newest_first else Video.id > after)
+            query = query.order_by(Video.id.desc() if newest_first else Video.id)
+            return list(s.scalars(query.limit(limit)))
+
+    def count_videos(self, status: VideoStatus | None = None, *, title: str | None = None,
+                     newer_than: int | None = None) -> int:
+        """How many videos match (`status`, `title` as in page_videos); with `newer_than`, only those of a larger
+        id, i.e. those before that video in a newest-first list."""
+        with self.sessions() as s:
+            query = select(func.count(Video.id)).where(*_video_conditions(status, title))
+            if newer_than is not None:
+                query = query.where(Video.id > newer_than)
+            return int(s.scalar(query) or 0)
 
     def tags(self) -> list[str]:
         """The distinct tags of the library's videos, sorted."""

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         "once in the web app, HTTP API and page together; more wait their turn without holding a thread. Chosen with "
         "`vidsearch loadtest` (README, Load test)."
     )
+    library_page_size: int = Field(
+        50, ge=1, le=1000, description="Videos per page of the web page's Library tab, and most videos its Timeline "
+        "picker offers at once (search by title for the others)."
+    )
     auth: SecretStr | None = Field(
         None, description="Login for the web app: user:password (comma-separated for several) or the path of a "
         "file with one user:password per line. Unset: no login."

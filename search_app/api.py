@@ -8,9 +8,11 @@ edge, and nowhere else. Model work is CPU-bound and runs in the threadpool, neve
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -61,6 +63,9 @@ MAX_BODY_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 1024 * 1024
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries around an uploaded file
 MAX_DB_ID = 2**63 - 1
 UPLOAD_FIELD = "file"
+
+PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000  # videos per page of GET /api/videos: default, most
+MAX_CURSOR = 64
 
 VideoId = Annotated[int, PathParam(ge=1, le=MAX_DB_ID, description="Video id")]
 JobId = Annotated[int, PathParam(ge=1, le=MAX_DB_ID, description="Job id")]
@@ -193,7 +198,9 @@ class VideoOut(BaseModel):
 
 
 class VideoList(BaseModel):
-    videos: list[VideoOut]
+    videos: list[VideoOut] = Field(description="One page, in the order the videos were added (by id).")
+    total: int = Field(description="How many videos match (the status filter), on all pages together.")
+    next: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
 
 
 class UploadOut(BaseModel):
@@ -213,6 +220,29 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+_BAD_CURSOR = "cursor: not a cursor of this API; pass the `next` of the previous page, or no cursor for the first"
+
+
+def page_cursor(video_id: int) -> str:
+    """The opaque cursor of the page after `video_id`: keyset paging on the id, so pages stay put while videos are
+    added (they come last) or deleted. Opaque so that what it holds may change without breaking clients."""
+    return base64.urlsafe_b64encode(f"after:{video_id}".encode()).decode().rstrip("=")
+
+
+def cursor_after(cursor: str) -> int:
+    """The id a cursor of page_cursor continues after; HTTP 422 for anything else."""
+    try:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", cursor):
+            raise ValueError
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        found = re.fullmatch(r"after:([1-9][0-9]{0,18})", text)
+        if found is None or int(found.group(1)) > MAX_DB_ID:
+            raise ValueError
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise HTTPException(422, _BAD_CURSOR) from None
+    return int(found.group(1))
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -489,9 +519,20 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
                                  moment_seconds=settings.moment_seconds)
         return SearchOut(results=[_hit(runtime, r) for r in found])
 
-    @router.get("/videos", response_model=VideoList, summary="List the library")
-    def list_route(status: VideoStatus | None = None) -> VideoList:
-        return VideoList(videos=[_video_out(runtime, v) for v in runtime.catalog.list_videos(status)])
+    @router.get("/videos", response_model=VideoList, summary="List the library, a page at a time",
+                description="Oldest first. Follow `next` (as `cursor`) until it is null to see every video once; "
+                "videos added meanwhile come on later pages.")
+    def list_route(
+        status: VideoStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Videos per page.")] = PAGE_SIZE,
+        cursor: Annotated[str | None, Query(max_length=MAX_CURSOR, description="The `next` of the previous "
+                                            "page; none for the first page.")] = None,
+    ) -> VideoList:
+        after = cursor_after(cursor) if cursor else None
+        videos = runtime.catalog.page_videos(limit + 1, after=after, status=status)  # one more: is there a next?
+        page = videos[:limit]
+        return VideoList(videos=[_video_out(runtime, v) for v in page], total=runtime.catalog.count_videos(status),
+                         next=page_cursor(page[-1].id) if len(videos) > limit else None)
 
     @router.get("/videos/{video_id}", response_model=VideoOut, summary="One video", responses=_errors(404))
     def get_route(video_id: VideoId) -> VideoOut:

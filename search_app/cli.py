@@ -270,7 +270,7 @@ def search(
         return
     if not results:
         typer.echo(("No results match the filters." if filters.active else "No results.")
-                   if runtime.catalog.list_videos() else "No videos yet: add some with "
+                   if runtime.catalog.count_videos() else "No videos yet: add some with "
                    "`vidsearch ingest PATH --wait`.")
         return
     typer.echo(f"{'rank':>4}  {'score':>6}  {'id':>5}  {'duration':>8}  title / path")
@@ -283,10 +283,14 @@ def search(
 
 
 @app.command("list")
-def list_videos(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False) -> None:
-    """List the videos in the library."""
+def list_videos(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N videos (oldest first).")
+                     ] = None,
+) -> None:
+    """List the videos in the library (all of them, oldest first, unless --limit)."""
     runtime = _runtime()
-    videos = runtime.catalog.list_videos()
+    videos = runtime.catalog.list_videos() if limit is None else runtime.catalog.page_videos(limit)
     if as_json:
         _out([v.as_dict() for v in videos])
         return
@@ -540,7 +544,8 @@ def main() -> None:
     except Exception as exc:  # click usage errors carry their own formatting
         import click
 
-        if isinstance(exc, click.ClickException):
+        # Typer 0.29 parses with its own copy of click, whose usage errors are TyperExceptions, not click's.
+        if isinstance(exc, (click.ClickException, typer.TyperException)) and hasattr(exc, "show"):
             exc.show()
             sys.exit(exc.exit_code)
         raise

@@ -220,19 +220,19 @@ def check_reachable(url: str, auth: tuple[str, str] | None = None) -> None:
         raise LoadTestError(f"{url} is not reachable: {exc}") from None
 
 
-def list_videos(url: str, auth: tuple[str, str] | None = None, status: str = "ready") -> list[dict]:
-    """GET /api/videos?status=..."""
+def videos_page(url: str, auth: tuple[str, str] | None = None, status: str = "ready", limit: int = 1) -> dict:
+    """The first page of GET /api/videos?status=...: {"videos": [...], "total": N, "next": ...}."""
     with httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=30, trust_env=False) as client:
-        response = client.get("/api/videos", params={"status": status})
+        response = client.get("/api/videos", params={"status": status, "limit": limit})
         if response.status_code == 401:
             raise LoadTestError(f"{url} needs a login: pass --auth user:password")
         if not response.is_success:
             raise LoadTestError(f"{url}/api/videos answered HTTP {response.status_code}; is it a vidsearch app?")
-        return response.json()["videos"]
+        return response.json()
 
 
 def ready_count(url: str, auth: tuple[str, str] | None = None, status: str = "ready") -> int:
-    return len(list_videos(url, auth, status))
+    return int(videos_page(url, auth, status)["total"])
 
 
 # ------------------------------------------------------------------------------------------ self-contained run
@@ -305,7 +305,7 @@ def upload_clips(url: str, clips: list[Path]) -> int:
 def wait_ready(url: str, at_least: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while (ready := ready_count(url)) < at_least:
-        if failed := list_videos(url, status="failed"):
+        if failed := videos_page(url, status="failed")["videos"]:
             raise LoadTestError(f"the server's worker failed to ingest {failed[0]['title']}: {failed[0]['error']}")
         if time.monotonic() > deadline:
             raise LoadTestError(f"no video was ingested within {timeout:.0f} s")

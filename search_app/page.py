@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -11,7 +12,7 @@ import gradio as gr
 
 from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
-from schema.catalog import VideoStatus
+from schema.catalog import Catalog, Video, VideoStatus
 from schema.filters import SearchFilters, check_tag
 from schema.units import clock
 from schema.vectors import VectorStoreError
@@ -23,7 +24,9 @@ from search_app.timeline import TimelineProgress, TimelineService
 
 log = logging.getLogger(__name__)
 
-LIBRARY_COLUMNS = ["id", "title", "status", "duration (s)", "resolution", "codec", "added", "tag", "error"]
+LIBRARY_COLUMNS = ["✓", "id", "title", "status", "duration (s)", "resolution", "codec", "added", "tag", "error"]
+# The tick box is the only column a person can change; the rest are shown, not edited.
+LIBRARY_TYPES = ["bool", "number", "str", "str", "number", "str", "str", "str", "str", "str"]
 UPLOAD_COLUMNS = ["file", "status", "video id", "detail"]
 
 SIMILARITY_COLOR = "#2563eb"  # the Timeline plot's similarity line
@@ -50,6 +53,8 @@ CSS = """
 .vs-gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 8px; }
 .vs-tile { font-size: 0.85em; overflow-wrap: anywhere; }
 .vs-tile img { width: 100%; aspect-ratio: 16 / 9; object-fit: cover; border-radius: 4px; background: #000; }
+#library [aria-label="Static column"] { display: none; }  /* a lock on every column but the tick box: noise */
+.vs-confirm { font-weight: 600; padding: 8px 12px; }
 """
 # Clicking a moment plays the card's (or the timeline's) player from that moment: the src gets a media fragment
 # (#t=start,end), which every browser honours. One delegated listener per HTML component, installed once.
@@ -103,7 +108,7 @@ def split_results(results: list[SearchResult]) -> tuple[list[SearchResult], list
 
 def render_results(runtime: Runtime, query: str, results: list[SearchResult]) -> str:
     if not results:
-        if not runtime.catalog.list_videos(VideoStatus.READY):
+        if not runtime.catalog.count_videos(VideoStatus.READY):
             return '<div class="vs-empty">No videos yet — upload some in the Upload tab.</div>'
         return f'<div class="vs-empty">No results for “{html.escape(query)}”.</div>'
     strong, weak = split_results(results)
@@ -151,7 +156,7 @@ def search_html(runtime: Runtime, text: str, k: int, filters: SearchFilters | No
     try:
         found = search_text(runtime.catalog, runtime.store, runtime.encoder, text, k, filters,
                             moment_seconds=runtime.settings.moment_seconds)
-        if not found and filters is not None and filters.active and runtime.catalog.list_videos(VideoStatus.READY):
+        if not found and filters is not None and filters.active and runtime.catalog.count_videos(VideoStatus.READY):
             return message_html("No video matches the filters.")
     except QueryError as exc:
         return message_html(str(exc))
@@ -162,37 +167,108 @@ def search_html(runtime: Runtime, text: str, k: int, filters: SearchFilters | No
     return render_results(runtime, text, found)
 
 
-def library_rows(runtime: Runtime) -> list[list]:
-    rows = []
-    for v in runtime.catalog.list_videos():
-        rows.append([
-            v.id, v.title, v.status.value,
-            round(v.duration, 2) if v.duration is not None else None,
-            f"{v.width}×{v.height}" if v.width else "",
-            v.codec or "", v.created_at.strftime("%Y-%m-%d %H:%M"), v.tag or "", v.error or "",
-        ])
-    return rows
+@dataclass(frozen=True)
+class LibraryPage:
+    """One page of the Library tab, newest first: `offset` matching videos come before it, `total` match in all."""
+
+    videos: list[Video]
+    total: int
+    offset: int
+    more: bool  # a next page exists
+    title: str  # the title search ("" for none)
+
+    @property
+    def ids(self) -> list[int]:
+        return [v.id for v in self.videos]
 
 
-LIBRARY_TILES = 200  # posters shown above the library table (newest first)
+def library_page(catalog: Catalog, size: int, title: str = "", *, after: int | None = None,
+                 before: int | None = None) -> LibraryPage:
+    """The page of `size` videos (newest first, titles containing `title`) after the id `after` (Next), or the one
+    before the page that starts at `before` (Previous); the first page without either, or when the asked-for page
+    is empty now (deleted meanwhile) or would not be full (Previous reached the start). Paged and counted in SQL."""
+    title = title.strip()
+    if before is not None:
+        newer = catalog.page_videos(size, after=before, title=title or None)  # the `size` just before, oldest first
+        after = newer[-1].id + 1 if len(newer) == size else None
+    videos = catalog.page_videos(size + 1, after=after, title=title or None, newest_first=True)
+    if not videos and after is not None:
+        return library_page(catalog, size, title)
+    page = videos[:size]
+    offset = catalog.count_videos(title=title or None, newer_than=page[0].id) if page else 0
+    return LibraryPage(page, catalog.count_videos(title=title or None), offset, len(videos) > size, title)
 
 
-def library_gallery(runtime: Runtime) -> str:
-    """Posters of the newest ready videos, with their (escaped) titles and ids."""
+def library_rows(page: LibraryPage) -> list[list]:
+    """The table's rows: an unticked selection box, then the video's fields."""
+    return [[False, v.id, v.title, v.status.value, round(v.duration, 2) if v.duration is not None else None,
+             f"{v.width}×{v.height}" if v.width else "", v.codec or "", v.created_at.strftime("%Y-%m-%d %H:%M"),
+             v.tag or "", v.error or ""] for v in page.videos]
+
+
+def library_summary(page: LibraryPage) -> str:
+    matching = f" matching “{html.escape(page.title)}”" if page.title else ""
+    if not page.videos:
+        text = f"No videos{matching}." if page.title else "No videos yet — upload some in the Upload tab."
+    else:
+        text = (f"Showing {page.offset + 1}–{page.offset + len(page.videos)} of {page.total} "
+                f"video{'s' if page.total != 1 else ''}{matching}")
+    return f'<div class="vs-meta">{text}</div>'
+
+
+def library_gallery(runtime: Runtime, page: LibraryPage) -> str:
+    """Posters of the page's ready videos, with their (escaped) titles and ids."""
     tiles = []
-    for v in reversed(runtime.catalog.list_videos(VideoStatus.READY)):
-        poster = thumbnail_url(runtime, v.sha256)
-        if poster is None:
-            continue
-        tiles.append(f'<div class="vs-tile" data-video-id="{v.id}"><img class="vs-thumb" alt="" loading="lazy" '
-                     f'src="{html.escape(poster, quote=True)}"><div>{html.escape(v.title)} · id {v.id}</div></div>')
-        if len(tiles) == LIBRARY_TILES:
-            break
+    for v in page.videos:
+        poster = thumbnail_url(runtime, v.sha256) if v.status is VideoStatus.READY else None
+        if poster is not None:
+            tiles.append(f'<div class="vs-tile" data-video-id="{v.id}"><img class="vs-thumb" alt="" loading="lazy" '
+                         f'src="{html.escape(poster, quote=True)}"><div>{html.escape(v.title)} · id {v.id}</div></div>')
     return f'<div class="vs-gallery">{"".join(tiles)}</div>' if tiles else ""
 
 
-def timeline_choices(runtime: Runtime) -> list[tuple[str, int]]:
-    return [(f"{v.title} (id {v.id})", v.id) for v in runtime.catalog.list_videos(VideoStatus.READY)]
+def ticked_ids(table, page_ids: list[int]) -> list[int]:
+    """The ids of the table's ticked rows that are on the page shown. The ids come from the table's own id column
+    (rows may have been sorted in the browser), and only the page's are taken: an interactive table's value is
+    the browser's word (a dropped CSV, an added row), never trusted to name what to delete."""
+    shown = set(page_ids)
+    ticked = []
+    for row in _table_rows(table):
+        if len(row) > 1 and row[0] is True and isinstance(row[1], (int, float)) and int(row[1]) in shown:
+            ticked.append(int(row[1]))
+    return list(dict.fromkeys(ticked))
+
+
+def _table_rows(table) -> list[list]:
+    if table is None:
+        return []
+    if hasattr(table, "values") and hasattr(table, "columns"):  # a pandas DataFrame
+        return table.values.tolist()
+    return list(table)
+
+
+DELETE_LISTED = 10  # titles named in the delete confirmation; the rest are counted
+
+
+def videos_phrase(titles: list[str]) -> str:
+    """'2 videos: a.mp4, b.mp4' (escaped HTML), naming at most DELETE_LISTED."""
+    named = ", ".join(html.escape(t) for t in titles[:DELETE_LISTED])
+    rest = f" and {len(titles) - DELETE_LISTED} more" if len(titles) > DELETE_LISTED else ""
+    return f"{len(titles)} video{'s' if len(titles) != 1 else ''}: {named}{rest}"
+
+
+def timeline_choices(catalog: Catalog, limit: int, title: str = "") -> tuple[list[tuple[str, int]], str]:
+    """The Timeline picker's choices: the newest `limit` ready videos whose titles contain `title`, and a line
+    saying how many match in all."""
+    title = title.strip()
+    videos = catalog.page_videos(limit, status=VideoStatus.READY, title=title or None, newest_first=True)
+    total = catalog.count_videos(VideoStatus.READY, title=title or None) if len(videos) == limit else len(videos)
+    matching = f" matching “{title}”" if title else ""
+    if total > len(videos):
+        info = f"The {len(videos)} newest of {total} ready videos{matching}; search by title for the others."
+    else:
+        info = f"{total} ready video{'s' if total != 1 else ''}{matching}."
+    return [(f"{v.title} (id {v.id})", v.id) for v in videos], info
 
 
 def timeline_frame(timeline: Timeline):
@@ -303,19 +379,36 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
             timer = gr.Timer(1.0)
 
         with gr.Tab("Library") as library_tab:
-            refresh_btn = gr.Button("Refresh")
-            gallery = gr.HTML(lambda: library_gallery(runtime), elem_id="library-thumbs")
-            library = gr.Dataframe(headers=LIBRARY_COLUMNS, value=lambda: library_rows(runtime), interactive=False,
-                                   elem_id="library", label="Videos")
-            with gr.Row():
-                delete_id = gr.Number(label="Video id", precision=0, elem_id="delete-id")
-                delete_btn = gr.Button("Delete", variant="stop", elem_id="delete-btn")
-            delete_msg = gr.Markdown()
+            with gr.Row(equal_height=True):
+                library_find = gr.Textbox(label="Search titles", placeholder="holiday", elem_id="library-search",
+                                          scale=4, max_length=200)
+                refresh_btn = gr.Button("Refresh", elem_id="library-refresh", scale=0, min_width=140)
+            gallery = gr.HTML(elem_id="library-thumbs")
+            library = gr.Dataframe(headers=LIBRARY_COLUMNS, datatype=LIBRARY_TYPES, value=[], interactive=True,
+                                   static_columns=list(range(1, len(LIBRARY_COLUMNS))), type="array",
+                                   elem_id="library", label="Videos (tick the ones to delete)",
+                                   column_widths=["48px", "64px"] + ["auto"] * (len(LIBRARY_COLUMNS) - 2))
+            with gr.Row(equal_height=True):
+                library_info = gr.HTML(elem_id="library-summary")
+                prev_btn = gr.Button("← Previous", elem_id="library-prev", interactive=False, scale=0, min_width=140)
+                next_btn = gr.Button("Next →", elem_id="library-next", interactive=False, scale=0, min_width=140)
+                delete_btn = gr.Button("Delete selected", variant="stop", elem_id="delete-btn", scale=0,
+                                       min_width=190)
+            with gr.Group(visible=False, elem_id="delete-confirm") as confirm_box:
+                confirm_text = gr.HTML(elem_id="delete-question")
+                with gr.Row():
+                    confirm_btn = gr.Button("Delete", variant="stop", elem_id="delete-confirm-btn")
+                    cancel_btn = gr.Button("Cancel", elem_id="delete-cancel-btn")
+            delete_msg = gr.HTML(elem_id="delete-msg")
+            library_state = gr.State([])  # the ids of the page shown, newest first
+            pending_delete = gr.State([])  # the ids the confirmation names
 
         with gr.Tab("Timeline") as timeline_tab:
             gr.Markdown("How well each moment of one video matches a description. Click a top moment to play it, "
                         "or drag across the plot to play that stretch.")
             with gr.Row():
+                timeline_find = gr.Textbox(label="Find a video", placeholder="title", elem_id="timeline-find",
+                                           scale=1, max_length=200)
                 timeline_video = gr.Dropdown(choices=[], label="Video", elem_id="timeline-video", scale=2)
                 timeline_query = gr.Textbox(label="Describe the moment", placeholder="a dog catching a frisbee",
                                             elem_id="timeline-query", scale=3)
@@ -385,15 +478,56 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
                                 r.outcome.value, "video_id": r.video_id, "detail": detail})
             return current, upload_rows(runtime, current), None
 
-        def do_delete(video_id: float | None) -> tuple[str, list[list]]:
-            if video_id is None:
-                return "Enter the id of the video to delete.", library_rows(runtime)
-            video = delete_video(runtime.catalog, runtime.store, int(video_id),
-                                 runtime.settings.thumbnails_dir)
-            if video is None:
-                return f"No video with id {int(video_id)}.", library_rows(runtime)
-            msg = f"Deleted “{html.escape(video.title)}” (id {video.id})."
-            return msg, library_rows(runtime)
+        page_size = runtime.settings.library_page_size
+
+        def show_page(page: LibraryPage) -> tuple:
+            return (library_rows(page), library_gallery(runtime, page), library_summary(page),
+                    gr.update(interactive=page.offset > 0), gr.update(interactive=page.more), page.ids)
+
+        def first_page(title: str):
+            return show_page(library_page(runtime.catalog, page_size, title or ""))
+
+        def same_page(title: str, ids: list[int]):
+            """The page shown, again (statuses change while videos are processed): from its first video on."""
+            return show_page(library_page(runtime.catalog, page_size, title or "", after=ids[0] + 1 if ids else None))
+
+        def next_page(title: str, ids: list[int]):
+            return show_page(library_page(runtime.catalog, page_size, title or "", after=ids[-1] if ids else None))
+
+        def previous_page(title: str, ids: list[int]):
+            return show_page(library_page(runtime.catalog, page_size, title or "", before=ids[0] if ids else None))
+
+        def ask_delete(table, ids: list[int]):
+            """The confirmation, naming what the ticked rows are; nothing is deleted yet."""
+            chosen = ticked_ids(table, ids)
+            videos = runtime.catalog.videos_by_ids(chosen)
+            chosen = [i for i in chosen if i in videos]
+            if not chosen:
+                return gr.update(visible=False), "", [], message_html("Tick the videos to delete first.")
+            question = (f'<div class="vs-confirm">Delete {videos_phrase([videos[i].title for i in chosen])}? '
+                        "Their vectors, catalog rows and stored files are removed.</div>")
+            return gr.update(visible=True), question, chosen, ""
+
+        def do_delete(pending: list[int], title: str, ids: list[int]):
+            deleted, missing = [], 0
+            for video_id in pending:
+                video = delete_video(runtime.catalog, runtime.store, video_id, runtime.settings.thumbnails_dir)
+                if video is None:
+                    missing += 1
+                else:
+                    deleted.append(video.title)
+            text = f"Deleted {videos_phrase(deleted)}." if deleted else "Nothing was deleted."
+            if missing:
+                text += f" {missing} {'was' if missing == 1 else 'were'} already gone."
+            return (gr.update(visible=False), [], f'<div class="vs-meta">{text}</div>', *same_page(title, ids))
+
+        def picker(title: str, current):
+            """The picker's choices for a title search (a bounded number); a search picks its newest match unless
+            the video picked already matches."""
+            choices, info = timeline_choices(runtime.catalog, page_size, title or "")
+            ids = [video_id for _, video_id in choices]
+            value = current if current in ids else (ids[0] if ids and (title or "").strip() else None)
+            return gr.update(choices=choices, value=value, info=info)
 
         async def do_timeline(video_id, text: str, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
             empty = gr.update(visible=False)
@@ -445,7 +579,9 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
             trigger(do_timeline, [timeline_video, timeline_query], timeline_outputs, **timelines_at_once).then(
                 plot_axes, timeline_state, timeline_plot, show_progress="hidden")
         timeline_plot.select(do_plot_select, timeline_state, timeline_html)
-        timeline_tab.select(lambda: gr.update(choices=timeline_choices(runtime)), None, timeline_video)
+        timeline_tab.select(picker, [timeline_find, timeline_video], timeline_video)
+        timeline_find.change(picker, [timeline_find, timeline_video], timeline_video, trigger_mode="always_last",
+                             show_progress="hidden")
         # One queue slot count for every search event (concurrency_id), as many as there are model slots.
         searching = {"concurrency_limit": runtime.settings.search_concurrency, "concurrency_id": "search"}
         conditions = [min_dur, max_dur, since, until, tag_filter]
@@ -457,7 +593,16 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
         search_tab.select(tag_choices, None, tag_filter)
         add_btn.click(do_add, [files, tracked, upload_tag], [tracked, uploads, files])
         timer.tick(lambda t: upload_rows(runtime, t), tracked, uploads, show_progress="hidden")
-        refresh_btn.click(lambda: (library_rows(runtime), library_gallery(runtime)), None, [library, gallery])
-        library_tab.select(lambda: (library_rows(runtime), library_gallery(runtime)), None, [library, gallery])
-        delete_btn.click(do_delete, delete_id, [delete_msg, library])
+        page_outputs = [library, gallery, library_info, prev_btn, next_btn, library_state]
+        refresh_btn.click(same_page, [library_find, library_state], page_outputs)
+        library_tab.select(same_page, [library_find, library_state], page_outputs)
+        # .change, not .input: Gradio's input event follows keys only, and a pasted or autofilled search counts too.
+        library_find.change(first_page, library_find, page_outputs, trigger_mode="always_last", show_progress="hidden")
+        next_btn.click(next_page, [library_find, library_state], page_outputs)
+        prev_btn.click(previous_page, [library_find, library_state], page_outputs)
+        delete_btn.click(ask_delete, [library, library_state], [confirm_box, confirm_text, pending_delete, delete_msg])
+        confirm_btn.click(do_delete, [pending_delete, library_find, library_state],
+                          [confirm_box, pending_delete, delete_msg, *page_outputs])
+        cancel_btn.click(lambda: (gr.update(visible=False), [], message_html("Nothing was deleted.")), None,
+                         [confirm_box, pending_delete, delete_msg])
     return demo

@@ -128,13 +128,57 @@ def test_uploads_become_ready_videos_with_jobs(client, library, clips_dir):
     listed = client.get("/api/videos").json()["videos"]
     assert sorted(v["title"] for v in listed) == sorted(library)
     assert len(client.get("/api/videos", params={"status": "ready"}).json()["videos"]) == len(CLIPS)
-    assert client.get("/api/videos", params={"status": "failed"}).json() == {"videos": []}
+    assert client.get("/api/videos", params={"status": "failed"}).json() == {"videos": [], "total": 0, "next": None}
 
     video = client.get(f"/api/videos/{library['red_circle.mp4']['video_id']}").json()
     assert (video["title"], video["status"], video["width"], video["height"]) == ("red_circle.mp4", "ready", 64, 64)
     assert video["duration"] == pytest.approx(1.0, abs=0.2) and video["error"] is None
     media = client.get(video["media_url"])  # the stored copy is served, byte for byte
     assert media.status_code == 200 and media.content == (clips_dir / "red_circle.mp4").read_bytes()
+
+
+def test_the_library_is_listed_a_page_at_a_time(client, library, tmp_path):
+    def walk(limit: int, **params) -> tuple[list[dict], list[int]]:
+        """Every page from the first, following `next`: the videos and each page's total."""
+        videos, totals, cursor = [], [], None
+        while True:
+            page = client.get("/api/videos", params={"limit": limit, **params} | ({"cursor": cursor} if cursor else {}))
+            assert page.status_code == 200, page.text
+            body = page.json()
+            assert 1 <= len(body["videos"]) <= limit or body["total"] == 0
+            videos, totals, cursor = videos + body["videos"], totals + [body["total"]], body["next"]
+            if cursor is None:
+                return videos, totals
+
+    uploaded = {u["video_id"] for u in library.values()}
+    videos, totals = walk(2)
+    assert [v["video_id"] for v in videos] == sorted(uploaded) and totals == [len(CLIPS)] * 3  # 2 + 2 + 2, no 4th
+    assert walk(4, status="ready")[1] == [len(CLIPS)] * 2 and walk(3, status="failed") == ([], [0])
+    assert len(client.get("/api/videos", params={"limit": 1000}).json()["videos"]) == len(CLIPS)
+
+    # A video added during the walk comes once, on a later page; the pages already read do not shift.
+    first = client.get("/api/videos", params={"limit": 2}).json()
+    clip = write_video(tmp_path / "late.mp4", colour="green", shape="triangle")
+    with open(clip, "rb") as handle:
+        late = client.post("/api/videos", files={"file": ("late.mp4", handle)}).json()
+    try:
+        rest, totals = [], []
+        cursor = first["next"]
+        while cursor:
+            page = client.get("/api/videos", params={"limit": 2, "cursor": cursor}).json()
+            rest, totals, cursor = rest + page["videos"], totals + [page["total"]], page["next"]
+        ids = [v["video_id"] for v in first["videos"] + rest]
+        assert ids == sorted(uploaded | {late["video_id"]}) and totals[-1] == len(CLIPS) + 1
+    finally:
+        wait_job(client, late["job_id"])
+        assert client.delete(f"/api/videos/{late['video_id']}").status_code == 200
+
+    # Cursors are opaque: anything but a `next` is refused, as are page sizes out of range.
+    forged = base64.urlsafe_b64encode(b"after:0").decode()
+    for bad in ("nonsense!", "bm9wZQ", forged, "x" * 65, first["next"] + "="):
+        assert "cursor" in _detail(client.get("/api/videos", params={"cursor": bad}), 422), bad
+    for limit in (0, 1001, -5):
+        assert "limit" in _detail(client.get("/api/videos", params={"limit": limit}), 422)
 
 
 def test_text_search(client, library):
@@ -327,7 +371,7 @@ def chunked_multipart(name: str, data: bytes, chunk: int, boundary: str = "vidse
 
 def test_upload_limits_and_refusals(client, server, library, clips_dir):
     incoming = server.runtime.settings.home_dir / "incoming"
-    before = len(client.get("/api/videos").json()["videos"])
+    before = client.get("/api/videos").json()["total"]
     # VIDSEARCH_MAX_UPLOAD_MB is 1 here: 1.5 MB is refused, from its Content-Length before it is read ...
     big = client.post("/api/videos", files={"file": ("big.mp4", bytes(1536 * 1024))})
     assert "larger than the upload limit of 1 MB" in _detail(big, 413)
@@ -346,7 +390,7 @@ def test_upload_limits_and_refusals(client, server, library, clips_dir):
     missing = client.post("/api/videos", files={"other": ("x.mp4", b"data")})
     assert "field named 'file'" in _detail(missing, 422)
     assert incoming.is_dir() and not list(incoming.iterdir())
-    assert len(client.get("/api/videos").json()["videos"]) == before
+    assert client.get("/api/videos").json()["total"] == before
 
 
 def test_unavailable_model_and_mismatched_store_are_503(tmp_path, tiny_model, random_model, milvus_uri, server):
@@ -359,7 +403,7 @@ def test_unavailable_model_and_mismatched_store_are_503(tmp_path, tiny_model, ra
     with serve(missing, worker=False) as served, httpx.Client(base_url=served.url, timeout=120) as c:
         assert "could not load the CLIP model" in _detail(c.post("/api/embed/text", json={"text": "a"}), 503)
         assert "could not load the CLIP model" in _detail(c.post("/api/search", json={"text": "a"}), 503)
-        assert c.get("/api/videos").json() == {"videos": []}  # the catalog needs no model
+        assert c.get("/api/videos").json() == {"videos": [], "total": 0, "next": None}  # the catalog needs no model
 
 
 def test_openapi_describes_every_route(client):

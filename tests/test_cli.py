@@ -81,6 +81,9 @@ def test_ingest_search_list_status_delete(cli, mixed_folder):
 
     listed = json.loads(cli("list", "--json").stdout)
     assert len(listed) == len(CLIPS)  # the broken file never became a video row: it failed at the content check
+    assert [v["video_id"] for v in listed] == sorted(v["video_id"] for v in listed)  # oldest first
+    assert json.loads(cli("list", "--json", "--limit", "2").stdout) == listed[:2]
+    assert "--limit" in cli("list", "--limit", "0", expect=2).stderr
     status = json.loads(cli("status", "--json").stdout)
     assert status["jobs"]["done"] == len(CLIPS) and status["jobs"]["queued"] == 0
     assert status["vector_store"]["reachable"] is True and status["vector_store"]["vectors"] == len(CLIPS)

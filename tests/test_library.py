@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from ingest.library import Outcome, enqueue_file, safe_title, stored_path_for
 from schema.catalog import Catalog, JobState, VideoStatus
@@ -280,3 +281,51 @@ def test_an_upload_is_renamed_into_the_library_not_copied(catalog, plain_setting
     assert stored.stat().st_ino == inode and not upload.exists()
     assert _sha(stored) == catalog.get_video(result.video_id).sha256
     assert not list(plain_settings.videos_dir.glob(".incoming-*"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_catalog(request, tmp_path) -> Catalog:
+    url = f"sqlite:///{tmp_path / 'paged.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    cat = Catalog(url)
+    yield cat
+    cat.close()
+
+
+def test_pages_are_keyset_pages_in_sql_and_counts_are_counts(any_catalog):
+    cat = any_catalog
+    titles = [f"{'Red' if i % 3 == 0 else 'blue'}_{i}.mp4" for i in range(23)] + ["100%_sure.mp4", "a_b.mp4"]
+    ids = [cat.add_video(sha256=f"{i:064d}", title=t, stored_path="/nowhere", size_bytes=1)[0].id
+           for i, t in enumerate(titles)]
+
+    def walk(**kw) -> list[list[int]]:
+        pages, after = [], None
+        while page := cat.page_videos(10, after=after, **kw):
+            pages.append([v.id for v in page])
+            after = page[-1].id
+        return pages
+
+    assert [len(p) for p in walk()] == [10, 10, 5] and sum(walk(), []) == ids
+    assert sum(walk(newest_first=True), []) == ids[::-1]
+    red = [i for i, t in zip(ids, titles, strict=True) if t.startswith("Red")]
+    assert sum(walk(title="rED"), []) == red  # case-insensitive, on both databases
+    assert cat.count_videos() == 25 and cat.count_videos(title="red") == len(red) == 8
+    # A keyset page does not shift when videos before it are deleted or added after it.
+    second = [v.id for v in cat.page_videos(10, after=ids[9])]
+    cat.delete_video(ids[3])
+    cat.add_video(sha256="f" * 64, title="new.mp4", stored_path="/nowhere", size_bytes=1)
+    assert [v.id for v in cat.page_videos(10, after=ids[9])] == second == ids[10:20]
+    # Wildcards in the search are literal characters.
+    assert [v.title for v in cat.page_videos(10, title="%")] == ["100%_sure.mp4"]
+    assert [v.title for v in cat.page_videos(10, title="a_b")] == ["a_b.mp4"]
+    # newer_than: how many come before a video in a newest-first list; status narrows everything.
+    assert cat.count_videos(newer_than=ids[20]) == 5  # ids[21..24] and new.mp4
+    assert cat.count_videos(VideoStatus.READY) == 0 and cat.page_videos(5, status=VideoStatus.READY) == []
+    assert cat.count_videos(VideoStatus.QUEUED, title="blue") == 15
+    # The database does the paging and the counting: one statement each, with LIMIT / COUNT, nothing sliced here.
+    statements: list[str] = []
+    listen = lambda *a: statements.append(a[2])  # noqa: E731  (before_cursor_execute's statement argument)
+    event.listen(cat.engine, "before_cursor_execute", listen)
+    cat.page_videos(3, after=ids[5], title="blue")
+    cat.count_videos(title="blue")
+    event.remove(cat.engine, "before_cursor_execute", listen)
+    assert len(statements) == 2 and "LIMIT" in statements[0].upper() and "count(" in statements[1].lower()

@@ -611,10 +611,14 @@ def test_titles_are_escaped_in_the_browser(locked, browser, tmp_path, artifacts_
     library.get_by_text(SCRIPT_NAME, exact=True).first.wait_for()
     library.get_by_text(IMG_NAME, exact=True).first.wait_for()
     assert page.locator("#library img").count() == 0
-    # Deleting shows the title in a message: escaped there as well.
-    page.locator("#delete-id input").fill(str(ids[2]))
+    # Deleting names the titles in its question and its message: escaped there as well.
+    row = library.filter(has=page.locator("[data-col='1']").get_by_text(str(ids[2]), exact=True))
+    row.locator("input[type=checkbox]").click()
     page.locator("#delete-btn").click()
-    page.get_by_text(f"Deleted “{SCRIPT_NAME}”").wait_for()
+    page.locator("#delete-question").get_by_text(f"Delete 1 video: {SCRIPT_NAME}?").wait_for()
+    assert page.locator("#delete-question script, #delete-question img").count() == 0
+    page.locator("#delete-confirm-btn").click()
+    page.get_by_text(f"Deleted 1 video: {SCRIPT_NAME}.").wait_for()
     page.screenshot(path=str(artifacts_dir / "security-xss-library.png"), full_page=True)
 
     assert page.evaluate("() => typeof window.__xss") == "undefined"

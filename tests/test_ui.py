@@ -27,7 +27,8 @@ def browser():
 @pytest.mark.browser
 def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_model, clips_dir, artifacts_dir):
     home = tmp_path / "home"
-    with running_server(home, tiny_model, tmp_path / "serve.log") as url:
+    small_pages = {"VIDSEARCH_LIBRARY_PAGE_SIZE": "2"}  # paging with few videos
+    with running_server(home, tiny_model, tmp_path / "serve.log", env_extra=small_pages) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(60_000)
         page.goto(url + "/")
@@ -66,32 +67,64 @@ def test_upload_wait_search_and_delete_in_the_browser(browser, tmp_path, tiny_mo
         first.wait_for()
         assert "red_circle.mp4" in first.locator(".vs-title").inner_text()
         assert page.locator("#results .vs-card").count() == 3
-        src = first.locator("video").get_attribute("src")
-        assert src and src.startswith("/media/")
-        assert page.request.get(url + src).status == 200
+        green = page.locator("#results .vs-card", has_text="green_square.webm")
+        green_src = green.locator("video").get_attribute("src")
+        assert green_src and green_src.startswith("/media/")
+        assert page.request.get(url + green_src).status == 200
         page.screenshot(path=str(artifacts_dir / "ui-search.png"), full_page=True)
 
-        # Delete from the Library tab: the video leaves the library and the results.
+        # The Library tab pages (2 a page here, newest first) and searches titles.
         page.get_by_role("tab", name="Library").click()
-        page.get_by_role("button", name="Refresh").click()
         library = page.locator("#library [role=row]")
+        summary = page.locator("#library-summary")
         library.get_by_text("blue_triangle.mkv").wait_for()
+        page.get_by_text("Showing 1–2 of 3 videos").wait_for()
         statuses = page.locator("#library").inner_text()
-        assert statuses.count("ready") >= 3 and "done" not in statuses, statuses  # one vocabulary: CLI, API, page
-        video_id = first.get_attribute("data-video-id")
-        page.locator("#delete-id input").fill(str(video_id))
+        assert statuses.count("ready") == 2 and "done" not in statuses, statuses  # one vocabulary: CLI, API, page
+        assert "green_square.webm" in statuses and "red_circle.mp4" not in statuses
+        assert page.locator("#library-prev").is_disabled() and page.locator("#library-next").is_enabled()
+        page.locator("#library-next").click()
+        page.get_by_text("Showing 3–3 of 3 videos").wait_for()
+        library.get_by_text("red_circle.mp4").wait_for()
+        assert "blue_triangle.mkv" not in page.locator("#library").inner_text()
+        assert page.locator("#library-next").is_disabled() and page.locator("#library-prev").is_enabled()
+        page.locator("#library-prev").click()
+        page.get_by_text("Showing 1–2 of 3 videos").wait_for()
+        page.locator("#library-search textarea, #library-search input").first.fill("CIRCLE")
+        page.get_by_text("Showing 1–1 of 1 video matching “CIRCLE”").wait_for()
+        assert "red_circle.mp4" in page.locator("#library").inner_text() and library.count() == 2  # header + 1
+        page.locator("#library-search textarea, #library-search input").first.fill("")
+        page.get_by_text("Showing 1–2 of 3 videos").wait_for()
+
+        # Delete by ticking rows: Delete asks first, naming them; Cancel deletes nothing, Delete does.
         page.locator("#delete-btn").click()
-        page.get_by_text("Deleted “red_circle.mp4”").wait_for()
-        library.get_by_text("green_square.webm").wait_for()
-        page.wait_for_function("() => !document.querySelector('#library').innerText.includes('red_circle.mp4')")
+        page.get_by_text("Tick the videos to delete first.").wait_for()
+        for name in ("blue_triangle.mkv", "green_square.webm"):
+            library.filter(has_text=name).locator("input[type=checkbox]").click()
+        page.locator("#delete-btn").click()
+        question = page.locator("#delete-question")
+        question.get_by_text("Delete 2 videos: blue_triangle.mkv, green_square.webm?").wait_for()
+        page.screenshot(path=str(artifacts_dir / "ui-library-confirm.png"), full_page=True)
+        page.locator("#delete-cancel-btn").click()
+        page.get_by_text("Nothing was deleted.").wait_for()
+        assert not page.locator("#delete-confirm").is_visible()
+        assert "Showing 1–2 of 3 videos" in summary.inner_text()
+        page.locator("#delete-btn").click()  # the rows are still ticked
+        question.get_by_text("Delete 2 videos: blue_triangle.mkv, green_square.webm?").wait_for()
+        page.locator("#delete-confirm-btn").click()
+        page.get_by_text("Deleted 2 videos: blue_triangle.mkv, green_square.webm.").wait_for()
+        page.get_by_text("Showing 1–1 of 1 video").wait_for()
+        library.get_by_text("red_circle.mp4").wait_for()
+        assert "green_square.webm" not in page.locator("#library").inner_text()
+        assert not page.locator("#delete-confirm").is_visible()
         page.screenshot(path=str(artifacts_dir / "ui-library.png"), full_page=True)
-        assert page.request.get(url + src).status == 404
+        assert page.request.get(url + green_src).status == 404
 
         page.get_by_role("tab", name="Search").click()
         page.locator("#search-btn").click()
         page.wait_for_function(
-            "() => document.querySelectorAll('#results .vs-card').length === 2 && "
-            "!document.querySelector('#results').innerText.includes('red_circle.mp4')")
+            "() => document.querySelectorAll('#results .vs-card').length === 1 && "
+            "document.querySelector('#results').innerText.includes('red_circle.mp4')")
         page.close()
 
 
@@ -107,7 +140,7 @@ def test_moments_thumbnails_and_timeline_in_the_browser(browser, tmp_path, tiny_
     parts = write_parts_clip(tmp_path / "parts.mp4")  # black 0-2 s, red circle 2-6, blue square 6-10, green 10-14
     uploads = [parts, clips_dir / "red_circle.mp4", clips_dir / "green_square.webm", clips_dir / "blue_triangle.mkv"]
     with running_server(tmp_path / "home", tiny_model, tmp_path / "serve.log",
-                        env_extra={"VIDSEARCH_MOMENT_SECONDS": "2"}) as url:
+                        env_extra={"VIDSEARCH_MOMENT_SECONDS": "2", "VIDSEARCH_LIBRARY_PAGE_SIZE": "2"}) as url:
         with httpx.Client(base_url=url, timeout=120) as client:
             jobs = []
             for path in uploads:
@@ -142,9 +175,14 @@ def test_moments_thumbnails_and_timeline_in_the_browser(browser, tmp_path, tiny_
         thumb = card.locator("img.vs-thumb").first.get_attribute("src")
         assert thumb.startswith("/thumbnails/") and page.request.get(url + thumb).status == 200
 
+        # The Library's posters are those of the page shown (2 a page here, newest first).
         page.get_by_role("tab", name="Library").click()
-        page.wait_for_function("() => document.querySelectorAll('#library-thumbs img.vs-thumb').length === 4 && "
-                               "[...document.querySelectorAll('#library-thumbs img')].every(i => i.naturalWidth > 0)")
+        posters = ("(title) => { const imgs = [...document.querySelectorAll('#library-thumbs img.vs-thumb')];"
+                   " return imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0) &&"
+                   " document.querySelector('#library-thumbs').innerText.includes(title); }")
+        page.wait_for_function(posters, arg="blue_triangle.mkv")
+        page.locator("#library-next").click()
+        page.wait_for_function(posters, arg="parts.mp4")
         page.screenshot(path=str(artifacts_dir / "ui-library-thumbs.png"), full_page=True)
 
         # An 8 s clip of one unchanging frame, for the Timeline's near-flat line.
@@ -156,8 +194,23 @@ def test_moments_thumbnails_and_timeline_in_the_browser(browser, tmp_path, tiny_
         # Before a query: no empty plot, a line saying what to do.
         page.locator("#timeline-player").get_by_text("Choose a video, describe a moment").wait_for()
         assert not page.locator("#timeline-plot").is_visible()
-        page.locator("#timeline-video input").click()
-        page.get_by_role("option", name="parts.mp4", exact=False).click()
+        # The Timeline picker offers the newest 2 ready videos; a title search finds the others and picks one.
+        picker = page.locator("#timeline-video")
+        picker.get_by_text("The 2 newest of 5 ready videos; search by title for the others.").wait_for()
+        picker.locator("input").click()
+        offered = page.get_by_role("option")
+        offered.first.wait_for()
+        assert sorted(o.inner_text() for o in offered.all()) == ["blue_triangle.mkv (id 4)", "still.mp4 (id 5)"]
+        page.keyboard.press("Escape")
+        find = page.locator("#timeline-find textarea, #timeline-find input").first
+        find.fill("PARTS")
+        picker.get_by_text("1 ready video matching “PARTS”.").wait_for()
+        page.wait_for_function("() => document.querySelector('#timeline-video input').value === 'parts.mp4 (id 1)'")
+        picker.locator("input").click()
+        page.get_by_role("option", name="parts.mp4 (id 1)").wait_for()
+        assert offered.count() == 1
+        page.screenshot(path=str(artifacts_dir / "ui-timeline-picker.png"), full_page=False)
+        page.keyboard.press("Escape")
         page.locator("#timeline-query textarea").fill("a green triangle")
         page.locator("#timeline-btn").click()
         player = page.locator("#timeline-player .vs-timeline")
@@ -174,6 +227,8 @@ def test_moments_thumbnails_and_timeline_in_the_browser(browser, tmp_path, tiny_
         _assert_timeline_plot_readable(page)
 
         # A static clip's near-flat line: a few short ticks, not one tick with six decimals.
+        find.fill("")  # the picker offers the newest videos again, the still clip among them
+        picker.get_by_text("The 2 newest of 5 ready videos").wait_for()
         page.locator("#timeline-video input").click()
         page.get_by_role("option", name="still.mp4", exact=False).click()
         page.locator("#timeline-btn").click()
