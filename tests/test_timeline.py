@@ -277,10 +277,12 @@ def timeline_page_event(client: httpx.Client, video_id: int, text: str) -> list[
     returns the event's messages, the last one being process_completed."""
     config = client.get("/config").json()
     video_box = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "timeline-video")
-    fill = next(d["id"] for d in config["dependencies"] if d["outputs"] == [video_box] and not d["inputs"])
+    # The tab's select event offers the newest ready videos (a title search box feeds it; empty here).
+    fill = next(d["id"] for d in config["dependencies"]
+                if d["outputs"] == [video_box] and d.get("api_name") == "picker")
     show = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "do_timeline")
     session = uuid.uuid4().hex
-    page_event(client, session, fill, [])
+    page_event(client, session, fill, ["", None])
     return page_event(client, session, show, [video_id, text])
 
 
