@@ -13,6 +13,8 @@ DEFAULT_MODEL = "Diangle/clip4clip-webvid"
 # (schema/model_key.py); if `main` moves upstream, the old index is refused, never mixed. Pin a commit with
 # VIDSEARCH_MODEL_REVISION to stay on one snapshot (README, Pinning the model).
 DEFAULT_MODEL_REVISION = "main"
+# The lexical experts (ingest/experts/); appearance (CLIP4Clip) is always on and is not one of these.
+EXPERT_NAMES = ("speech", "text")
 
 
 class Settings(BaseSettings):
@@ -99,6 +101,25 @@ class Settings(BaseSettings):
         "of its own, so the file that crashed is found; a worker killed from outside fails no file."
     )
     write_batch: int = Field(32, ge=1, description="Videos written to Milvus and the catalog per write.")
+    experts: str = Field(
+        "speech,text", description="Experts run at ingest besides appearance (always on), comma-separated: speech "
+        "(what is said, pocketsphinx), text (words on screen, RapidOCR); empty for none. See README, Experts."
+    )
+    expert_timeout_seconds: float = Field(
+        1800.0, gt=0, description="Longest time one expert may take on one video (its own stage, apart from the "
+        "decode timeout) before that expert is recorded unavailable for it."
+    )
+    expert_claim_size: int = Field(4, ge=1, le=64, description="Expert jobs a worker takes from the queue at once.")
+    text_interval_seconds: float = Field(
+        1.0, gt=0, le=60, description="The text expert reads one frame every this many seconds (text shown for "
+        "twice as long is always read)."
+    )
+    text_max_side: int = Field(
+        1280, ge=64, le=8192, description="Longer side, in pixels, of the frames the text expert reads."
+    )
+    speech_segment_seconds: float = Field(
+        5.0, ge=1, le=60, description="Longest stretch of transcript stored as one speech segment (split at pauses)."
+    )
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for new jobs.")
 
     @field_validator("device")
@@ -108,6 +129,21 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("VIDSEARCH_DEVICE must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("experts")
+    @classmethod
+    def _check_experts(cls, value: str) -> str:
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in EXPERT_NAMES]
+        if unknown:
+            raise ValueError(f"VIDSEARCH_EXPERTS: unknown expert(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(EXPERT_NAMES)}")
+        return ",".join(dict.fromkeys(names))
+
+    @property
+    def expert_names(self) -> tuple[str, ...]:
+        """The experts run at ingest besides appearance, in order."""
+        return tuple(n for n in self.experts.split(",") if n)
 
     @field_validator("auth")
     @classmethod

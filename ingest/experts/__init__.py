@@ -1,0 +1,28 @@
+"""Experts beside appearance: each reads one thing in a video (what is said, what is written on screen) and returns
+timestamped text segments. One module per expert behind the interface in base.py; EXPERTS maps names to classes."""
+
+from __future__ import annotations
+
+from ingest.experts.base import (
+    AudioInput,
+    Expert,
+    ExpertUnavailable,
+    FramesInput,
+    TextSegment,
+)
+
+# name -> "module:Class", imported on first use: an expert's engine (pocketsphinx, RapidOCR) loads only when it runs.
+EXPERTS: dict[str, str] = {
+    "speech": "ingest.experts.speech:SpeechExpert",
+    "text": "ingest.experts.text:TextExpert",
+}
+
+__all__ = ["EXPERTS", "AudioInput", "Expert", "ExpertUnavailable", "FramesInput", "TextSegment", "expert_class"]
+
+
+def expert_class(name: str) -> type[Expert]:
+    """The class of the expert called `name` (KeyError for an unknown one)."""
+    import importlib
+
+    module, _, cls = EXPERTS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
