@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ingest import thumbnails
 from schema.catalog import Catalog, VideoStatus
@@ -35,9 +37,17 @@ class Finding:
         return asdict(self)
 
 
+class LexicalCounts(Protocol):
+    """What doctor needs of an expert's collection (schema/lexical.py)."""
+
+    def counts(self) -> Counter[int]: ...
+    def delete(self, video_ids: Sequence[int]) -> None: ...
+    def flush(self) -> None: ...
+
+
 def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, lease_seconds: float,
-            repair: bool = False) -> list[Finding]:
-    """Every inconsistency found, each repaired when `repair` is set."""
+            repair: bool = False, lexical: Mapping[str, LexicalCounts] | None = None) -> list[Finding]:
+    """Every inconsistency found, each repaired when `repair` is set. `lexical`: the experts' collections."""
     findings: list[Finding] = []
 
     def found(kind: str, detail: str, ids: list[int], fix) -> None:
@@ -108,6 +118,9 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
         if repair and (orphans or failed or duplicated or missing or seg_orphans or seg_failed):
             store.flush()
 
+    for expert, collection in (lexical or {}).items():
+        _examine_expert(catalog, expert, collection, lease_seconds, found)
+
     # Thumbnails are written before a video is ready and removed with it; a folder whose content hash the catalog
     # does not know belongs to a deleted video (listed first: a video's row always precedes its thumbnails).
     thumbs_before = thumbnails.stored_hashes(settings.thumbnails_dir)
@@ -124,6 +137,29 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
         found("stale_temp_files", f"{len(stale)} partial upload copies: removed", [],
               lambda: [p.unlink(missing_ok=True) for p in stale])
     return findings
+
+
+def _examine_expert(catalog: Catalog, expert: str, collection: LexicalCounts, lease_seconds: float, found) -> None:
+    """An expert's collection against the catalog's record of its runs (rows are written before a run is done)."""
+    dead = catalog.dead_expert_runs(expert, lease_seconds)
+    found(f"dead_{expert}_runs", f"{expert} runs left running by a worker that is gone: queued again", dead,
+          lambda: catalog.recover_expert_runs(lease_seconds))
+    recorded_before = catalog.expert_segment_counts(expert)
+    rows = collection.counts()
+    states = catalog.video_states()
+    orphans = [v for v in rows if v not in states or states[v][0] is VideoStatus.FAILED]
+
+    def delete_orphans() -> None:
+        collection.delete(orphans)
+        collection.flush()
+
+    found(f"orphan_{expert}_segments", f"{expert} segments of videos the catalog does not have (or failed): deleted",
+          orphans, delete_orphans)
+    recorded = catalog.expert_segment_counts(expert)
+    wrong = [v for v, n in recorded.items() if recorded_before.get(v) == n and rows.get(v, 0) != n]
+    found(f"{expert}_segments_mismatch", f"videos whose stored {expert} segments differ from what the catalog "
+          f"recorded (lost or doubled by a crash): {expert} queued again for them", wrong,
+          lambda: catalog.queue_experts_for(wrong, expert))
 
 
 def _orphans_and_failed(counts: Counter[int], states: dict[int, tuple[VideoStatus, str]]

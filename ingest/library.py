@@ -194,6 +194,8 @@ def delete_video(catalog: Catalog, store: VectorStore | None, video_id: int,
         return None
     if store is not None:
         store.delete([video_id])  # its segment vectors too
+        if hasattr(store, "delete_experts"):  # the Store facade: what its experts found goes too
+            store.delete_experts([video_id])
     catalog.delete_video(video_id)
     if video.owned:
         Path(video.stored_path).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from ingest import thumbnails
 from ingest.decode import Limits, Sampling, VideoInfo
 from ingest.decode_pool import DecodeMode, DecodePool, DecodeRequest
 from ingest.encoder import ClipEncoder
+from ingest.expert_stage import ExpertResult, ExpertStage
 from ingest.pipeline import Embedded, Stopped, embed_videos
 from schema.catalog import Catalog, Job, Video
 from schema.vectors import Segments, VectorStore, VectorStoreError, VideoFields
@@ -64,7 +65,8 @@ class Worker:
                  poll_seconds: float = 1.0, *, decode_workers: int = 2, claim_size: int = 16,
                  write_batch: int = 32, decode_mode: DecodeMode = "process",
                  decode_timeout: float | None = 120.0, limits: Limits = Limits(),  # noqa: B008 (frozen)
-                 sampling: Sampling | None = None, thumbnails_dir: Path | None = None, max_crashes: int = 2) -> None:
+                 sampling: Sampling | None = None, thumbnails_dir: Path | None = None, max_crashes: int = 2,
+                 experts: ExpertStage | None = None, expert_names: tuple[str, ...] = ()) -> None:
         self.catalog = catalog
         self.store = store
         self.encoder = encoder
@@ -79,19 +81,29 @@ class Worker:
         self.sampling = sampling or Sampling(frames)  # how many frames a video of a given duration gets
         self.thumbnails_dir = thumbnails_dir  # None: no thumbnails
         self.max_crashes = max_crashes
+        self.experts = experts  # the expert stage: runs the experts on videos the appearance pipeline made ready
+        self.expert_names = expert_names if experts is not None else ()  # queued for each video made ready
         self._videos: dict[int, Video] = {}  # job id -> its catalog video, for the batch in progress
         self._pool: DecodePool | None = None  # started on first use, kept for the worker's life
         self._alone: DecodePool | None = None  # one decode process for suspect jobs when decoding in threads
         self._stop: threading.Event | None = None  # run_forever's: set, the batch in progress is put back
 
     @classmethod
-    def from_settings(cls, catalog: Catalog, store: VectorStore, encoder: ClipEncoder, settings) -> Worker:
+    def from_settings(cls, catalog: Catalog, store: VectorStore, encoder: ClipEncoder, settings, *,
+                      with_experts: bool = True) -> Worker:
+        """This installation's worker. `with_experts`: also run the expert stage (VIDSEARCH_EXPERTS), writing to
+        the experts' collections through `store.lexical` (the Store facade has it; a bare vector store, as the
+        bench uses, does not and gets no experts)."""
+        stage = None
+        if with_experts and hasattr(store, "lexical"):
+            stage = ExpertStage.from_settings(catalog, store.lexical, settings)
         return cls(catalog, store, encoder, settings.frames, settings.worker_poll_seconds,
                    decode_workers=settings.decode_workers, claim_size=settings.claim_size,
                    write_batch=settings.write_batch, decode_mode=settings.decode_mode,
                    decode_timeout=settings.decode_timeout_seconds,
                    limits=Limits.from_settings(settings), sampling=Sampling.from_settings(settings),
-                   thumbnails_dir=settings.thumbnails_dir, max_crashes=settings.max_crashes)
+                   thumbnails_dir=settings.thumbnails_dir, max_crashes=settings.max_crashes,
+                   experts=stage, expert_names=settings.expert_names)
 
     def _request(self) -> DecodeRequest:
         return DecodeRequest(self.encoder.prep, self.sampling, self.limits, thumbs=self.thumbnails_dir is not None)
@@ -118,6 +130,8 @@ class Worker:
             if pool is not None:
                 pool.close()
         self._pool = self._alone = None
+        if self.experts is not None:
+            self.experts.close()
 
     def __enter__(self) -> Worker:
         return self
@@ -184,7 +198,7 @@ class Worker:
         fields = [replace(VideoFields.of(self._videos[d.key]) if d.key in self._videos else VideoFields(),
                           duration=d.info.duration) for d in done]
         self.store.add(video_ids, np.stack([d.vector for d in done]), fields)
-        self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done])
+        self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done], experts=self.expert_names)
         return [JobResult(d.key, jobs[d.key].video_id, titles[d.key]) for d in done]
 
     def _decode_failed(self, job: Job, title: str, reason: str) -> JobResult | None:
@@ -208,16 +222,19 @@ class Worker:
         log.warning("job %d (video %d) failed: %s", job.id, job.video_id, reason)
         return JobResult(job.id, job.video_id, title, reason)
 
-    def run_once(self, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
-        """Claim queued jobs and process them. Interrupted or failed storage: unfinished jobs are requeued."""
+    def run_once(self, on_result: Callable[[JobResult], None] | None = None,
+                 on_expert: Callable[[ExpertResult], None] | None = None) -> list[JobResult | ExpertResult]:
+        """Claim queued jobs and process them; when there are none, run the expert stage on one batch of queued
+        expert runs (appearance first, so new videos become searchable soonest). Interrupted or failed storage:
+        unfinished jobs are requeued."""
         if requeued := self.catalog.recover(LEASE_SECONDS, MAX_ATTEMPTS):
             log.warning("%d job(s) of a worker that stopped unexpectedly are queued again, to be retried one at a "
                         "time", len(requeued))
         jobs = self.catalog.claim_jobs(self.claim_size)
         if not jobs:
-            return []
+            return list(self._run_experts(on_expert))
         try:
-            return self.process(jobs, on_result)
+            return list(self.process(jobs, on_result))
         except Stopped:  # the service is stopping: what is not finished waits for the next start
             self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False)
             log.info("stopping: unfinished jobs put back in the queue")
@@ -237,20 +254,34 @@ class Worker:
             self.catalog.requeue_jobs([j.id for j in jobs])
             raise
 
-    def run_until_empty(self, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
+    def _run_experts(self, on_expert: Callable[[ExpertResult], None] | None) -> list[ExpertResult]:
+        if self.experts is None:
+            return []
+        if requeued := self.catalog.recover_expert_runs(LEASE_SECONDS):
+            log.warning("%d expert run(s) of a worker that stopped unexpectedly are queued again", len(requeued))
+        try:
+            return self.experts.run_once(on_expert, self._stop)
+        except Stopped:  # runs in progress were put back in the queue by the stage
+            log.info("stopping: unfinished expert runs put back in the queue")
+            return []
+
+    def run_until_empty(self, on_result: Callable[[JobResult], None] | None = None,
+                        on_expert: Callable[[ExpertResult], None] | None = None) -> list[JobResult]:
+        """Process queued jobs, then queued expert runs, until none is left. Returns the jobs' results."""
         done: list[JobResult] = []
-        while batch := self.run_once(on_result):
-            done += batch
+        while batch := self.run_once(on_result, on_expert):
+            done += [r for r in batch if isinstance(r, JobResult)]
         return done
 
-    def run_forever(self, stop: threading.Event, on_result: Callable[[JobResult], None] | None = None) -> None:
+    def run_forever(self, stop: threading.Event, on_result: Callable[[JobResult], None] | None = None,
+                    on_expert: Callable[[ExpertResult], None] | None = None) -> None:
         """Process jobs until `stop` is set; sleep when the queue is empty, back off when storage fails."""
         backoff = self.poll_seconds
         self._stop = stop
         try:
             while not stop.is_set():
                 try:
-                    batch = self.run_once(on_result)
+                    batch = self.run_once(on_result, on_expert)
                 except Exception as exc:  # storage or model failure: keep the worker alive, retry later
                     log.error("worker batch failed, jobs requeued, retrying in %.0f s: %s", backoff, exc)
                     stop.wait(backoff)

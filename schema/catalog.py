@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     false,
@@ -119,6 +120,40 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     video: Mapped[Video] = relationship(back_populates="jobs")
+
+
+class ExpertState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # its segments are stored (none when the expert found nothing: then it is `unavailable`)
+    UNAVAILABLE = "unavailable"  # the video has nothing for this expert (no audio track, no text): `reason` says
+    FAILED = "failed"  # the expert itself failed on this video (crashed, timed out) too often: `reason` says
+
+
+class ExpertRun(Base):
+    """One expert (speech, text) on one video: its state for search (done, or unavailable with the reason) and the
+    queue of the expert stage (queued, running), apart from the appearance jobs so a video is searchable by
+    appearance first. One row per (video, expert); running an expert again reuses it."""
+
+    __tablename__ = "expert_runs"
+    __table_args__ = (UniqueConstraint("video_id", "expert", name="uq_expert_runs_video_expert"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    expert: Mapped[str] = mapped_column(String(32))
+    state: Mapped[ExpertState] = mapped_column(
+        Enum(ExpertState, values_callable=lambda e: [m.value for m in e], name="expertstate"),
+        default=ExpertState.QUEUED, index=True,
+    )
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    segments: Mapped[int] = mapped_column(Integer, default=0)  # rows stored in the expert's collection
+    seconds: Mapped[float | None] = mapped_column(Float)  # what the last run cost (decode + model), for the README
+    worker: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
 
 class Counter(Base):
@@ -311,8 +346,9 @@ class Catalog:
             if video is not None:
                 video.status, video.error = VideoStatus.FAILED, error
 
-    def finish_jobs(self, done: Sequence[tuple[int, dict]]) -> None:
-        """Mark many jobs done in one transaction, each with its video's probed metadata."""
+    def finish_jobs(self, done: Sequence[tuple[int, dict]], experts: Sequence[str] = ()) -> None:
+        """Mark many jobs done in one transaction, each with its video's probed metadata, and queue `experts` for
+        those videos (in the same transaction: a crash cannot leave a ready video that its experts never run on)."""
         with self.sessions.begin() as s:
             now = utcnow()
             for job_id, video_fields in done:
@@ -325,7 +361,161 @@ class Catalog:
                     for name, value in video_fields.items():
                         setattr(video, name, value)
                     video.status, video.error = VideoStatus.READY, None
+                    for expert in experts:  # what an expert found stays valid: the file (its hash) is the same
+                        self._queue_expert(s, video.id, expert, keep_done=True)
             _bump_ready(s)
+
+    # --- experts ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _queue_expert(s, video_id: int, expert: str, *, keep_done: bool = False) -> None:
+        run = s.scalar(select(ExpertRun).where(ExpertRun.video_id == video_id, ExpertRun.expert == expert))
+        if run is None:
+            s.add(ExpertRun(video_id=video_id, expert=expert, state=ExpertState.QUEUED, attempts=0, segments=0))
+        elif keep_done and run.state in (ExpertState.DONE, ExpertState.UNAVAILABLE):
+            return
+        elif run.state != ExpertState.RUNNING:
+            run.state, run.reason, run.attempts, run.worker, run.started_at = ExpertState.QUEUED, None, 0, None, None
+
+    def request_experts(self, experts: Sequence[str], *, again: bool = False) -> dict[str, int]:
+        """Queue `experts` for every ready video that has no result from them yet (`again`: for every ready video,
+        redoing what is done); runs already queued or running are left as they are, so an interrupted
+        `vidsearch reindex --experts` simply continues. Returns how many runs were queued per expert."""
+        queued = {expert: 0 for expert in experts}
+        with self.sessions.begin() as s:
+            ready = list(s.scalars(select(Video.id).where(Video.status == VideoStatus.READY)))
+            for expert in experts:
+                runs = {r.video_id: r for r in s.scalars(select(ExpertRun).where(ExpertRun.expert == expert))}
+                for video_id in ready:
+                    run = runs.get(video_id)
+                    if run is not None and run.state in (ExpertState.QUEUED, ExpertState.RUNNING):
+                        continue
+                    if run is not None and run.state != ExpertState.FAILED and not again:
+                        continue
+                    self._queue_expert(s, video_id, expert)
+                    queued[expert] += 1
+        return queued
+
+    def queue_experts_for(self, video_ids: Sequence[int], expert: str) -> None:
+        """Queue `expert` again for these videos (doctor, after its stored segments were found wrong)."""
+        with self.sessions.begin() as s:
+            for video_id in video_ids:
+                if s.get(Video, video_id) is not None:
+                    self._queue_expert(s, video_id, expert)
+
+    def dead_expert_runs(self, expert: str, lease_seconds: float) -> list[int]:
+        """Videos whose `expert` run is left running by a worker that is gone."""
+        host = socket.gethostname()
+        stale_before = utcnow() - timedelta(seconds=lease_seconds)
+        dead = []
+        with self.sessions() as s:
+            for run in s.scalars(select(ExpertRun).where(ExpertRun.state == ExpertState.RUNNING,
+                                                         ExpertRun.expert == expert)):
+                name, _, pid = (run.worker or "").rpartition(":")
+                if (name == host and pid.isdigit() and not pid_alive(int(pid))) or run.updated_at < stale_before:
+                    dead.append(run.video_id)
+        return dead
+
+    def claim_expert_runs(self, limit: int, worker: str | None = None) -> list[ExpertRun]:
+        """Atomically move up to `limit` queued expert runs of ready videos to running (oldest first)."""
+        worker = worker or worker_name()
+        claimed: list[ExpertRun] = []
+        with self.sessions.begin() as s:
+            now = utcnow()
+            for _ in range(limit):
+                next_id = (select(ExpertRun.id).join(Video, Video.id == ExpertRun.video_id)
+                           .where(ExpertRun.state == ExpertState.QUEUED, Video.status == VideoStatus.READY)
+                           .order_by(ExpertRun.id).limit(1).scalar_subquery())
+                row = s.execute(
+                    update(ExpertRun).where(ExpertRun.id == next_id, ExpertRun.state == ExpertState.QUEUED)
+                    .values(state=ExpertState.RUNNING, worker=worker, started_at=now, updated_at=now,
+                            attempts=ExpertRun.attempts + 1)
+                    .returning(ExpertRun.id)).first()
+                if row is None:
+                    break
+                claimed.append(s.get(ExpertRun, row.id))
+        return claimed
+
+    def finish_expert_run(self, run_id: int, state: ExpertState, *, reason: str | None = None, segments: int = 0,
+                          seconds: float | None = None) -> bool:
+        """Record a running expert's outcome. False when the run is gone (its video was deleted meanwhile) or was
+        taken back (the video was ingested again): the caller removes what it stored then."""
+        with self.sessions.begin() as s:
+            run = s.get(ExpertRun, run_id)
+            if run is None or run.state != ExpertState.RUNNING:
+                return False
+            run.state, run.reason, run.segments, run.seconds = state, reason, segments, seconds
+            run.finished_at, run.worker = utcnow(), None
+            _bump_ready(s)  # what search can match changed
+            return True
+
+    def retry_expert_run(self, run_id: int, reason: str, max_attempts: int) -> bool:
+        """The expert failed on this video (its process crashed): queue it again, or after `max_attempts` record
+        it failed with `reason`. Returns True if it failed for good."""
+        with self.sessions.begin() as s:
+            run = s.get(ExpertRun, run_id)
+            if run is None or run.state != ExpertState.RUNNING:
+                return False
+            if run.attempts >= max_attempts:
+                times = f" ({run.attempts} times)" if run.attempts > 1 else ""
+                run.state, run.reason, run.finished_at, run.worker = ExpertState.FAILED, reason + times, utcnow(), None
+                return True
+            run.state, run.reason, run.worker, run.started_at = ExpertState.QUEUED, reason, None, None
+            return False
+
+    def requeue_expert_runs(self, run_ids: Sequence[int]) -> None:
+        """Give running expert runs back to the queue without counting an attempt (a stop, an outage)."""
+        if run_ids:
+            with self.sessions.begin() as s:
+                for run in s.scalars(select(ExpertRun).where(ExpertRun.id.in_(list(run_ids)),
+                                                             ExpertRun.state == ExpertState.RUNNING)):
+                    run.state, run.worker, run.started_at = ExpertState.QUEUED, None, None
+                    run.attempts = max(0, run.attempts - 1)
+
+    def heartbeat_experts(self, run_ids: Sequence[int]) -> None:
+        if run_ids:
+            with self.sessions.begin() as s:
+                s.execute(update(ExpertRun).where(ExpertRun.id.in_(list(run_ids)),
+                                                  ExpertRun.state == ExpertState.RUNNING).values(updated_at=utcnow()))
+
+    def recover_expert_runs(self, lease_seconds: float) -> list[int]:
+        """Queue again the running expert runs whose worker died (as `recover` does for jobs)."""
+        host = socket.gethostname()
+        stale_before = utcnow() - timedelta(seconds=lease_seconds)
+        requeued = []
+        with self.sessions.begin() as s:
+            for run in s.scalars(select(ExpertRun).where(ExpertRun.state == ExpertState.RUNNING)):
+                name, _, pid = (run.worker or "").rpartition(":")
+                if (name == host and pid.isdigit() and not pid_alive(int(pid))) or run.updated_at < stale_before:
+                    run.state, run.worker, run.started_at = ExpertState.QUEUED, None, None
+                    run.attempts = max(0, run.attempts - 1)
+                    requeued.append(run.id)
+        return requeued
+
+    def expert_runs(self, video_ids: Sequence[int]) -> dict[int, dict[str, ExpertRun]]:
+        """video id -> expert -> its run, for these videos."""
+        out: dict[int, dict[str, ExpertRun]] = {}
+        ids = list(video_ids)
+        with self.sessions() as s:
+            for start in range(0, len(ids), 500):
+                for run in s.scalars(select(ExpertRun).where(ExpertRun.video_id.in_(ids[start : start + 500]))):
+                    out.setdefault(run.video_id, {})[run.expert] = run
+        return out
+
+    def expert_counts(self) -> dict[str, dict[str, int]]:
+        """expert -> state -> how many videos (for status, progress and doctor)."""
+        out: dict[str, dict[str, int]] = {}
+        with self.sessions() as s:
+            for expert, state, n in s.execute(select(ExpertRun.expert, ExpertRun.state, func.count())
+                                              .group_by(ExpertRun.expert, ExpertRun.state)):
+                out.setdefault(expert, {st.value: 0 for st in ExpertState})[state.value] = int(n)
+        return out
+
+    def expert_segment_counts(self, expert: str) -> dict[int, int]:
+        """video id -> segments the catalog says are stored for `expert` (done runs only)."""
+        with self.sessions() as s:
+            rows = s.execute(select(ExpertRun.video_id, ExpertRun.segments)
+                             .where(ExpertRun.expert == expert, ExpertRun.state == ExpertState.DONE))
+            return {int(v): int(n) for v, n in rows}
 
     def requeue_jobs(self, job_ids: Sequence[int], *, count_attempt: bool = True, reason: str | None = None
                      ) -> None:

@@ -12,13 +12,14 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from schema.catalog import Catalog
 from schema.filters import SearchFilters
 from schema.model_key import ModelKey
-from schema.settings import Settings
+from schema.settings import EXPERT_NAMES, Settings
 from schema.vectors import (
     Hit,
     LegacySnapshot,
@@ -30,6 +31,9 @@ from schema.vectors import (
     drop_collection,
     is_milvus_lite,
 )
+
+if TYPE_CHECKING:
+    from schema.lexical import LexicalStore
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ class Store:
         self._lite: bool | None = None
         self._bound: MilvusVectorStore | None = None  # the model's collection
         self._index: VectorStore | None = None  # the in-memory copy over it, when used
+        self._lexical: dict[str, LexicalStore] = {}  # the experts' collections, opened on first use
         self._lock = threading.RLock()
 
     # --- what the endpoint is ----------------------------------------------------------------------------------
@@ -121,6 +126,31 @@ class Store:
         if current is not None:
             current()
 
+    # --- the experts' collections ------------------------------------------------------------------------------
+    def lexical_name(self, expert: str) -> str:
+        return f"{self.settings.collection}_{expert}"
+
+    def lexical(self, expert: str) -> LexicalStore:
+        """The collection of one lexical expert (`<collection>_speech`, ...), created if missing. Its text is
+        model-independent, so it outlives `vidsearch reindex` of the appearance vectors. A server without BM25
+        raises VectorStoreError saying so."""
+        with self._lock:
+            client = self.client()
+            store = self._lexical.get(expert)
+            if store is None or store.client is not client:  # first use, or the facade reconnected
+                from schema.lexical import LexicalStore
+
+                store = LexicalStore.open(client, self.lexical_name(expert), lite=self.is_lite)
+                self._lexical[expert] = store
+            return store
+
+    def lexical_existing(self) -> dict[str, LexicalStore]:
+        """The experts' collections that exist (for search, delete and doctor), without creating any."""
+        with self._lock:
+            client = self.client()
+            return {e: self.lexical(e) for e in EXPERT_NAMES
+                    if e in self._lexical or client.has_collection(self.lexical_name(e))}
+
     # --- VectorStore -------------------------------------------------------------------------------------------
     @property
     def dim(self) -> int:
@@ -153,6 +183,11 @@ class Store:
         target = self._index if self._index is not None else self.existing()
         if target is not None:  # no collection yet: nothing to delete
             target.delete(video_ids, segments=segments)
+
+    def delete_experts(self, video_ids: Sequence[int]) -> None:
+        """Remove these videos' segments from every expert's collection (a video deleted from the library)."""
+        for store in self.lexical_existing().values():
+            store.delete(video_ids)
 
     def fetch(self, video_ids: Sequence[int]) -> dict[int, np.ndarray]:
         store = self.existing()
@@ -190,3 +225,4 @@ class Store:
             elif self._client is not None:
                 self._client.close()
             self._bound = self._index = self._client = None
+            self._lexical = {}

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
@@ -128,11 +128,18 @@ class SearchIn(_Strict):
     image: str | None = Field(None, min_length=1, description="Base64 of an encoded still image.")
     k: int = Field(10, ge=1, le=MAX_K, description="Number of results.")
     filters: Filters | None = None
+    weights: dict[Literal["appearance", "speech", "text"], float] | None = Field(
+        None, description="Text queries: how much each expert counts in the fused ranking (0 turns one off; "
+        "defaults in the README, Experts). Image queries use appearance alone.",
+        examples=[{"speech": 1.0, "appearance": 0.5}])
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchIn:
         if (self.text is None) == (self.image is None):
             raise ValueError("give exactly one of 'text' and 'image'")
+        for name, value in (self.weights or {}).items():
+            if not 0 <= value <= 100:
+                raise ValueError(f"the weight of {name} must be between 0 and 100")
         return self
 
 
@@ -141,10 +148,14 @@ class Moment(BaseModel):
 
     start: float = Field(description="Seconds from the start of the video.")
     end: float = Field(description="Seconds from the start of the video.")
-    score: float = Field(description="Cosine similarity between the query and this part of the video.")
+    score: float = Field(description="appearance: cosine similarity between the query and this part of the video; "
+                         "speech, text: the share of the query's words found there (0..1).")
     thumbnail_url: str | None = Field(None, description="Thumbnail of the best-matching frame (under /thumbnails).")
     media_url: str | None = Field(None, description="The video with a media fragment (#t=start,end): a player "
                                   "given this URL starts at the moment.")
+    expert: str = Field("appearance", description="What matched here: appearance (the pictures), speech (what is "
+                        "said), text (what is written on screen).")
+    text: str | None = Field(None, description="speech, text: what was said or shown in this moment.")
 
 
 class TimelinePoint(BaseModel):
@@ -164,7 +175,12 @@ class SearchHit(BaseModel):
     rank: int
     video_id: int
     title: str
-    score: float = Field(description="Cosine similarity between the query and the video.")
+    score: float = Field(description="The fused score (0..1) when speech or on-screen text took part, else the "
+                         "cosine similarity between the query and the video.")
+    experts: dict[str, float | None] = Field(
+        default_factory=dict, description="Why it matched: appearance's cosine, and the share of the query's words "
+        "found in its speech and on-screen text (null: the video has no speech / no text). Empty when appearance "
+        "ranked alone.")
     duration: float | None = Field(description="Seconds.")
     media_url: str | None = Field(description="Path of the video under /media; null for files indexed in place.")
     thumbnail_url: str | None = Field(None, description="Poster image of the video (under /thumbnails).")
@@ -262,12 +278,14 @@ def _job_out(j: Job) -> JobOut:
 
 def _moments(runtime: Runtime, url: str | None, sha256: str, moments) -> list[Moment]:
     return [Moment(start=m.start, end=m.end, score=m.score, thumbnail_url=thumbnail_url(runtime, sha256, m.frame),
-                   media_url=fragment(url, m.start, m.end) if url else None) for m in moments]
+                   media_url=fragment(url, m.start, m.end) if url else None, expert=m.expert, text=m.text)
+            for m in moments]
 
 
 def _hit(runtime: Runtime, r: SearchResult) -> SearchHit:
     url = media_url(runtime, r.path)
-    return SearchHit(rank=r.rank, video_id=r.video_id, title=r.title, score=r.score, duration=r.duration,
+    return SearchHit(rank=r.rank, video_id=r.video_id, title=r.title, score=r.score, experts=r.experts,
+                     duration=r.duration,
                      media_url=url, thumbnail_url=thumbnail_url(runtime, r.sha256),
                      moments=_moments(runtime, url, r.sha256, r.moments))
 
@@ -511,7 +529,8 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
         filters = body.filters.to_search() if body.filters else None
         if body.text is not None:
             found = search_text(runtime.catalog, runtime.store, runtime.encoder, body.text, body.k, filters,
-                                moment_seconds=settings.moment_seconds)
+                                moment_seconds=settings.moment_seconds, experts=runtime.store.lexical_existing(),
+                                weights=body.weights)
         else:
             assert body.image is not None
             found = search_image(runtime.catalog, runtime.store, runtime.encoder,

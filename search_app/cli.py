@@ -184,6 +184,23 @@ def _process_now(runtime, queued: dict[int, str]) -> tuple[int, list[tuple[str, 
     return ok, failures
 
 
+def _weights(items: list[str]) -> dict[str, float]:
+    """--weight NAME=W options -> {name: weight}."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in ("appearance", "speech", "text"):
+            raise UserError(f"--weight {item!r}: use NAME=W with NAME one of appearance, speech, text")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise UserError(f"--weight {item!r}: {value!r} is not a number") from None
+        if not 0 <= out[name] <= 100:
+            raise UserError(f"--weight {item!r}: the weight must be between 0 and 100")
+    return out
+
+
 def _interrupt(*_args: object) -> None:
     raise KeyboardInterrupt
 
@@ -228,16 +245,21 @@ def search(
                                                    "when no time is given).")] = None,
     tags: Annotated[list[str] | None, typer.Option("--tag", help="Only videos with this tag (repeat for any of "
                                                                  "several).")] = None,
+    weight: Annotated[list[str] | None, typer.Option("--weight", help="How much an expert counts, as NAME=W "
+                                                                       "(appearance, speech, text; 0 turns one "
+                                                                       "off; repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
-    """Find videos by description, or by a still image.
+    """Find videos by description (what is seen, said or written on screen), or by a still image.
 
     Examples:
       vidsearch search "a man riding a bike" -k 5
       vidsearch search --image photo.jpg
       vidsearch search "sunset" --tag drone --max-duration 60 --since 2026-01-01
+      vidsearch search "counted seventeen ships" --weight speech=1 --weight appearance=0.5
 
-    Each result lists its best moments (start-end, score), e.g. `moments: 0:12-0:17 (0.312)`.
+    Each result lists its best moments (start-end, score), e.g. `moments: 0:12-0:17 (0.312)`, and what was said
+    or shown there when speech or on-screen text matched.
     """
     from schema.filters import SearchFilters
     from search_app.search import MAX_IMAGE_BYTES, check_k, check_query, search_image, search_text
@@ -249,6 +271,9 @@ def search(
     check_k(k)
     if query is not None:
         query = check_query(query)
+    weights = _weights(weight or [])
+    if weights and image is not None:
+        raise UserError("--weight applies to text queries; image queries use appearance alone")
     data = None
     if image is not None:
         if not image.is_file():
@@ -264,7 +289,7 @@ def search(
     else:
         assert query is not None
         results = search_text(runtime.catalog, runtime.store, runtime.encoder, query, k, filters,
-                              moment_seconds=moments)
+                              moment_seconds=moments, experts=runtime.store.lexical_existing(), weights=weights)
     if as_json:
         _out([r.as_dict() for r in results])
         return
@@ -277,9 +302,17 @@ def search(
     for r in results:
         duration = f"{r.duration:.1f}s" if r.duration is not None else "?"
         typer.echo(f"{r.rank:>4}  {r.score:>6.3f}  {r.video_id:>5}  {duration:>8}  {r.title}\n{'':>30}{r.path}")
-        if r.moments:
-            spans = ", ".join(f"{clock(m.start)}-{clock(m.end)} ({m.score:.3f})" for m in r.moments)
-            typer.echo(f"{'':>30}moments: {spans}")
+        if r.experts:
+            typer.echo(f"{'':>30}experts: " + ", ".join(f"{name} {'-' if v is None else f'{v:.3f}'}"
+                                                         for name, v in r.experts.items()))
+        spans = [m for m in r.moments if m.expert == "appearance"]
+        if spans:
+            typer.echo(f"{'':>30}moments: " + ", ".join(f"{clock(m.start)}-{clock(m.end)} ({m.score:.3f})"
+                                                         for m in spans))
+        for m in r.moments:
+            if m.text is not None:
+                verb = "said" if m.expert == "speech" else "shown"
+                typer.echo(f"{'':>30}{verb} at {clock(m.start)}: {m.text}")
 
 
 @app.command("list")
@@ -321,19 +354,22 @@ def delete(ids: Annotated[list[int], typer.Argument(help="Video ids (see `vidsea
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False) -> None:
-    """Jobs by state, and why failed ones failed."""
+    """Jobs by state, and why failed ones failed; each expert's videos by state."""
     runtime = _runtime()
     counts = runtime.catalog.job_counts()
     failures = [{"job_id": j.id, "video_id": v.id, "title": v.title, "error": j.error}
                 for j, v in runtime.catalog.failed_jobs()]
+    experts = runtime.catalog.expert_counts()
     store = _vector_store_health(runtime)
     runtime.close()
     if as_json:
-        _out({"jobs": counts, "failed": failures, "vector_store": store})
+        _out({"jobs": counts, "failed": failures, "experts": experts, "vector_store": store})
         return
     typer.echo("  ".join(f"{state}: {n}" for state, n in counts.items()))
     for f in failures:
         typer.echo(f"  failed: video {f['video_id']} {f['title']}: {f['error']}")
+    for name, states in experts.items():
+        typer.echo(f"{name}: " + "  ".join(f"{state}: {n}" for state, n in states.items()))
     if store["reachable"]:
         typer.echo(f"vector store: reachable ({store['endpoint']}), {store['vectors']} vectors")
     else:
@@ -364,7 +400,7 @@ def doctor(
     runtime = _runtime()
     # The collection as it is, whatever model built it: checking and repairing needs no model.
     findings = examine(runtime.catalog, runtime.store.existing(), runtime.settings, lease_seconds=LEASE_SECONDS,
-                       repair=repair)
+                       repair=repair, lexical=runtime.store.lexical_existing())
     runtime.close()
     if as_json:
         _out({"findings": [f.as_dict() for f in findings], "repaired": repair})
@@ -382,8 +418,24 @@ def doctor(
 
 
 @app.command()
-def reindex(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
-    """Drop all vectors and queue every video again (after changing VIDSEARCH_MODEL)."""
+def reindex(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    experts: Annotated[str | None, typer.Option("--experts", help="Only run these experts (comma-separated: "
+                                                                  "speech,text) on the videos already indexed, "
+                                                                  "leaving the appearance vectors alone.")] = None,
+    again: Annotated[bool, typer.Option("--again", help="With --experts: also redo videos they are done with.")
+                     ] = False,
+) -> None:
+    """Drop all vectors and queue every video again (after changing VIDSEARCH_MODEL); or, with --experts, fill the
+    experts' collections for the videos already indexed.
+
+    Examples:
+      vidsearch reindex --yes
+      vidsearch reindex --experts speech,text     (resumable: run it again after an interruption)
+    """
+    if experts is not None:
+        _reindex_experts(experts, again)
+        return
     runtime = _runtime()
     videos = runtime.catalog.list_videos()
     if not yes:
@@ -393,6 +445,53 @@ def reindex(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for conf
         runtime.catalog.requeue_video(v.id)
     typer.echo(f"Queued {len(videos)} video(s) for re-embedding with {runtime.settings.model}. "
                "Run `vidsearch worker` or `vidsearch serve` to process them.")
+
+
+def _reindex_experts(names: str, again: bool) -> None:
+    """Queue the experts' runs for the ready videos and carry them out here, with a progress bar per expert."""
+    from tqdm import tqdm
+
+    from ingest.expert_stage import ExpertStage
+    from schema.settings import EXPERT_NAMES
+
+    wanted = [n.strip().lower() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in EXPERT_NAMES]
+    if not wanted or unknown:
+        raise UserError(f"--experts: {'unknown expert(s) ' + ', '.join(unknown) if unknown else 'name one'}; "
+                        f"known: {', '.join(EXPERT_NAMES)}")
+    runtime = _runtime()
+    catalog = runtime.catalog
+    for name in wanted:
+        runtime.store.lexical(name)  # a server without full-text search is refused here, before any work
+    queued = catalog.request_experts(wanted, again=again)
+    counts = catalog.expert_counts()
+    bars = {}
+    for position, name in enumerate(wanted):
+        state = counts.get(name, {})
+        total = sum(state.values())
+        bars[name] = tqdm(total=total, initial=total - state.get("queued", 0) - state.get("running", 0),
+                          desc=f"{name:>7}", unit="video", file=sys.stderr, position=position)
+    typer.echo(f"queued: {', '.join(f'{n} {queued[n]}' for n in wanted)}", err=True)
+    stage = ExpertStage.from_settings(catalog, runtime.store.lexical, runtime.settings)
+    try:
+        while True:
+            results = stage.run_once(lambda r: bars[r.expert].update(1) if r.expert in bars else None)
+            if not results:  # nothing left that this process can claim (another worker may hold the rest)
+                break
+    except KeyboardInterrupt:
+        typer.echo("stopped: the runs in progress were put back in the queue; run the same command to go on",
+                   err=True)
+        raise typer.Exit(130) from None
+    finally:
+        stage.close()
+        for bar in bars.values():
+            bar.close()
+    counts = catalog.expert_counts()
+    runtime.close()
+    for name in wanted:
+        state = counts.get(name, {})
+        typer.echo(f"{name}: {state.get('done', 0)} done, {state.get('unavailable', 0)} with nothing to read, "
+                   f"{state.get('failed', 0)} failed")
 
 
 @app.command()

@@ -30,8 +30,10 @@ RUNNER_UP = 0.1
 class Moment:
     start: float  # seconds
     end: float
-    score: float  # cosine similarity of the window's vector with the query
+    score: float  # cosine similarity of the window's vector with the query (a lexical expert's: its coverage)
     frame: int  # index of the best-matching sample inside the window (its thumbnail)
+    expert: str = "appearance"  # which expert found it: appearance, speech (said), text (on screen)
+    text: str | None = None  # for speech and text: what was said or shown there
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,13 @@ def best_moments(segments: Segments, query: np.ndarray, moment_seconds: float = 
                       a + int(np.argmax(frame_scores[a:b])))
                for a, b, score in merged]
     return sorted(moments, key=lambda m: -m.score)
+
+
+def frame_at(segments: Segments | None, t: float) -> int:
+    """The index of the sample whose span holds time `t` (its thumbnail shows that moment); 0 without segments."""
+    if segments is None or len(segments) == 0:
+        return 0
+    return int(min(len(segments) - 1, max(0, np.searchsorted(segments.ends, t, side="right"))))
 
 
 def fetch_segments(store: SegmentSource, video_ids: Sequence[int]) -> dict[int, Segments]:

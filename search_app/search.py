@@ -7,15 +7,18 @@ import binascii
 import io
 import re
 import warnings
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 
 from ingest.encoder import ClipEncoder
-from schema.catalog import Catalog, VideoStatus
+from schema.catalog import Catalog, ExpertState, VideoStatus
 from schema.filters import QueryError, SearchFilters, epoch_seconds
 from schema.vectors import VectorStore
-from search_app.moments import DEFAULT_MOMENT_SECONDS, Moment, best_moments, fetch_segments
+from search_app import fusion
+from search_app.moments import DEFAULT_MOMENT_SECONDS, MAX_MOMENTS, Moment, best_moments, fetch_segments, frame_at
 
 # Query images: bounded before anything is decoded (a small PNG can claim gigapixels: a decompression bomb).
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -40,12 +43,32 @@ class SearchResult:
     duration: float | None
     sha256: str = ""
     moments: tuple[Moment, ...] = ()  # where in the video the query matches best, best first
+    # Why it matched: each expert's calibrated score (0..1), None for an expert the video lacks. Empty when only
+    # appearance took part (image queries, a query no expert found in words): `score` is the cosine then.
+    experts: dict[str, float | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 MAX_K = 1000
+# Candidates each expert proposes before fusion: appearance videos, lexical segments.
+FUSION_POOL = 100
+LEXICAL_SEGMENTS = 400
+
+
+class LexicalHitLike(Protocol):
+    video_id: int
+    start: float
+    end: float
+    text: str
+    score: float
+
+
+class LexicalSource(Protocol):
+    """One lexical expert's collection (schema/lexical.py): BM25 over its segments' text."""
+
+    def search(self, query: str, k: int, video_ids: Sequence[int] | None = None) -> Sequence[LexicalHitLike]: ...
 
 
 def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
@@ -92,11 +115,106 @@ def _rank(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
 
 
 def search_text(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, query: str, k: int = 10,
-                filters: SearchFilters | None = None, *,
-                moment_seconds: float | None = DEFAULT_MOMENT_SECONDS) -> list[SearchResult]:
+                filters: SearchFilters | None = None, *, moment_seconds: float | None = DEFAULT_MOMENT_SECONDS,
+                experts: Mapping[str, LexicalSource] | None = None,
+                weights: Mapping[str, float] | None = None) -> list[SearchResult]:
+    """Top-k ready videos for a sentence: by appearance, and with `experts` (name -> collection) also by what is
+    said and shown, fused (search_app/fusion.py). `weights` override fusion.DEFAULT_WEIGHTS per expert (0: off)."""
     query = check_query(query)
     check_k(k)
-    return search_vector(catalog, store, encoder.embed_text(query), k, filters, moment_seconds=moment_seconds)
+    w = check_weights(weights, experts or {})
+    vector = encoder.embed_text(query)
+    lexical = {name: src for name, src in (experts or {}).items() if w.get(name, 0) > 0}
+    if not lexical:
+        if w.get(fusion.APPEARANCE, 1.0) <= 0:
+            raise QueryError("every expert's weight is 0: nothing would rank the videos")
+        return search_vector(catalog, store, vector, k, filters, moment_seconds=moment_seconds)
+    return _fused(catalog, store, vector, query, k, filters, lexical, w, moment_seconds)
+
+
+def check_weights(weights: Mapping[str, float] | None, experts: Mapping[str, object]) -> dict[str, float]:
+    """The fusion weights of a query: the defaults, overridden by `weights` (names checked, values >= 0)."""
+    out = {name: value for name, value in fusion.DEFAULT_WEIGHTS.items()
+           if name == fusion.APPEARANCE or name in experts}
+    for name, value in (weights or {}).items():
+        if name != fusion.APPEARANCE and name not in fusion.DEFAULT_WEIGHTS:
+            raise QueryError(f"unknown expert {name!r} in weights; known: {', '.join(fusion.DEFAULT_WEIGHTS)}")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise QueryError(f"the weight of {name} must be a number") from None
+        if not 0 <= value <= 100:
+            raise QueryError(f"the weight of {name} must be between 0 and 100")
+        out[name] = value
+    return out
+
+
+def _lexical_matches(catalog: Catalog, source: LexicalSource, query: str, query_words: list[str],
+                     filters: SearchFilters | None) -> dict[int, list[tuple[float, LexicalHitLike]]]:
+    """video id -> its matching segments as (coverage, hit), best first; ready videos passing the filters only."""
+    by_video: dict[int, list[tuple[float, LexicalHitLike]]] = {}
+    for hit in source.search(query, LEXICAL_SEGMENTS):
+        cov = fusion.coverage(query_words, hit.text)
+        if cov > 0:
+            by_video.setdefault(int(hit.video_id), []).append((cov, hit))
+    videos = catalog.videos_by_ids(list(by_video))
+    kept = {}
+    for video_id, matches in by_video.items():
+        video = videos.get(video_id)
+        if video is None or video.status != VideoStatus.READY:
+            continue
+        if filters is not None and not filters.accepts(video.duration, epoch_seconds(video.created_at), video.tag):
+            continue
+        kept[video_id] = sorted(matches, key=lambda m: (-m[0], -m[1].score, m[1].start))
+    return kept
+
+
+def _fused(catalog: Catalog, store: VectorStore, vector: np.ndarray, query: str, k: int,
+           filters: SearchFilters | None, lexical: Mapping[str, LexicalSource], weights: dict[str, float],
+           moment_seconds: float | None) -> list[SearchResult]:
+    query_words = fusion.words(query)
+    appearance = _rank(catalog, store, vector, min(MAX_K, max(FUSION_POOL, 4 * k)), filters)
+    matches = {name: _lexical_matches(catalog, src, query, query_words, filters) for name, src in lexical.items()}
+    # Query-dependent weights: a lexical expert counts as much as the query was found in its best video.
+    effective = dict(weights)
+    for name, found in matches.items():
+        effective[name] = weights[name] * max((m[0][0] for m in found.values()), default=0.0)
+    if not any(effective[name] > 0 for name in lexical):  # nobody said or showed it: appearance alone decides
+        return search_vector(catalog, store, vector, k, filters, moment_seconds=moment_seconds)
+    cosines = {r.video_id: r.score for r in appearance}
+    extra = sorted({v for found in matches.values() for v in found} - set(cosines))
+    for video_id, vec in store.fetch(extra).items():
+        cosines[video_id] = float(np.dot(vec, vector))
+    calibrated: dict[str, dict[int, float]] = {
+        fusion.APPEARANCE: fusion.calibrate_appearance(cosines, [r.score for r in appearance] or list(cosines.values()))
+    }
+    for name, found in matches.items():
+        calibrated[name] = {v: m[0][0] for v, m in found.items()}
+    candidates = list(cosines)
+    runs = catalog.expert_runs(candidates)
+    available = {v: {e for e, run in runs.get(v, {}).items() if run.state == ExpertState.DONE and run.segments > 0}
+                 for v in candidates}
+    ranked = fusion.fuse(calibrated, available, effective, candidates)[:k]
+    videos = catalog.videos_by_ids([f.video_id for f in ranked])
+    segments = fetch_segments(store, [f.video_id for f in ranked]) if moment_seconds is not None else {}
+    results = []
+    for f in ranked:
+        video = videos.get(f.video_id)
+        if video is None:
+            continue
+        moments: list[Moment] = []
+        for name in lexical:
+            if effective[name] > 0 and f.experts.get(name):
+                for cov, hit in matches[name].get(f.video_id, [])[:2]:
+                    moments.append(Moment(round(float(hit.start), 3), round(float(hit.end), 3), round(cov, 4),
+                                          frame_at(segments.get(f.video_id), float(hit.start)), name, hit.text))
+        if f.video_id in segments and moment_seconds is not None:
+            moments += best_moments(segments[f.video_id], vector, moment_seconds)
+        moments.sort(key=lambda m: (m.expert == fusion.APPEARANCE, -m.score))
+        results.append(SearchResult(len(results) + 1, round(f.score, 6), video.id, video.title, video.stored_path,
+                                    video.duration, video.sha256, tuple(moments[:MAX_MOMENTS]),
+                                    {**f.experts, fusion.APPEARANCE: round(cosines.get(f.video_id, 0.0), 4)}))
+    return results
 
 
 def check_query(query: str) -> str:

@@ -84,6 +84,11 @@ def start_worker_thread(runtime: Runtime, stop: threading.Event) -> threading.Th
     return thread
 
 
+# Idle HTTP connections stay open longer than clients keep them (httpx and browsers drop theirs after ~5 s): with
+# uvicorn's own 5 s the server could close a connection just as a client reused it ("Server disconnected").
+KEEP_ALIVE_S = 30
+
+
 def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True,
           on_ready: Callable[[], None] | None = None) -> None:
     """Load the model and open the store, then serve; `on_ready` runs once both worked (the CLI prints the URL
@@ -111,7 +116,7 @@ def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True,
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
     finally:
         stop.set()
         if thread:

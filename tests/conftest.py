@@ -106,6 +106,9 @@ def settings(tmp_path, tiny_model, milvus_uri) -> Settings:
         frames=4,
         batch_size=16,
         worker_poll_seconds=0.2,
+        # The clips of the appearance tests have no speech and no text; the expert tests (test_experts.py, ...)
+        # run with the default experts on.
+        experts="",
     )
 
 
@@ -123,7 +126,7 @@ def cli_env(home: Path, model: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDSEARCH_")}
     env.update({"VIDSEARCH_HOME": str(home), "VIDSEARCH_MODEL": str(model), "VIDSEARCH_FRAMES": "4",
                 "VIDSEARCH_BATCH_SIZE": "16", "VIDSEARCH_WORKER_POLL_SECONDS": "0.2", "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1", **extra})
+                "TRANSFORMERS_OFFLINE": "1", "VIDSEARCH_EXPERTS": "", **extra})
     return env
 
 

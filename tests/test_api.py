@@ -39,8 +39,8 @@ from tests.procs import serve_in_thread
 from tests.videos import render_frame, write_video
 
 FUZZ_EXAMPLES = 30
-RESULT_KEYS = {"rank", "video_id", "title", "score", "duration", "media_url", "thumbnail_url", "moments"}
-MOMENT_KEYS = {"start", "end", "score", "thumbnail_url", "media_url"}
+RESULT_KEYS = {"rank", "video_id", "title", "score", "duration", "media_url", "thumbnail_url", "moments", "experts"}
+MOMENT_KEYS = {"start", "end", "score", "thumbnail_url", "media_url", "expert", "text"}
 
 
 @dataclass

@@ -15,7 +15,7 @@ from tests.procs import vidsearch_cmd
 from tests.videos import write_video
 from tests.zygote import Zygote
 
-RESULT_KEYS = {"rank", "score", "video_id", "title", "path", "duration", "sha256", "moments"}
+RESULT_KEYS = {"rank", "score", "video_id", "title", "path", "duration", "sha256", "moments", "experts"}
 
 
 class Cli:
@@ -73,7 +73,7 @@ def test_ingest_search_list_status_delete(cli, mixed_folder):
     assert results[0]["score"] >= results[1]["score"] >= results[2]["score"]
     assert Path(results[0]["path"]).is_file()
     [moment] = results[0]["moments"]  # a 1 s clip: one moment, all of it
-    assert set(moment) == {"start", "end", "score", "frame"} and moment["start"] == 0.0
+    assert set(moment) == {"start", "end", "score", "frame", "expert", "text"} and moment["start"] == 0.0
 
     text = cli("search", "a blue triangle").stdout
     assert text.splitlines()[1].split()[-1] == "blue_triangle.mkv"

@@ -1,0 +1,105 @@
+"""Fusing the experts' scores into one ranking, in the spirit of Collaborative Experts and MDMMT.
+
+Each expert scores the candidate videos its own way: appearance by the cosine of the CLIP4Clip vectors, speech and
+on-screen text by BM25 over their segments. To be added up, scores are first *calibrated* to [0, 1]:
+
+- a lexical expert (speech, text) by how much of the query its best segment in the video holds: the share of the
+  query's words found there, a word counting when it matches exactly, as a prefix ("RE16" in "RE16TGK"), or nearly
+  (an OCR misread: "MOC" for "MOON", by edit similarity). Unlike a BM25 score this means the same in every query.
+- appearance by where the video's cosine stands among the candidates' (a z-score, squashed by a logistic): a clear
+  outlier of the query's distribution is near 1, the bulk near 0, so a video does not score high on appearance just
+  because it is the least bad of unrelated ones.
+
+Weights depend on the query (the papers predict them from the query; here the query's own lexical evidence decides):
+a lexical expert weighs `weights[e]` x the best coverage it reached on any candidate, so a query that nobody said and
+nothing shows weighs speech and text at 0, and ranks exactly as appearance alone. Each video's score is the weighted
+mean over the experts it *has* (its run is done with segments): a silent video is not penalised for having no
+speech, a video whose speech does not match is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+APPEARANCE = "appearance"
+# Defaults chosen on the tuning half of `vidsearch evaluate` (README, Experts): see there for the figures.
+DEFAULT_WEIGHTS: dict[str, float] = {APPEARANCE: 1.0, "speech": 2.0, "text": 2.0}
+APPEARANCE_Z0 = 1.5  # z-score at which an appearance score calibrates to 0.5
+APPEARANCE_TAU = 0.5  # how sharply it rises around there
+NEAR_MATCH = 0.75  # edit similarity at which a stored word counts as a misread of a query word
+MIN_PREFIX = 3  # a query word this long or longer also matches as the start of a stored word
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# Words that carry no meaning of their own; a query made only of them matches nothing lexically.
+STOPWORDS = frozenset(
+    "a an the and or of to in on at by for with from is are was were be been it its this that these those as".split()
+)
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of a text, without stopwords (for coverage; BM25 tokenises on the server)."""
+    return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
+
+
+def _word_matches(query_word: str, stored: Iterable[str]) -> bool:
+    for word in stored:
+        if word == query_word:
+            return True
+        if len(query_word) >= MIN_PREFIX and word.startswith(query_word):
+            return True
+        if len(query_word) >= 3 and difflib.SequenceMatcher(None, query_word, word).ratio() >= NEAR_MATCH:
+            return True
+    return False
+
+
+def coverage(query_words: Sequence[str], text: str) -> float:
+    """The share of the query's words that `text` holds (exactly, as a prefix, or nearly): 0..1."""
+    if not query_words:
+        return 0.0
+    stored = set(words(text))
+    return sum(_word_matches(q, stored) for q in query_words) / len(query_words)
+
+
+def calibrate_appearance(scores: Mapping[int, float], pool: Sequence[float]) -> dict[int, float]:
+    """Cosines -> 0..1 by their z-score among `pool` (the cosines of the appearance candidates)."""
+    if len(pool) < 2:
+        return {v: 0.5 for v in scores}
+    mean = sum(pool) / len(pool)
+    std = math.sqrt(sum((x - mean) ** 2 for x in pool) / len(pool)) or 1e-6
+    return {v: 1.0 / (1.0 + math.exp(-((s - mean) / std - APPEARANCE_Z0) / APPEARANCE_TAU)) for v, s in scores.items()}
+
+
+@dataclass(frozen=True)
+class Fused:
+    video_id: int
+    score: float
+    experts: dict[str, float | None]  # each expert's calibrated score; None: the video lacks that expert
+
+
+def fuse(calibrated: Mapping[str, Mapping[int, float]], available: Mapping[int, set[str]],
+         weights: Mapping[str, float], candidates: Iterable[int]) -> list[Fused]:
+    """Rank `candidates`: score = sum over the video's available experts of weight x calibrated score, divided by
+    the sum of those weights. `calibrated[e][v]` is missing when e did not find v (0 if v has e). Experts of weight
+    0 are left out entirely; a video with none of the weighted experts scores 0."""
+    out: list[Fused] = []
+    for video in candidates:
+        has = available.get(video, set()) | {APPEARANCE}
+        total = norm = 0.0
+        detail: dict[str, float | None] = {}
+        for expert, table in calibrated.items():
+            if expert not in has:
+                detail[expert] = None
+                continue
+            score = float(table.get(video, 0.0))
+            detail[expert] = round(score, 4)
+            w = float(weights.get(expert, 0.0))
+            if w > 0:
+                total += w * score
+                norm += w
+        out.append(Fused(video, total / norm if norm else 0.0, detail))
+    out.sort(key=lambda f: (-f.score, f.video_id))
+    return out
