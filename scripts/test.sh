@@ -4,8 +4,9 @@
 #   scripts/test.sh [pytest arguments]        e.g. scripts/test.sh -m "not slow and not browser"
 #
 # 1. System packages: Debian's Chromium (the browser tests), docker-compose (validates docker-compose.yml; no Docker
-#    engine is needed) and PostgreSQL (the migration tests start their own server). Installed with apt-get when run
-#    as root; otherwise the script stops with the exact command to run.
+#    engine is needed), PostgreSQL (the migration tests start their own server), festival with its kal voice (speech
+#    for the speech expert's tests) and DejaVu fonts (text burnt into frames for the text expert's). Installed with
+#    apt-get when run as root; otherwise the script stops with the exact command to run.
 # 2. Python: the active virtual environment, or .venv (created if missing), gets vidsearch with its test extras and,
 #    if no torch is installed yet, PyTorch's CPU build (scripts/install.sh).
 # 3. python -m pytest, with the arguments given. .ci/run runs exactly this script.
@@ -16,6 +17,9 @@ packages=()
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || packages+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
+command -v text2wave >/dev/null 2>&1 || packages+=(festival)
+[ -d /usr/share/festival/voices/english/kal_diphone ] || packages+=(festvox-kallpc16k)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || packages+=(fonts-dejavu-core)
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,176 @@
+"""The speech expert: what is said in a video, as timestamped text, with pocketsphinx and the US English model that
+ships inside its wheel (nothing is downloaded).
+
+A long track is never decoded as one utterance. pocketsphinx's endpointer (a WebRTC-style voice activity detector)
+finds the stretches of speech; each is decoded on its own, with a little padding, cut to at most MAX_CHUNK_SECONDS at
+its quietest point, and its word times are shifted back onto the video's timeline (as faster-whisper does with its
+VAD chunks). Skipping what is not speech matters for more than speed: pocketsphinx 5.1.1 "hears" words in digital
+silence ("dog" in 30 s of zeros) and spends about 1 s of CPU per second on faint noise. The words are then grouped
+into segments of at most `segment_seconds`, a new segment starting at each pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ingest.audio import Audio, pcm16
+from ingest.experts.base import AudioInput, Expert, ExpertUnavailable, TextSegment
+
+if TYPE_CHECKING:
+    from pocketsphinx import Decoder
+
+    from schema.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RATE = 16000  # the rate the wheel's acoustic model was trained at
+FRAMES_PER_SECOND = 100  # pocketsphinx's default -frate: seg() times are in 10 ms frames
+PAD_SECONDS = 0.3  # decoded either side of a speech stretch: the endpointer's edges can clip a word's onset or tail
+MAX_CHUNK_SECONDS = 30.0  # the longest stretch decoded as one utterance (search cost and memory grow with it)
+PAUSE_SECONDS = 0.7  # a gap between words longer than this starts a new segment
+VAD_BLOCK_SECONDS = 60.0  # audio converted to PCM for the endpointer a block at a time, not the whole track at once
+_NOT_WORDS = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+)$")  # <s>, </s>, <sil>, [NOISE], ++NOISE++: fillers, not speech
+_ALTERNATE = re.compile(r"\(\d+\)$")  # "on(2)": the dictionary's second pronunciation of "on"
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognised word, `start` to `end` seconds on the video's timeline."""
+
+    start: float
+    end: float
+    text: str
+
+
+def speech_spans(samples: np.ndarray, rate: int = RATE, *, pad: float = PAD_SECONDS,
+                 max_seconds: float = MAX_CHUNK_SECONDS) -> list[tuple[int, int]]:
+    """Sample ranges [start, end) to decode: the endpointer's speech stretches, padded by `pad` seconds, merged where
+    they touch, and cut at their quietest point so that none is longer than `max_seconds`."""
+    from pocketsphinx import Endpointer
+
+    endpointer = Endpointer(sample_rate=rate)
+    frame = endpointer.frame_bytes // 2  # samples per VAD frame (30 ms)
+    block = max(1, int(VAD_BLOCK_SECONDS * rate) // frame) * frame
+    stretches: list[tuple[float, float]] = []
+    was_speech = False
+    for at in range(0, len(samples), block):
+        data = pcm16(samples[at : at + block])
+        for i in range(0, len(data), frame * 2):
+            piece = data[i : i + frame * 2]
+            # A short last piece must go to end_stream (process() insists on whole frames; end_stream(b"") raises).
+            last = len(piece) < frame * 2
+            speech = endpointer.end_stream(piece) if last else endpointer.process(piece)
+            if speech is not None:
+                was_speech = True
+            if was_speech and not endpointer.in_speech:
+                stretches.append((endpointer.speech_start, endpointer.speech_end))
+                was_speech = False
+    if was_speech:  # still talking when the track ended
+        stretches.append((endpointer.speech_start, len(samples) / rate))
+
+    spans: list[tuple[int, int]] = []
+    for start, end in stretches:
+        a, b = max(0, int((start - pad) * rate)), min(len(samples), int((end + pad) * rate))
+        if spans and a <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(b, spans[-1][1]))
+        elif b > a:
+            spans.append((a, b))
+    return [piece for span in spans for piece in _cut(samples, span, int(max_seconds * rate), rate)]
+
+
+def _cut(samples: np.ndarray, span: tuple[int, int], longest: int, rate: int) -> list[tuple[int, int]]:
+    """`span` in pieces of at most `longest` samples, each cut at the quietest 10 ms in its second half, which in
+    speech is usually a pause between words."""
+    start, end = span
+    pieces = []
+    hop = rate // FRAMES_PER_SECOND
+    while end - start > longest:
+        lo = start + longest // 2
+        window = samples[lo : start + longest]
+        energy = np.square(window[: len(window) // hop * hop].reshape(-1, hop)).mean(axis=1)
+        cut = lo + int(np.argmin(energy)) * hop + hop // 2
+        pieces.append((start, cut))
+        start = cut
+    pieces.append((start, end))
+    return pieces
+
+
+def decode_words(decoder: Decoder, samples: np.ndarray, spans: list[tuple[int, int]], rate: int = RATE) -> list[Word]:
+    """The words pocketsphinx recognises in each span, each span its own utterance, with times in the video."""
+    words: list[Word] = []
+    for a, b in spans:
+        decoder.start_utt()
+        decoder.process_raw(pcm16(samples[a:b]), full_utt=True)
+        decoder.end_utt()
+        offset = a / rate
+        for seg in decoder.seg():
+            if _NOT_WORDS.match(seg.word):
+                continue
+            start, end = offset + seg.start_frame / FRAMES_PER_SECOND, offset + (seg.end_frame + 1) / FRAMES_PER_SECOND
+            words.append(Word(round(start, 2), round(end, 2), _ALTERNATE.sub("", seg.word)))
+    return words
+
+
+def group_words(words: list[Word], max_seconds: float, pause: float = PAUSE_SECONDS) -> list[TextSegment]:
+    """Consecutive words as segments of at most `max_seconds`, a new one after any pause longer than `pause`."""
+    segments: list[TextSegment] = []
+    current: list[Word] = []
+    for word in words:
+        if current and (word.start - current[-1].end > pause or word.end - current[0].start > max_seconds):
+            segments.append(_segment(current))
+            current = []
+        current.append(word)
+    if current:
+        segments.append(_segment(current))
+    return segments
+
+
+def _segment(words: list[Word]) -> TextSegment:
+    return TextSegment(words[0].start, words[-1].end, " ".join(w.text for w in words))
+
+
+class SpeechExpert(Expert):
+    """What is said: pocketsphinx's English transcript, in segments of at most `segment_seconds`."""
+
+    name = "speech"
+    depends_on = ("pocketsphinx",)
+
+    def __init__(self, segment_seconds: float = 5.0) -> None:
+        super().__init__()
+        self.segment_seconds = segment_seconds
+        self.decoder: Decoder | None = None  # loaded on first use
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SpeechExpert:
+        return cls(segment_seconds=settings.speech_segment_seconds)
+
+    @property
+    def needs(self) -> AudioInput:
+        return AudioInput(rate=RATE)
+
+    def load(self) -> None:
+        from pocketsphinx import Decoder
+
+        # The default config points at the model inside the wheel (hmm, lm, dict). 5.1.1 logs at WARN by default,
+        # quiet in use (INFO is ~200 lines a decoder); ERROR keeps warnings out of the worker's stderr but not errors.
+        self.decoder = Decoder(samprate=RATE, loglevel="ERROR")
+
+    def transcribe(self, data: Audio) -> list[TextSegment]:
+        if data.rate != RATE:
+            raise ValueError(f"the speech expert reads {RATE} Hz audio, got {data.rate} Hz")
+        if self.decoder is None:
+            self.load()
+        began = time.process_time()
+        spans = speech_spans(data.samples, data.rate)
+        words = decode_words(self.decoder, data.samples, spans, data.rate)
+        log.info("speech: %d words in %d stretches (%.0f s of %.0f s) in %.1f s CPU", len(words), len(spans),
+                 sum(b - a for a, b in spans) / data.rate, data.duration, time.process_time() - began)
+        if not words:
+            raise ExpertUnavailable("no speech was recognised in the audio track")
+        return group_words(words, self.segment_seconds)
