@@ -1,0 +1,127 @@
+"""Speech and on-screen text beside appearance, through the real path with the default experts on: real speech
+(festival) and burned-in words in real encoded files, the worker's expert stage (pocketsphinx, RapidOCR in their own
+processes), BM25 collections on Milvus Lite, the catalog's expert states, and fused search."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ingest.library import delete_video, enqueue_file
+from ingest.worker import Worker
+from schema.catalog import ExpertState
+from schema.settings import Settings
+from search_app.search import search_text
+from tests.speech_clips import have_festival, write_speech_video
+from tests.text_clips import write_text_video
+from tests.videos import write_video
+
+pytestmark = pytest.mark.skipif(not have_festival(), reason="needs festival's text2wave (scripts/test.sh installs it)")
+
+SAID = {
+    "orchestra.mp4": (2.0, "the orchestra rehearsed the final movement twice on sunday"),
+    "doctor.webm": (4.0, "the doctor asked the patient to breathe slowly"),
+    "farmer.mp4": (1.0, "the farmer planted corn in the north field"),
+}
+SHOWN = ("PLATFORM NINE", 2.0, 5.0)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("expert_clips")
+    paths = {}
+    for name, (at, phrase) in SAID.items():  # identical pictures: only what is said tells them apart
+        paths[name] = write_speech_video(folder / name, [(at, phrase)], seconds=9.0, folder=folder / "voice")
+    paths["platform.mp4"] = write_text_video(folder / "platform.mp4", [SHOWN], seconds=7.0)  # no audio
+    paths["red.mp4"] = write_video(folder / "red.mp4", colour="red", shape="circle")  # no audio, no text
+    return paths
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, tiny_model, milvus_uri, clips):
+    """One library for the module (the expert stage's start-up is paid once); the delete test runs last."""
+    from ingest.runtime import Runtime
+
+    s = Settings(home=tmp_path_factory.mktemp("experts") / "data", model=str(tiny_model), milvus_uri=milvus_uri,
+                 collection=f"experts_{uuid.uuid4().hex[:8]}", frames=4, batch_size=16)  # the default experts
+    assert s.expert_names == ("speech", "text")
+    rt = Runtime(s)
+    ids = {}
+    for name, path in clips.items():
+        ids[name] = enqueue_file(rt.catalog, s, path, link=True).video_id
+    with Worker.from_settings(rt.catalog, rt.store, rt.encoder, s) as worker:
+        worker.run_until_empty()
+    yield rt, ids
+    rt.close()
+
+
+def search(rt, query: str, **kw):
+    return search_text(rt.catalog, rt.store, rt.encoder, query, 5, experts=rt.store.lexical_existing(), **kw)
+
+
+def test_each_expert_records_what_it_found_or_why_not(library):
+    rt, ids = library
+    runs = rt.catalog.expert_runs(list(ids.values()))
+    for name in SAID:
+        assert runs[ids[name]]["speech"].state == ExpertState.DONE and runs[ids[name]]["speech"].segments >= 1
+    assert runs[ids["platform.mp4"]]["text"].state == ExpertState.DONE
+    red = runs[ids["red.mp4"]]
+    assert red["speech"].state == ExpertState.UNAVAILABLE and "no audio track" in red["speech"].reason
+    assert red["text"].state == ExpertState.UNAVAILABLE and "no text" in red["text"].reason
+    assert all(v.status.value == "ready" for v in rt.catalog.videos_by_ids(list(ids.values())).values())
+
+
+def test_a_spoken_phrase_finds_its_clip_with_a_said_moment(library):
+    rt, ids = library
+    for name, (at, phrase) in SAID.items():
+        results = search(rt, phrase)
+        assert results[0].video_id == ids[name], (phrase, [r.title for r in results])
+        best = results[0]
+        assert best.experts["speech"] >= 0.5 and best.experts["text"] is None  # it has no text on screen
+        speech = [m for m in best.moments if m.expert == "speech"]
+        assert speech and abs(speech[0].start - at) <= 1.0 and speech[0].text
+        assert best.moments[0].expert == "speech"
+
+
+def test_words_on_screen_find_their_clip_even_partly_or_misread(library):
+    rt, ids = library
+    for query in ("platform nine", "PLATFORM", "platf", "platform mine"):
+        results = search(rt, query)
+        assert results[0].video_id == ids["platform.mp4"], (query, [r.title for r in results])
+        [shown] = [m for m in results[0].moments if m.expert == "text"][:1]
+        assert abs(shown.start - SHOWN[1]) <= 1.0 and abs(shown.end - SHOWN[2]) <= 1.5
+        assert "PLATFORM" in shown.text.upper()
+
+
+def test_a_query_nobody_said_ranks_by_appearance_alone(library):
+    rt, ids = library
+    fused = search(rt, "a red circle")
+    alone = search_text(rt.catalog, rt.store, rt.encoder, "a red circle", 5)
+    assert [r.video_id for r in fused] == [r.video_id for r in alone]
+    assert fused[0].video_id == ids["red.mp4"] and fused[0].experts == {}
+
+
+def test_weights_turn_an_expert_off_and_are_checked(library):
+    rt, ids = library
+    _at, phrase = SAID["doctor.webm"]
+    on = search(rt, phrase)
+    off = search(rt, phrase, weights={"speech": 0})
+    assert on[0].video_id == ids["doctor.webm"]
+    assert all(m.expert != "speech" for r in off for m in r.moments) and off[0].experts.get("speech") is None
+    from schema.filters import QueryError
+
+    with pytest.raises(QueryError, match="unknown expert"):
+        search(rt, phrase, weights={"smell": 1})
+    with pytest.raises(QueryError, match="between 0 and 100"):
+        search(rt, phrase, weights={"speech": -1})
+
+
+def test_delete_removes_what_the_experts_stored(library):
+    rt, ids = library
+    speech = rt.store.lexical("speech")
+    assert speech.counts()[ids["farmer.mp4"]] >= 1
+    delete_video(rt.catalog, rt.store, ids["farmer.mp4"], rt.settings.thumbnails_dir)
+    assert speech.counts()[ids["farmer.mp4"]] == 0
+    results = search(rt, SAID["farmer.mp4"][1])
+    assert ids["farmer.mp4"] not in [r.video_id for r in results]
