@@ -39,7 +39,13 @@ def test_the_test_command_names_the_exact_apt_line_when_it_cannot_install(tmp_pa
     proc = subprocess.run([*as_user, str(tools / "bash"), str(root / "scripts" / "test.sh")], capture_output=True,
                           text=True, env={"PATH": str(tools)}, timeout=60)
     assert proc.returncode == 2, proc.stderr
-    missing = "chromium docker-compose" + ("" if list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-                                           else " postgresql")
+    # What the script looks for outside PATH is missing only where this machine lacks it.
+    missing = " ".join(["chromium", "docker-compose"]
+                       + ([] if list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) else ["postgresql"])
+                       + ["festival"]
+                       + ([] if Path("/usr/share/festival/voices/english/kal_diphone").is_dir()
+                          else ["festvox-kallpc16k"])
+                       + ([] if Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").is_file()
+                          else ["fonts-dejavu-core"]))
     assert f"sudo apt-get update && sudo apt-get install -y --no-install-recommends {missing}\n" in proc.stderr
     assert not (tmp_path / ".venv").exists() and proc.stdout == ""
