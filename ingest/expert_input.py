@@ -5,7 +5,10 @@ ExpertUnavailable with the reason."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from ingest.audio import Audio, AudioUnavailable, decode_audio
 from ingest.decode import DecodeError, Limits, iter_sampled_frames, probe
@@ -28,11 +31,14 @@ def read_frames(path: Path, need: FramesInput, limits: Limits = Limits()) -> Fra
     n = max(1, min(need.max_frames, math.ceil(duration / need.interval - 1e-9)))
     step = duration / n if duration > 0 else need.interval
     size = frames_size(info.height, info.width, need.max_side)
+    return Frames(_frames(path, n, info, size), [i * step for i in range(n)], step, duration)
+
+
+def _frames(path: Path, n: int, info, size: tuple[int, int]) -> Iterator[np.ndarray]:
     try:
-        images = list(iter_sampled_frames(path, n, info, size=size))
+        yield from iter_sampled_frames(path, n, info, size=size)
     except DecodeError as exc:
         raise ExpertUnavailable(f"the video's frames could not be read: {exc}") from exc
-    return Frames(images, [i * step for i in range(n)], step, duration)
 
 
 def read_audio(path: Path, need: AudioInput, limits: Limits = Limits()) -> Audio:  # noqa: B008 (frozen)

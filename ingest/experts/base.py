@@ -9,6 +9,7 @@ engine that hangs or crashes fails only that expert on that video.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -51,9 +52,10 @@ class FramesInput:
 
 @dataclass(frozen=True)
 class Frames:
-    """Frames as decoded for a FramesInput: `images[i]` (H,W,3 uint8) shown from `times[i]` for `interval` s."""
+    """Frames as decoded for a FramesInput: `images` yields frame i (H,W,3 uint8), shown from `times[i]` for
+    `interval` s. It is decoded while it is read, once: an hour at 1280 px would be 10 GB as a list."""
 
-    images: list[np.ndarray]
+    images: Iterable[np.ndarray]
     times: list[float]
     interval: float
     duration: float

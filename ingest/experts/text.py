@@ -216,7 +216,7 @@ class TextExpert(Expert):
         return len(text.strip()) >= SHORT_LINE or score >= SHORT_MIN_SCORE
 
     def transcribe(self, data: Frames) -> list[TextSegment]:
-        stats = self.stats = ReadStats(frames=len(data.images))
+        stats = self.stats = ReadStats(frames=len(data.times))
         texts: list[str] = []
         read_thumb: np.ndarray | None = None  # the last frame OCR read: a slow fade cannot creep past it
         for image in data.images:
