@@ -27,6 +27,7 @@ from ingest.decode import Limits
 from ingest.expert_input import read_input
 from ingest.experts import Expert, ExpertUnavailable, TextSegment, expert_class
 from schema.catalog import Catalog, ExpertRun, ExpertState
+from schema.lexical import FullTextUnsupported
 
 if TYPE_CHECKING:
     from schema.settings import Settings
@@ -160,7 +161,8 @@ class ExpertStage:
                     continue  # deleted meanwhile: its run went with it
                 try:
                     expert = self.experts(run.expert)
-                except (KeyError, ImportError) as exc:
+                    self.lexical(run.expert)  # a server without full-text search is refused before any work
+                except (KeyError, ImportError, FullTextUnsupported) as exc:
                     results.append(self._record(run, ExpertState.FAILED, f"the {run.expert} expert cannot run "
                                                 f"here: {exc}", on_result=on_result))
                     continue
