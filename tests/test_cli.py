@@ -293,3 +293,52 @@ def test_serve_logs_what_it_started_and_each_video_it_finished(tmp_path, tiny_mo
     assert "INFO search_app.web: video 1 ready: red_circle.mp4" in text, text
     # Stopped with Ctrl-C: the decode processes and their queues are closed, nothing left to multiprocessing's tracker.
     assert "resource_tracker" not in text and "leaked" not in text, text[-3000:]
+
+
+@pytest.mark.slow
+def test_reindex_experts_fills_speech_for_indexed_videos_and_doctor_checks_it(cli, tmp_path):
+    from tests.speech_clips import have_festival, write_speech_video
+
+    if not have_festival():
+        pytest.skip("needs festival's text2wave (scripts/test.sh installs it)")
+    folder = tmp_path / "talks"
+    folder.mkdir()
+    said = {"orchestra.mp4": (1.0, "the orchestra rehearsed the final movement twice on sunday"),
+            "doctor.mp4": (2.0, "the doctor asked the patient to breathe slowly")}
+    for name, (at, phrase) in said.items():  # identical pictures
+        write_speech_video(folder / name, [(at, phrase)], 5.0, folder=tmp_path / "voice")
+    cli("ingest", str(folder), "--wait")  # with VIDSEARCH_EXPERTS= (cli_env): appearance only
+    before = cli("search", said["doctor.mp4"][1], "--json")
+    assert all(r["experts"] == {} for r in json.loads(before.stdout))  # nothing to hear yet
+
+    filled = cli("reindex", "--experts", "speech")
+    assert "speech: 2 done, 0 with nothing to read, 0 failed" in filled.stdout
+    assert "queued: speech 0" in cli("reindex", "--experts", "speech").stderr  # nothing left to do: resumable
+    found = cli("search", said["doctor.mp4"][1])
+    first = found.stdout.split("\n   2 ")[0]
+    assert "doctor.mp4" in first and "said at 0:0" in first, found.stdout
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["experts"]["speech"]["done"] == 2
+    assert "All consistent" in cli("doctor").stdout
+
+    # Lose one video's speech segments behind vidsearch's back: doctor sees it, --repair queues the expert again.
+    from schema.lexical import LexicalStore
+    from schema.settings import Settings
+    from schema.vectors import connect
+
+    settings = Settings(home=cli.home)
+    client = connect(settings)
+    try:
+        LexicalStore.open(client, f"{settings.collection}_speech").delete([1])
+    finally:
+        client.close()
+    damaged = cli("doctor", "--json", expect=1)
+    kinds = {f["kind"]: f["video_ids"] for f in json.loads(damaged.stdout)["findings"]}
+    assert kinds == {"speech_segments_mismatch": [1]}
+    cli("doctor", "--repair")
+    assert "speech: 2 done" in cli("reindex", "--experts", "speech").stdout
+    assert "All consistent" in cli("doctor").stdout
+
+    bad = cli("reindex", "--experts", "smell", expect=1)
+    assert "unknown expert(s) smell; known: speech, text" in bad.stderr
+    assert "NAME=W" in cli("search", "x", "--weight", "speech", expect=1).stderr
