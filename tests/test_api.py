@@ -323,6 +323,11 @@ def test_bad_input_gets_a_clear_4xx(client, server):
     assert "k:" in _detail(client.post("/api/search", json={"text": "a", "k": 100000}), 422)
     assert "type something" in _detail(client.post("/api/search", json={"text": "   "}), 422)
     assert "filters.colour" in _detail(client.post("/api/search", json={"text": "a", "filters": {"colour": 1}}), 422)
+    assert "weights.smell" in _detail(client.post("/api/search", json={"text": "a", "weights": {"smell": 1}}), 422)
+    assert "between 0 and 100" in _detail(client.post("/api/search", json={"text": "a", "weights": {"speech": -1}}),
+                                          422)
+    ok = client.post("/api/search", json={"text": "a red circle", "weights": {"speech": 0, "appearance": 1}})
+    assert ok.status_code == 200 and ok.json()["results"][0]["experts"] == {}  # no expert collection: appearance
     assert "min_duration" in _detail(client.post("/api/search", json={"text": "a", "filters": {
         "min_duration": 5, "max_duration": 1}}), 422)
     assert "min_duration" in _detail(client.post("/api/search", json={"text": "a", "filters": {
