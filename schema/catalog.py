@@ -445,8 +445,7 @@ class Catalog:
                 return False
             run.state, run.reason, run.segments, run.seconds = state, reason, segments, seconds
             run.finished_at, run.worker = utcnow(), None
-            _bump_ready(s)  # what search can match changed
-            return True
+            return True  # (the ready counter stays: the experts' segments are read live, not from the memory copy)
 
     def retry_expert_run(self, run_id: int, reason: str, max_attempts: int) -> bool:
         """The expert failed on this video (its process crashed): queue it again, or after `max_attempts` record
