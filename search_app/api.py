@@ -211,6 +211,15 @@ class VideoOut(BaseModel):
     created_at: datetime
     tag: str | None = Field(None, description="The label given at ingest, if any.")
     media_url: str | None
+    experts: dict[str, ExpertOut] = Field(default_factory=dict, description="Each expert's state for this video "
+                                          "(speech, text); absent: not run on it.")
+
+
+class ExpertOut(BaseModel):
+    state: str = Field(description="queued, running, done, unavailable (the video has nothing for this expert: "
+                       "no audio track, no text on screen, ...) or failed.")
+    reason: str | None = Field(None, description="Why it is unavailable or failed.")
+    segments: int = Field(0, description="Segments stored for search.")
 
 
 class VideoList(BaseModel):
@@ -265,10 +274,14 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
-def _video_out(runtime: Runtime, v: Video) -> VideoOut:
+def _video_out(runtime: Runtime, v: Video, runs: dict | None = None) -> VideoOut:
+    """`runs`: the video's expert runs (name -> ExpertRun), when already read; else read here."""
+    runs = runtime.catalog.expert_runs([v.id]).get(v.id, {}) if runs is None else runs
     return VideoOut(video_id=v.id, title=v.title, status=v.status, error=v.error, duration=v.duration, fps=v.fps,
                     width=v.width, height=v.height, codec=v.codec, size_bytes=v.size_bytes, sha256=v.sha256,
-                    created_at=_utc(v.created_at), tag=v.tag, media_url=media_url(runtime, v.stored_path))
+                    created_at=_utc(v.created_at), tag=v.tag, media_url=media_url(runtime, v.stored_path),
+                    experts={name: ExpertOut(state=run.state.value, reason=run.reason, segments=run.segments)
+                             for name, run in sorted(runs.items())})
 
 
 def _job_out(j: Job) -> JobOut:
@@ -550,7 +563,9 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
         after = cursor_after(cursor) if cursor else None
         videos = runtime.catalog.page_videos(limit + 1, after=after, status=status)  # one more: is there a next?
         page = videos[:limit]
-        return VideoList(videos=[_video_out(runtime, v) for v in page], total=runtime.catalog.count_videos(status),
+        runs = runtime.catalog.expert_runs([v.id for v in page])  # one query for the page
+        return VideoList(videos=[_video_out(runtime, v, runs.get(v.id, {})) for v in page],
+                         total=runtime.catalog.count_videos(status),
                          next=page_cursor(page[-1].id) if len(videos) > limit else None)
 
     @router.get("/videos/{video_id}", response_model=VideoOut, summary="One video", responses=_errors(404))
@@ -583,7 +598,7 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
         video = delete_video(runtime.catalog, runtime.store, video_id, settings.thumbnails_dir)
         if video is None:
             raise HTTPException(404, f"no video with id {video_id}")
-        return _video_out(runtime, video)
+        return _video_out(runtime, video, {})
 
     @router.post(
         "/videos", response_model=UploadOut, status_code=201, summary="Upload a video",

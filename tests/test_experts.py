@@ -49,7 +49,7 @@ def library(tmp_path_factory, tiny_model, milvus_uri, clips):
     rt = Runtime(s)
     ids = {}
     for name, path in clips.items():
-        ids[name] = enqueue_file(rt.catalog, s, path, link=True).video_id
+        ids[name] = enqueue_file(rt.catalog, s, path).video_id  # copied: served under /media
     with Worker.from_settings(rt.catalog, rt.store, rt.encoder, s) as worker:
         worker.run_until_empty()
     yield rt, ids
@@ -115,6 +115,29 @@ def test_weights_turn_an_expert_off_and_are_checked(library):
         search(rt, phrase, weights={"smell": 1})
     with pytest.raises(QueryError, match="between 0 and 100"):
         search(rt, phrase, weights={"speech": -1})
+
+
+def test_the_http_api_says_why_a_result_matched_and_what_each_expert_found(library):
+    import httpx
+
+    from search_app.web import create_app
+    from tests.procs import serve_in_thread
+
+    rt, ids = library
+    at, phrase = SAID["orchestra.mp4"]
+    with serve_in_thread(create_app(rt), join_timeout=30) as url, httpx.Client(base_url=url, timeout=120) as client:
+        found = client.post("/api/search", json={"text": phrase, "k": 3}).json()["results"]
+        assert found[0]["video_id"] == ids["orchestra.mp4"]
+        assert set(found[0]["experts"]) == {"appearance", "speech", "text"} and found[0]["experts"]["text"] is None
+        said = found[0]["moments"][0]
+        assert said["expert"] == "speech" and abs(said["start"] - at) <= 1.0 and "orchestra" in said["text"]
+        assert said["media_url"].endswith(f"#t={said['start']:.2f},{said['end']:.2f}")
+        off = client.post("/api/search", json={"text": phrase, "k": 3, "weights": {"speech": 0}}).json()["results"]
+        assert all(m["expert"] != "speech" for r in off for m in r["moments"])
+        red = client.get(f"/api/videos/{ids['red.mp4']}").json()["experts"]
+        assert red["speech"] == {"state": "unavailable", "reason": "the video has no audio track", "segments": 0}
+        listed = {v["video_id"]: v for v in client.get("/api/videos").json()["videos"]}
+        assert listed[ids["platform.mp4"]]["experts"]["text"]["state"] == "done"
 
 
 def test_delete_removes_what_the_experts_stored(library):
