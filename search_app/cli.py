@@ -174,6 +174,7 @@ def _process_now(runtime, queued: dict[int, str]) -> tuple[int, list[tuple[str, 
                 bar.update(1)
             if not batch and pending:
                 time.sleep(0.5)  # the remaining jobs are being run by another worker
+        _run_experts_now(runtime, worker)
     ok, failures = 0, []
     for job_id, source in queued.items():
         job = runtime.catalog.get_job(job_id)
@@ -199,6 +200,21 @@ def _weights(items: list[str]) -> dict[str, float]:
         if not 0 <= out[name] <= 100:
             raise UserError(f"--weight {item!r}: the weight must be between 0 and 100")
     return out
+
+
+def _run_experts_now(runtime, worker) -> None:
+    """After the videos are searchable by appearance: run the experts queued for them, with a progress bar."""
+    from tqdm import tqdm
+
+    if worker.experts is None:
+        return
+    counts = runtime.catalog.expert_counts()
+    waiting = sum(states.get("queued", 0) + states.get("running", 0) for states in counts.values())
+    if not waiting:
+        return
+    with tqdm(total=waiting, desc="Experts", unit="run", file=sys.stderr) as bar:
+        while worker.experts.run_once(lambda _r: bar.update(1)):
+            pass
 
 
 def _interrupt(*_args: object) -> None:

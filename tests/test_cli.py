@@ -339,6 +339,14 @@ def test_reindex_experts_fills_speech_for_indexed_videos_and_doctor_checks_it(cl
     assert "speech: 2 done" in cli("reindex", "--experts", "speech").stdout
     assert "All consistent" in cli("doctor").stdout
 
+    # With the experts on (the default), `ingest --wait` also waits for them.
+    third = write_speech_video(tmp_path / "farmer.mp4", [(1.0, "the farmer planted corn in the north field")], 5.0,
+                               folder=tmp_path / "voice")
+    cli("ingest", str(third), "--wait", VIDSEARCH_EXPERTS="speech,text")
+    status = json.loads(cli("status", "--json").stdout)["experts"]
+    assert status["speech"]["done"] == 3 and status["text"]["unavailable"] == 1 and status["text"]["queued"] == 0
+    assert "farmer.mp4" in cli("search", "farmer planted corn").stdout.split("\n   2 ")[0]
+
     bad = cli("reindex", "--experts", "smell", expect=1)
     assert "unknown expert(s) smell; known: speech, text" in bad.stderr
     assert "NAME=W" in cli("search", "x", "--weight", "speech", expect=1).stderr
