@@ -26,6 +26,7 @@ from schema.vectors import (
     MilvusVectorStore,
     Segments,
     VectorStore,
+    VectorStoreError,
     VideoFields,
     connect,
     drop_collection,
@@ -145,11 +146,17 @@ class Store:
             return store
 
     def lexical_existing(self) -> dict[str, LexicalStore]:
-        """The experts' collections that exist (for search, delete and doctor), without creating any."""
+        """The experts' collections that exist (for search, delete and doctor), without creating any. An unreachable
+        server is a VectorStoreError, as for every other call of the store (a search says so, never a traceback)."""
+        from pymilvus.exceptions import MilvusException
+
         with self._lock:
             client = self.client()
-            return {e: self.lexical(e) for e in EXPERT_NAMES
-                    if e in self._lexical or client.has_collection(self.lexical_name(e))}
+            try:
+                return {e: self.lexical(e) for e in EXPERT_NAMES
+                        if e in self._lexical or client.has_collection(self.lexical_name(e))}
+            except MilvusException as exc:
+                raise VectorStoreError(f"Milvus has_collection failed: {exc}") from exc
 
     # --- VectorStore -------------------------------------------------------------------------------------------
     @property

@@ -33,7 +33,7 @@ APPEARANCE_TAU = 0.5  # how sharply it rises around there
 NEAR_MATCH = 0.75  # edit similarity at which a stored word counts as a misread of a query word
 MIN_PREFIX = 3  # a query word this long or longer also matches as the start of a stored word
 
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+WORD = re.compile(r"[^\W_]+", re.UNICODE)  # a word, as coverage counts them (the page highlights these)
 # Words that carry no meaning of their own; a query made only of them matches nothing lexically.
 STOPWORDS = frozenset(
     "a an the and or of to in on at by for with from is are was were be been it its this that these those as".split()
@@ -42,18 +42,20 @@ STOPWORDS = frozenset(
 
 def words(text: str) -> list[str]:
     """Lower-case words of a text, without stopwords (for coverage; BM25 tokenises on the server)."""
-    return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
+    return [w for w in WORD.findall(text.lower()) if w not in STOPWORDS]
+
+
+def word_matches(query_word: str, word: str) -> bool:
+    """Whether a stored word (lower-case, as `words` gives) holds a query word: exactly, as a prefix, or nearly."""
+    if word == query_word:
+        return True
+    if len(query_word) >= MIN_PREFIX and word.startswith(query_word):
+        return True
+    return len(query_word) >= 3 and difflib.SequenceMatcher(None, query_word, word).ratio() >= NEAR_MATCH
 
 
 def _word_matches(query_word: str, stored: Iterable[str]) -> bool:
-    for word in stored:
-        if word == query_word:
-            return True
-        if len(query_word) >= MIN_PREFIX and word.startswith(query_word):
-            return True
-        if len(query_word) >= 3 and difflib.SequenceMatcher(None, query_word, word).ratio() >= NEAR_MATCH:
-            return True
-    return False
+    return any(word_matches(query_word, word) for word in stored)
 
 
 def coverage(query_words: Sequence[str], text: str) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 import logging
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from schema.catalog import Catalog, Video, VideoStatus
 from schema.filters import SearchFilters, check_tag
 from schema.units import clock
 from schema.vectors import VectorStoreError
+from search_app import fusion
 from search_app.moments import Moment, Timeline
 from search_app.present import fragment, media_url, span, thumbnail_url
 from search_app.search import QueryError, SearchResult, search_text
@@ -49,6 +52,14 @@ CSS = """
   font-size: 0.8em; color: var(--body-text-color); }
 .vs-moment img { width: 96px; height: 54px; object-fit: cover; border-radius: 3px; background: #000; }
 .vs-moment.vs-active { border-color: var(--color-accent); box-shadow: 0 0 0 1px var(--color-accent); }
+/* Why a card matched: the experts' scores, then what was said or shown (a line each, the query's words marked). */
+.vs-card .vs-why { color: var(--body-text-color-subdued); font-size: 0.85em; }
+.vs-lines { display: flex; flex-direction: column; gap: 4px; margin-top: 6px; }
+.vs-lines .vs-line { display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 2; overflow: hidden;
+  text-align: left; padding: 3px 6px; font-size: 0.9em; font-weight: normal; line-height: 1.35; }
+.vs-lines .vs-moment.vs-line { width: 100%; }
+.vs-line .vs-when { font-weight: 600; white-space: nowrap; }
+.vs-line mark { background: #fde68a; color: #1f2937; padding: 0 2px; border-radius: 2px; }
 .vs-timeline video { width: 100%; max-width: 640px; max-height: 360px; background: #000; border-radius: 4px; }
 .vs-gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 8px; }
 .vs-tile { font-size: 0.85em; overflow-wrap: anywhere; }
@@ -72,8 +83,75 @@ element.addEventListener('click', (event) => {
 """
 
 
+# How each lexical expert's moment is introduced, and how many words of what was said or shown a line keeps.
+SAID = {"speech": "said", "text": "shown"}
+EXCERPT_WORDS = 14
+_WORD_PIECES = re.compile(f"({fusion.WORD.pattern})")
+
+
+def marked_words(text: str, query: str, limit: int = EXCERPT_WORDS) -> str:
+    """`text` as escaped HTML with the query's words in <mark>, matched as the fusion's coverage matches them
+    (fusion.words and fusion.word_matches: case-insensitively, exactly, as a prefix, or nearly: an OCR misread).
+    A text longer than `limit` words is cut to the `limit` words around the marked ones, "…" where it was cut."""
+    query_words = fusion.words(query)
+    pieces = _WORD_PIECES.split(" ".join(text.split()))  # separator, word, separator, ..., separator
+    seps, words = pieces[0::2], pieces[1::2]
+    hits = [i for i, w in enumerate(words) if w.lower() not in fusion.STOPWORDS
+            and any(fusion.word_matches(q, w.lower()) for q in query_words)]
+    start, end = 0, len(words)
+    if len(words) > limit:
+        first, last = (hits[0], hits[-1]) if hits else (0, 0)
+        spare = max(0, limit - (last - first + 1))
+        start = max(0, min(first - spare // 2, len(words) - limit))
+        end = start + limit
+    out = ["… " if start > 0 else html.escape(seps[0].lstrip())]
+    marked = set(hits)
+    for i in range(start, end):
+        if i > start:
+            out.append(html.escape(seps[i]))
+        word = html.escape(words[i])
+        out.append(f"<mark>{word}</mark>" if i in marked else word)
+    out.append(" …" if end < len(words) else html.escape(seps[-1].rstrip()))
+    return "".join(out)
+
+
+def said_lines(url: str | None, moments, query: str) -> str:
+    """The speech and text moments, a line each: "said at 1:23: … counted seventeen ships …" or "shown at 0:02:
+    PLATFORM NINE", the query's words marked; a click plays the card's player from there (as a moment tile)."""
+    lines = []
+    for m in moments:
+        if m.expert not in SAID or not m.text:
+            continue
+        body = (f'<span class="vs-when">{SAID[m.expert]} at {clock(math.floor(m.start))}:</span> '
+                f'<span class="vs-text">{marked_words(m.text, query)}</span>')
+        tip = html.escape(f"{m.expert}: {m.score:.0%} of the query's words, {span(m.start, m.end)}", quote=True)
+        if url:
+            lines.append(
+                f'<button type="button" class="vs-moment vs-line" data-expert="{m.expert}" data-start="{m.start:.2f}" '
+                f'data-end="{m.end:.2f}" data-src="{html.escape(fragment(url, m.start, m.end), quote=True)}" '
+                f'title="{tip}">{body}</button>')
+        else:  # indexed in place: not playable here, still worth reading
+            lines.append(f'<div class="vs-line" data-expert="{m.expert}" title="{tip}">{body}</div>')
+    return f'<div class="vs-lines">{"".join(lines)}</div>' if lines else ""
+
+
+def experts_line(experts: dict[str, float | None]) -> str:
+    """"appearance 0.31 · speech 0.77 · text —" (— : the video has no speech, or no text on screen); "" when
+    appearance ranked alone."""
+    if not experts:
+        return ""
+    names = [*(e for e in fusion.DEFAULT_WEIGHTS if e in experts), *(e for e in experts if e not in
+                                                                      fusion.DEFAULT_WEIGHTS)]
+    parts = [f"{html.escape(e)} {'—' if experts[e] is None else f'{experts[e]:.2f}'}" for e in names]
+    tip = ("appearance: cosine similarity; speech, text: share of the query's words said or shown; "
+           "—: the video has none")
+    return f'<div class="vs-why" title="{tip}">{" · ".join(parts)}</div>'
+
+
 def moment_buttons(runtime: Runtime, url: str | None, sha256: str, moments) -> str:
-    """One button per moment (its thumbnail and time range); clicking plays the player from there."""
+    """One button per appearance moment (its thumbnail and time range); clicking plays the player from there.
+    Speech and text moments are lines of their own (said_lines)."""
+    moments = [m for m in moments or () if m.expert not in SAID]
     if not url or not moments:
         return ""
     buttons = []
@@ -112,14 +190,14 @@ def render_results(runtime: Runtime, query: str, results: list[SearchResult]) ->
             return '<div class="vs-empty">No videos yet — upload some in the Upload tab.</div>'
         return f'<div class="vs-empty">No results for “{html.escape(query)}”.</div>'
     strong, weak = split_results(results)
-    page = f'<div class="vs-results">{result_cards(runtime, strong)}</div>'
+    page = f'<div class="vs-results">{result_cards(runtime, strong, query)}</div>'
     if weak:
         page += ('<div class="vs-weak"><div class="vs-weak-label">Weaker matches</div>'
-                 f'<div class="vs-results">{result_cards(runtime, weak)}</div></div>')
+                 f'<div class="vs-results">{result_cards(runtime, weak, query)}</div></div>')
     return page
 
 
-def result_cards(runtime: Runtime, results: list[SearchResult]) -> str:
+def result_cards(runtime: Runtime, results: list[SearchResult], query: str = "") -> str:
     cards = []
     for r in results:
         url = media_url(runtime, r.path)
@@ -132,9 +210,16 @@ def result_cards(runtime: Runtime, results: list[SearchResult]) -> str:
             f'<div class="vs-card" data-video-id="{r.video_id}">{player}'
             f'<div class="vs-title">{r.rank}. {html.escape(r.title)}</div>'
             f'<div class="vs-meta">score {r.score:.3f} · {clock(r.duration)} · id {r.video_id}</div>'
+            f'{experts_line(r.experts)}{said_lines(url, r.moments, query)}'
             f'{moment_buttons(runtime, url, r.sha256, r.moments)}</div>'
         )
     return "".join(cards)
+
+
+# The Experts panel's sliders, in order: appearance, then what is said and what is shown.
+WEIGHTED = tuple(fusion.DEFAULT_WEIGHTS)
+WEIGHT_LABELS = {"appearance": ("Appearance", "how it looks"), "speech": ("Speech", "what is said"),
+                 "text": ("Text", "what is written on screen")}
 
 
 def message_html(text: str) -> str:
@@ -151,11 +236,20 @@ def ui_filters(min_duration: float | None, max_duration: float | None, since: st
                                    (until or "").strip(), [t for t in tags or () if t and t.strip()])
 
 
-def search_html(runtime: Runtime, text: str, k: int, filters: SearchFilters | None = None) -> str:
-    """The Search tab's answer: results, or a message saying what is wrong (never a stack trace)."""
+def ui_weights(*values: float | None) -> dict[str, float]:
+    """The Experts panel's sliders (in WEIGHTED order) -> search weights; a missing value is the default."""
+    return {name: fusion.DEFAULT_WEIGHTS[name] if value is None else float(value)
+            for name, value in zip(WEIGHTED, values, strict=False)}
+
+
+def search_html(runtime: Runtime, text: str, k: int, filters: SearchFilters | None = None,
+                weights: dict[str, float] | None = None) -> str:
+    """The Search tab's answer: results, or a message saying what is wrong (never a stack trace). Searched by
+    appearance and by the experts whose collections exist (what is said and shown), fused with `weights`."""
     try:
         found = search_text(runtime.catalog, runtime.store, runtime.encoder, text, k, filters,
-                            moment_seconds=runtime.settings.moment_seconds)
+                            moment_seconds=runtime.settings.moment_seconds,
+                            experts=runtime.store.lexical_existing(), weights=weights)
         if not found and filters is not None and filters.active and runtime.catalog.count_videos(VideoStatus.READY):
             return message_html("No video matches the filters.")
     except QueryError as exc:
@@ -366,6 +460,13 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
                     until = gr.Textbox(label="Added until", placeholder="2026-11-30", elem_id="filter-until")
                     tag_filter = gr.Dropdown(choices=[], multiselect=True, label="Tags (any of)",
                                              elem_id="filter-tags", allow_custom_value=True)
+            # How much each expert counts in a text search (image searches are appearance alone); 0 turns one off.
+            with gr.Accordion("Experts", open=False, elem_id="experts"):
+                with gr.Row():
+                    weight_sliders = [
+                        gr.Slider(0, 3, value=fusion.DEFAULT_WEIGHTS[name], step=0.25, label=WEIGHT_LABELS[name][0],
+                                  info=f"{WEIGHT_LABELS[name][1]} · 0: off", elem_id=f"weight-{name}")
+                        for name in WEIGHTED]
             results = gr.HTML(elem_id="results", js_on_load=MOMENT_CLICK_JS)
 
         with gr.Tab("Upload"):
@@ -422,12 +523,13 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
                                     js_on_load=MOMENT_CLICK_JS)
             timeline_state = gr.State(None)
 
-        async def do_search(text: str, count: float, *conditions) -> str:
+        async def do_search(text: str, count: float, min_duration, max_duration, since, until, tags,
+                            *weights: float) -> str:
             try:
-                filters = ui_filters(*conditions)
+                filters = ui_filters(min_duration, max_duration, since, until, tags)
             except QueryError as exc:
                 return message_html(str(exc))
-            return await slots.run(search_html, runtime, text, int(count), filters)
+            return await slots.run(search_html, runtime, text, int(count), filters, ui_weights(*weights))
 
         def image_search_html(image, count: int, filters: SearchFilters) -> str:
             from search_app.search import search_image
@@ -585,8 +687,8 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
         # One queue slot count for every search event (concurrency_id), as many as there are model slots.
         searching = {"concurrency_limit": runtime.settings.search_concurrency, "concurrency_id": "search"}
         conditions = [min_dur, max_dur, since, until, tag_filter]
-        search_btn.click(do_search, [query, k, *conditions], results, **searching)
-        query.submit(do_search, [query, k, *conditions], results, **searching)
+        search_btn.click(do_search, [query, k, *conditions, *weight_sliders], results, **searching)
+        query.submit(do_search, [query, k, *conditions, *weight_sliders], results, **searching)
         image_btn.click(do_image_search, [image_query, k, *conditions], results, **searching)
         tag_choices = lambda: gr.update(choices=runtime.catalog.tags())  # noqa: E731
         demo.load(tag_choices, None, tag_filter)

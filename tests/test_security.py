@@ -154,8 +154,10 @@ def gradio_call(client: httpx.Client, api_name: str, data: list) -> list:
     raise AssertionError("the event stream ended without a result")
 
 
-# The Search tab's Filters panel as an untouched page sends it: durations, dates, tags.
+# The Search tab's Filters panel as an untouched page sends it: durations, dates, tags; then the Experts panel's
+# weights (appearance, speech, text) at their defaults.
 NO_FILTERS = [None, None, "", "", []]
+DEFAULT_WEIGHTS = [1.0, 2.0, 2.0]
 
 
 def upload_through_gradio(client: httpx.Client, files: list[tuple[str, bytes]]) -> tuple[list[str], list]:
@@ -460,7 +462,8 @@ def test_every_route_needs_login_when_auth_is_set(locked):
         _, headers, _ = raw_get(locked.url, target)
         assert ("www-authenticate" in headers) == (target.startswith(("/media", "/api", "/no-such"))), target
     # A POST to Gradio's API is refused too.
-    refused = httpx.post(locked.url + "/gradio_api/call/do_search", json={"data": ["red", 3, *NO_FILTERS]})
+    refused = httpx.post(locked.url + "/gradio_api/call/do_search",
+                         json={"data": ["red", 3, *NO_FILTERS, *DEFAULT_WEIGHTS]})
     assert refused.status_code == 401
     # The right credentials (either account; a password with ':' and ',' from the file) open everything.
     for account in (ALICE, BOB):
@@ -471,7 +474,7 @@ def test_every_route_needs_login_when_auth_is_set(locked):
         status, _, body = raw_get(locked.url, "/gradio_api/info", basic(*account))
         assert status == 200 and b"do_search" in body
     with httpx.Client(base_url=locked.url, auth=ALICE, timeout=120) as client:
-        html_page = gradio_call(client, "do_search", ["a red circle", 3, *NO_FILTERS])[0]
+        html_page = gradio_call(client, "do_search", ["a red circle", 3, *NO_FILTERS, *DEFAULT_WEIGHTS])[0]
         assert "vs-" in html_page
     # Unauthenticated: the login page shell only (no components, no API description).
     status, _, body = raw_get(locked.url, "/")
