@@ -64,13 +64,25 @@ def coverage(query_words: Sequence[str], text: str) -> float:
     return sum(_word_matches(q, stored) for q in query_words) / len(query_words)
 
 
-def calibrate_appearance(scores: Mapping[int, float], pool: Sequence[float]) -> dict[int, float]:
+@dataclass(frozen=True)
+class Calibration:
+    """How appearance's cosines become 0..1 (see calibrate_appearance): `z0`, the z-score that calibrates to 0.5,
+    and `tau`, how sharply it rises around there. None in either: the module's APPEARANCE_Z0 / APPEARANCE_TAU."""
+
+    z0: float | None = None
+    tau: float | None = None
+
+
+def calibrate_appearance(scores: Mapping[int, float], pool: Sequence[float],
+                         calibration: Calibration | None = None) -> dict[int, float]:
     """Cosines -> 0..1 by their z-score among `pool` (the cosines of the appearance candidates)."""
     if len(pool) < 2:
         return {v: 0.5 for v in scores}
+    z0 = APPEARANCE_Z0 if calibration is None or calibration.z0 is None else calibration.z0
+    tau = APPEARANCE_TAU if calibration is None or calibration.tau is None else calibration.tau
     mean = sum(pool) / len(pool)
     std = math.sqrt(sum((x - mean) ** 2 for x in pool) / len(pool)) or 1e-6
-    return {v: 1.0 / (1.0 + math.exp(-((s - mean) / std - APPEARANCE_Z0) / APPEARANCE_TAU)) for v, s in scores.items()}
+    return {v: 1.0 / (1.0 + math.exp(-((s - mean) / std - z0) / tau)) for v, s in scores.items()}
 
 
 @dataclass(frozen=True)
