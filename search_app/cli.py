@@ -560,6 +560,10 @@ def evaluate(
                                                        "50; half tune, half are held out).")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the corpus, the queries and the split.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Keep the corpus, data folder and report.json here.")] = None,
+    model: Annotated[Path | None, typer.Option(hidden=True, help="A tiny CLIP already built by "
+                                                                 "search_app/tiny_clip.py (the tests').")] = None,
+    long_minutes: Annotated[float, typer.Option(hidden=True, help="Length of the memory figure's long video.")
+                            ] = 10.0,
 ) -> None:
     """Recall@1/@5 of appearance alone, each expert alone and fused, on a generated corpus (tiny CLIP of colours and
     shapes, festival speech, on-screen words), plus ingest cost per expert, query latency and expert memory.
@@ -570,7 +574,7 @@ def evaluate(
 
     from search_app.evaluate import Plan, check_plan, format_table, run
 
-    plan = Plan(clips=clips, queries_per_kind=queries_per_kind, seed=seed)
+    plan = Plan(clips=clips, queries_per_kind=queries_per_kind, seed=seed, long_minutes=long_minutes)
     try:
         check_plan(plan)
     except ValueError as exc:
@@ -594,7 +598,7 @@ def evaluate(
         typer.echo(f"[evaluate] {msg}", err=True)
 
     try:
-        report = run(Settings(), plan, out=out, progress=say, bar=bar)
+        report = run(Settings(), plan, out=out, progress=say, bar=bar, model=model)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     finally:

@@ -477,8 +477,9 @@ def check_plan(plan: Plan) -> None:
 
 def run(settings: Settings, plan: Plan, *, out: Path | None = None,
         progress: Callable[[str], None] = lambda _msg: None,
-        bar: Callable[[str, int], Callable[[int, int], None]] | None = None) -> dict:
-    """The whole evaluation; returns the report. `out` keeps the corpus, data folder and report there."""
+        bar: Callable[[str, int], Callable[[int, int], None]] | None = None, model: Path | None = None) -> dict:
+    """The whole evaluation; returns the report. `out` keeps the corpus, data folder and report there; `model`
+    is a tiny CLIP already built by search_app/tiny_clip.py (the tests pass theirs), else one is trained here."""
     from ingest.runtime import Runtime
     from search_app.eval_corpus import have_festival
     from search_app.tiny_clip import build_checkpoint
@@ -506,8 +507,10 @@ def run(settings: Settings, plan: Plan, *, out: Path | None = None,
     with tempfile.TemporaryDirectory(prefix="vidsearch-evaluate-") as tmp:
         work = Path(out) if out else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        phase("training the tiny CLIP (colours x shapes)")
-        model = build_checkpoint(work / "tiny-clip", seed=plan.seed)
+        trained = model is None
+        if trained:
+            phase("training the tiny CLIP (colours x shapes)")
+            model = build_checkpoint(work / "tiny-clip", seed=plan.seed)
 
         phase("writing the corpus")
         clips = plan_corpus(plan)
@@ -597,6 +600,7 @@ def run(settings: Settings, plan: Plan, *, out: Path | None = None,
 
         report = {
             "plan": dataclasses.asdict(plan),
+            "model": "tiny CLIP trained here (search_app/tiny_clip.py)" if trained else str(model),
             "corpus": {"clips": len(clips), **{f"{k}_clips": sum(c.kind == k for c in clips) for k in KINDS},
                        "minutes": round(sum(c.duration for c in clips) / 60, 2),
                        "with_speech": sum(c.said is not None for c in clips),
