@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from tests.conftest import cli_env
 from tests.procs import vidsearch_cmd
 from tests.speech_clips import have_festival
 
+ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not have_festival(), reason="needs festival's text2wave (scripts/test.sh installs it)")
 
 
@@ -25,6 +27,7 @@ def recall(fig: dict) -> tuple[float, float]:
 def test_evaluate_reports_every_figure(tmp_path, tiny_model):
     env = cli_env(tmp_path / "home", tiny_model, VIDSEARCH_EVALUATE_MINIMUMS="test")
     del env["VIDSEARCH_EXPERTS"]  # the evaluation runs the default experts whatever the environment says
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's code, even when the console script was installed from another
     proc = subprocess.run([*vidsearch_cmd(), "evaluate", "--json", "--clips", "12", "--queries-per-kind", "8",
                            "--model", str(tiny_model), "--long-minutes", "2"],
                           env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
