@@ -114,14 +114,38 @@ def iter_audio(path: str | os.PathLike, rate: int, chunk_seconds: float = 30.0,
 
 def decode_audio(path: str | os.PathLike, rate: int, max_seconds: float | None = None) -> Audio:
     """The whole first audio track (mono float32 at `rate`); AudioUnavailable if there is none or it is silent."""
-    chunks = list(iter_audio(path, rate, max_seconds=max_seconds))
-    track, parts = (chunks[0][0] if chunks else None), [part for _, part in chunks]
-    samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    if track is None or not len(samples):
+    # Written chunk by chunk into one array sized from the container's duration: the peak is the track plus a
+    # chunk. (Keeping the chunks and joining them at the end held the track twice: the chunks' memory, freed only
+    # inside the heap, plus the joined copy; measured +75 MB instead of +37 MB on 10 minutes at 16 kHz.)
+    samples = np.empty(_expected_samples(path, rate, max_seconds), np.float32)
+    track, at, peak = None, 0, 0.0
+    for found, part in iter_audio(path, rate, max_seconds=max_seconds):
+        track = found
+        if not len(part):
+            continue
+        peak = max(peak, float(np.max(np.abs(part))))
+        if at + len(part) > len(samples):  # the container understated its duration: grow (rare)
+            samples = np.concatenate([samples[:at], np.empty(max(len(part), len(samples) // 4), np.float32)])
+        samples[at : at + len(part)] = part
+        at += len(part)
+    samples = samples[:at]  # pages never written were never resident
+    if track is None or not at:
         raise AudioUnavailable("the audio track holds no decodable sound")
-    if float(np.max(np.abs(samples))) < SILENCE_PEAK:
+    if peak < SILENCE_PEAK:
         raise AudioUnavailable("the audio track is silent")
     return Audio(samples, rate, track)
+
+
+def _expected_samples(path: str | os.PathLike, rate: int, max_seconds: float | None) -> int:
+    """Samples the decoded track should hold, from the container's duration (0 when it does not say)."""
+    try:
+        with _open(path) as container:
+            seconds = (container.duration or 0) / av.time_base
+    except DecodeError:
+        return 0
+    if max_seconds is not None:
+        seconds = min(seconds, max_seconds)
+    return max(0, int(seconds * rate) + rate)
 
 
 def pcm16(samples: np.ndarray) -> bytes:

@@ -568,6 +568,65 @@ def bench(
             typer.echo(line)
 
 
+@app.command()
+def evaluate(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    clips: Annotated[int, typer.Option(help="Clips in the generated corpus (at least 60).")] = 60,
+    queries_per_kind: Annotated[int, typer.Option(help="Queries of each kind: appearance, speech, text (at least "
+                                                       "50; half tune, half are held out).")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus, the queries and the split.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Keep the corpus, data folder and report.json here.")] = None,
+    model: Annotated[Path | None, typer.Option(hidden=True, help="A tiny CLIP already built by "
+                                                                 "search_app/tiny_clip.py (the tests').")] = None,
+    long_minutes: Annotated[float, typer.Option(hidden=True, help="Length of the memory figure's long video.")
+                            ] = 10.0,
+) -> None:
+    """Recall@1/@5 of appearance alone, each expert alone and fused, on a generated corpus (tiny CLIP of colours and
+    shapes, festival speech, on-screen words), plus ingest cost per expert, query latency and expert memory.
+
+    Example: vidsearch evaluate --json > evaluation.json
+    """
+    from tqdm import tqdm
+
+    from search_app.evaluate import Plan, check_plan, format_table, run
+
+    plan = Plan(clips=clips, queries_per_kind=queries_per_kind, seed=seed, long_minutes=long_minutes)
+    try:
+        check_plan(plan)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    bars: list = []
+
+    def bar(desc: str, total: int):
+        progress = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+        bars.append(progress)
+
+        def tick(done: int, of: int) -> None:
+            progress.total = of
+            progress.n = done
+            progress.refresh()
+
+        return tick
+
+    def say(msg: str) -> None:
+        while bars:
+            bars.pop().close()
+        typer.echo(f"[evaluate] {msg}", err=True)
+
+    try:
+        report = run(Settings(), plan, out=out, progress=say, bar=bar, model=model)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        while bars:
+            bars.pop().close()
+    if as_json:
+        _out(report)
+    else:
+        for line in format_table(report):
+            typer.echo(line)
+
+
 @milvus_app.command("stop")
 def milvus_stop() -> None:
     """Stop the embedded Milvus Lite server of this data folder (it is restarted on demand)."""

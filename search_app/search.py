@@ -117,9 +117,11 @@ def _rank(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
 def search_text(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, query: str, k: int = 10,
                 filters: SearchFilters | None = None, *, moment_seconds: float | None = DEFAULT_MOMENT_SECONDS,
                 experts: Mapping[str, LexicalSource] | None = None,
-                weights: Mapping[str, float] | None = None) -> list[SearchResult]:
+                weights: Mapping[str, float] | None = None,
+                calibration: fusion.Calibration | None = None) -> list[SearchResult]:
     """Top-k ready videos for a sentence: by appearance, and with `experts` (name -> collection) also by what is
-    said and shown, fused (search_app/fusion.py). `weights` override fusion.DEFAULT_WEIGHTS per expert (0: off)."""
+    said and shown, fused (search_app/fusion.py). `weights` override fusion.DEFAULT_WEIGHTS per expert (0: off);
+    `calibration` overrides how appearance's cosines are calibrated for fusion (`vidsearch evaluate` tunes it)."""
     query = check_query(query)
     check_k(k)
     w = check_weights(weights, experts or {})
@@ -129,7 +131,7 @@ def search_text(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, quer
         if w.get(fusion.APPEARANCE, 1.0) <= 0:
             raise QueryError("every expert's weight is 0: nothing would rank the videos")
         return search_vector(catalog, store, vector, k, filters, moment_seconds=moment_seconds)
-    return _fused(catalog, store, vector, query, k, filters, lexical, w, moment_seconds)
+    return _fused(catalog, store, vector, query, k, filters, lexical, w, moment_seconds, calibration)
 
 
 def check_weights(weights: Mapping[str, float] | None, experts: Mapping[str, object]) -> dict[str, float]:
@@ -171,7 +173,7 @@ def _lexical_matches(catalog: Catalog, source: LexicalSource, query: str, query_
 
 def _fused(catalog: Catalog, store: VectorStore, vector: np.ndarray, query: str, k: int,
            filters: SearchFilters | None, lexical: Mapping[str, LexicalSource], weights: dict[str, float],
-           moment_seconds: float | None) -> list[SearchResult]:
+           moment_seconds: float | None, calibration: fusion.Calibration | None = None) -> list[SearchResult]:
     query_words = fusion.words(query)
     appearance = _rank(catalog, store, vector, min(MAX_K, max(FUSION_POOL, 4 * k)), filters)
     matches = {name: _lexical_matches(catalog, src, query, query_words, filters) for name, src in lexical.items()}
@@ -186,7 +188,8 @@ def _fused(catalog: Catalog, store: VectorStore, vector: np.ndarray, query: str,
     for video_id, vec in store.fetch(extra).items():
         cosines[video_id] = float(np.dot(vec, vector))
     calibrated: dict[str, dict[int, float]] = {
-        fusion.APPEARANCE: fusion.calibrate_appearance(cosines, [r.score for r in appearance] or list(cosines.values()))
+        fusion.APPEARANCE: fusion.calibrate_appearance(cosines, [r.score for r in appearance] or list(cosines.values()),
+                                                       calibration)
     }
     for name, found in matches.items():
         calibrated[name] = {v: m[0][0] for v, m in found.items()}
