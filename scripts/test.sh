@@ -35,7 +35,4 @@ fi
 scripts/install.sh --venv "${VIRTUAL_ENV:-.venv}" --extras test
 # shellcheck disable=SC1091
 [ -n "${VIRTUAL_ENV:-}" ] || . .venv/bin/activate
-# Two test processes, each taking whole files (module fixtures stay in one process): 953 s -> 698 s for the whole
-# suite on 2 cores (2026-12-03), as many tests wait on subprocesses and servers. VIDSEARCH_TEST_WORKERS=0 runs in
-# this process (e.g. to debug one test); arguments after it are pytest's own.
-python -m pytest -n "${VIDSEARCH_TEST_WORKERS:-2}" --dist loadfile "$@"
+python -m pytest "$@"
