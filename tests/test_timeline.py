@@ -134,7 +134,11 @@ def spawned_children() -> set[int]:
     """Decode processes (spawned by multiprocessing) of this test process."""
     found = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread ended after it was listed
+            continue
+        for child in children:
             with contextlib.suppress(OSError):
                 if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text():
                     found.add(int(child))
