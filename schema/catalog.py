@@ -404,16 +404,11 @@ class Catalog:
 
     def dead_expert_runs(self, expert: str, lease_seconds: float) -> list[int]:
         """Videos whose `expert` run is left running by a worker that is gone."""
-        host = socket.gethostname()
-        stale_before = utcnow() - timedelta(seconds=lease_seconds)
-        dead = []
+        gone = _worker_gone(lease_seconds)
         with self.sessions() as s:
-            for run in s.scalars(select(ExpertRun).where(ExpertRun.state == ExpertState.RUNNING,
-                                                         ExpertRun.expert == expert)):
-                name, _, pid = (run.worker or "").rpartition(":")
-                if (name == host and pid.isdigit() and not pid_alive(int(pid))) or run.updated_at < stale_before:
-                    dead.append(run.video_id)
-        return dead
+            running = s.scalars(select(ExpertRun).where(ExpertRun.state == ExpertState.RUNNING,
+                                                        ExpertRun.expert == expert))
+            return [run.video_id for run in running if gone(run.worker, run.updated_at)]
 
     def claim_expert_runs(self, limit: int, worker: str | None = None) -> list[ExpertRun]:
         """Atomically move up to `limit` queued expert runs of ready videos to running (oldest first)."""
@@ -478,13 +473,11 @@ class Catalog:
 
     def recover_expert_runs(self, lease_seconds: float) -> list[int]:
         """Queue again the running expert runs whose worker died (as `recover` does for jobs)."""
-        host = socket.gethostname()
-        stale_before = utcnow() - timedelta(seconds=lease_seconds)
+        gone = _worker_gone(lease_seconds)
         requeued = []
         with self.sessions.begin() as s:
             for run in s.scalars(select(ExpertRun).where(ExpertRun.state == ExpertState.RUNNING)):
-                name, _, pid = (run.worker or "").rpartition(":")
-                if (name == host and pid.isdigit() and not pid_alive(int(pid))) or run.updated_at < stale_before:
+                if gone(run.worker, run.updated_at):
                     run.state, run.worker, run.started_at = ExpertState.QUEUED, None, None
                     run.attempts = max(0, run.attempts - 1)
                     requeued.append(run.id)
@@ -590,14 +583,9 @@ class Catalog:
 
     @staticmethod
     def _dead_jobs(s, lease_seconds: float) -> list[Job]:
-        host = socket.gethostname()
-        stale_before = utcnow() - timedelta(seconds=lease_seconds)
-        dead = []
-        for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING)):
-            name, _, pid = (job.worker or "").rpartition(":")
-            if (name == host and pid.isdigit() and not pid_alive(int(pid))) or job.updated_at < stale_before:
-                dead.append(job)
-        return dead
+        gone = _worker_gone(lease_seconds)
+        return [job for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING))
+                if gone(job.worker, job.updated_at)]
 
     def fail_video(self, video_id: int, reason: str) -> None:
         """Mark a video failed (and its unfinished jobs), e.g. when its stored file has disappeared."""
@@ -641,6 +629,19 @@ class Catalog:
                 .limit(limit)
             )
             return [(job, video) for job, video in rows]
+
+
+def _worker_gone(lease_seconds: float):
+    """A test of (worker name, last renewal) -> whether that worker is gone: its pid is dead on this host, or its
+    lease expired. For jobs and expert runs alike."""
+    host = socket.gethostname()
+    stale_before = utcnow() - timedelta(seconds=lease_seconds)
+
+    def gone(worker: str | None, updated_at: datetime) -> bool:
+        name, _, pid = (worker or "").rpartition(":")
+        return (name == host and pid.isdigit() and not pid_alive(int(pid))) or updated_at < stale_before
+
+    return gone
 
 
 def worker_name() -> str:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from schema.vectors import CONNECTION_ERRORS, VectorStoreError
+from schema.vectors import CONNECTION_ERRORS, VectorStoreError, video_counts
 
 log = logging.getLogger(__name__)
 
@@ -258,19 +258,7 @@ class LexicalStore:
 
     def counts(self) -> Counter[int]:
         """How many segments each video has (for doctor)."""
-        counts: Counter[int] = Counter()
-
-        def scan() -> None:
-            counts.clear()  # `_call` runs it again after a lost connection: count once
-            iterator = self.client.query_iterator(self.name, batch_size=4000, filter="", output_fields=["video_id"])
-            try:
-                while batch := iterator.next():
-                    counts.update(int(row["video_id"]) for row in batch)
-            finally:
-                iterator.close()
-
-        self._call("query", scan)
-        return counts
+        return self._call("query", lambda: video_counts(self.client, self.name))
 
     def video_ids(self) -> set[int]:
         return set(self.counts())

@@ -503,20 +503,8 @@ class MilvusVectorStore:
         return self._counts(self.collection)
 
     def _counts(self, collection: str) -> Counter[int]:
-        counts: Counter[int] = Counter()
-
-        def scan() -> None:
-            counts.clear()  # `_call` runs it again after a lost connection: count once, not once per attempt
-            iterator = self.client.query_iterator(collection, batch_size=4000, filter="",
-                                                  output_fields=["video_id"])
-            try:
-                while batch := iterator.next():
-                    counts.update(int(row["video_id"]) for row in batch)
-            finally:
-                iterator.close()
-
-        self._call("query", scan)
-        return counts
+        # A fresh count per attempt: `_call` runs it again after a lost connection, so nothing is counted twice.
+        return self._call("query", lambda: video_counts(self.client, collection))
 
     def count(self) -> int:
         return int(self._call("count", lambda: self.client.get_collection_stats(self.collection))["row_count"])
@@ -528,6 +516,18 @@ class MilvusVectorStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def video_counts(client, collection: str) -> Counter[int]:
+    """How many rows each video has in `collection`, by one scan of its video ids."""
+    counts: Counter[int] = Counter()
+    iterator = client.query_iterator(collection, batch_size=4000, filter="", output_fields=["video_id"])
+    try:
+        while batch := iterator.next():
+            counts.update(int(row["video_id"]) for row in batch)
+    finally:
+        iterator.close()
+    return counts
 
 
 def drop_collection(settings: Settings, client=None) -> bool:
