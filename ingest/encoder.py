@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ingest.backends import (
+    Choice,
+    ModelUnavailableError,
+    TorchTowersForExport,
+    Towers,
+    cpu_threads,
+    open_towers,
+    resolve,
+)
 from ingest.checkpoint import cached_hub_snapshot, folder_snapshot, hub_revision
-from schema.model_key import PRECISION_BF16, PRECISION_EXACT, ModelKey
+from schema.model_key import ModelKey
+
+__all__ = ["ClipEncoder", "ModelUnavailableError", "Preprocessing", "load_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +36,6 @@ log = logging.getLogger(__name__)
 # the OpenAI CLIP normalisation every CLIP checkpoint was trained with.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ModelUnavailableError(RuntimeError):
-    """The configured checkpoint could not be loaded."""
 
 
 @dataclass(frozen=True)
@@ -115,16 +124,6 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def precision_class(dtype: torch.dtype, device: torch.device) -> str:
-    """The precision class of vectors computed in `dtype` on `device` (schema/model_key.py). torch fp16 on CUDA
-    counts as exact: it is today's GPU default, and a GPU worker must share its library with a CPU web app."""
-    if dtype == torch.float32 or (dtype == torch.float16 and device.type == "cuda"):
-        return PRECISION_EXACT
-    if dtype == torch.bfloat16:
-        return PRECISION_BF16
-    return str(dtype).removeprefix("torch.")
-
-
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,35 +133,44 @@ def pick_device(device: str) -> torch.device:
 
 
 class ClipEncoder:
-    """CLIP text and vision towers with projection; vectors are L2-normalised float32 numpy arrays."""
+    """CLIP text and vision towers with projection, on one backend (ingest/backends); vectors are L2-normalised
+    float32 numpy arrays."""
 
-    def __init__(self, vision, text, tokenizer, prep: Preprocessing, *, model_id: str, revision: str | None,
-                 snapshot: str, device: torch.device, batch_size: int = 48, cache_dir: Path | None = None) -> None:
-        self.vision = vision
-        self.text = text
+    def __init__(self, towers: Towers, tokenizer, prep: Preprocessing, *, dim: int, image_size: int,
+                 max_text_length: int, model_id: str, revision: str | None, snapshot: str, choice: Choice,
+                 batch_size: int = 48, cache_dir: Path | None = None, query_cache_size: int = 256) -> None:
+        self.towers = towers
         self.tokenizer = tokenizer
         self.prep = prep
         self.model_id = model_id
         self.revision = revision
         self.snapshot = snapshot  # hub commit, or a folder's content hash (ingest/checkpoint.py)
         self.cache_dir = cache_dir  # the Hugging Face cache it was loaded from (None: the default one)
-        self.device = device
-        self.dtype = next(vision.parameters()).dtype
+        self.choice = choice
+        self.device = choice.device
         self.batch_size = batch_size
-        self.dim = int(vision.config.projection_dim)
-        self.image_size = int(vision.config.image_size)
-        self.max_text_length = int(min(text.config.max_position_embeddings, tokenizer.model_max_length))
+        self.dim = dim
+        self.image_size = image_size
+        self.max_text_length = max_text_length
+        self.query_cache_size = query_cache_size
+        self._queries: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._queries_lock = threading.Lock()
 
     @property
     def model_key(self) -> ModelKey:
         """Identifies the vector space: the vector store refuses to mix vectors of another snapshot or precision."""
-        return ModelKey(model=self.model_id, snapshot=self.snapshot, precision=precision_class(self.dtype, self.device),
+        return ModelKey(model=self.model_id, snapshot=self.snapshot, precision=self.choice.precision_class,
                         dim=self.dim, revision=self.revision)
 
     @property
     def key(self) -> str:
         """The model key as printable text, e.g. 'org/name@1a2b3c4d5e6f'."""
         return self.model_key.key
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model, e.g. 'onnx fp32 on cpu'."""
+        return f"{self.choice.label} on {self.device}"
 
     def legacy_snapshot(self, model: str, revision: str | None) -> str | None:
         """The snapshot that a collection recording only `model`[@`revision`] (vidsearch before snapshots) names
@@ -192,9 +200,7 @@ class ClipEncoder:
             chunk = pixel_values[start : start + self.batch_size]
             if chunk.dtype == torch.uint8:
                 chunk = normalize_pixels(chunk, self.prep)
-            chunk = chunk.to(self.device, self.dtype, non_blocking=True)
-            embeds = self.vision(pixel_values=chunk).image_embeds.float()
-            out.append(l2_normalize(embeds).cpu())
+            out.append(l2_normalize(self.towers.image_embeds(chunk).float()))
         return torch.cat(out) if out else torch.empty(0, self.dim)
 
     def embed_videos(self, videos: Sequence[torch.Tensor]) -> np.ndarray:
@@ -212,13 +218,43 @@ class ClipEncoder:
         return torch.stack(vectors).numpy().astype(np.float32)
 
     @torch.inference_mode()
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Queries -> (N,dim) L2-normalised text embeddings; long queries are truncated to the model's limit."""
-        inputs = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_length,
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_length,
                                 return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        embeds = self.text(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).text_embeds
+        embeds = self.towers.text_embeds(inputs["input_ids"], inputs["attention_mask"])
         return l2_normalize(embeds.float()).cpu().numpy().astype(np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Queries -> (N,dim) L2-normalised text embeddings; long queries are truncated to the model's limit.
+
+        Recent queries are answered from a small LRU cache (VIDSEARCH_QUERY_CACHE_SIZE), keyed by model key and
+        text: a query typed again, or asked by page and API alike, skips the text tower."""
+        texts = list(texts)
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        key = self.key
+        found: dict[str, np.ndarray] = {}
+        with self._queries_lock:
+            for text in texts:
+                hit = self._queries.get((key, text))
+                if hit is not None:
+                    self._queries.move_to_end((key, text))
+                    found[text] = hit
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            for text, vector in zip(missing, self._encode_texts(missing), strict=True):
+                found[text] = vector
+            if self.query_cache_size:
+                with self._queries_lock:
+                    for text in missing:
+                        self._queries[(key, text)] = found[text]
+                    while len(self._queries) > self.query_cache_size:
+                        self._queries.popitem(last=False)
+        return np.stack([found[t] for t in texts]).copy()
+
+    def clear_query_cache(self) -> None:
+        with self._queries_lock:
+            self._queries.clear()
 
     def embed_text(self, text: str) -> np.ndarray:
         return self.embed_texts([text])[0]
@@ -318,55 +354,79 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _unavailable(model: str, revision: str | None, local: bool, exc: Exception) -> ModelUnavailableError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    asked = None if local else revision
+    return ModelUnavailableError(
+        f"could not load the CLIP model {model!r}"
+        + (f" at revision {asked!r}" if asked else "")
+        + f": {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+        "Provide a model in one of two ways:\n"
+        "  - allow access to the Hugging Face Hub (network access"
+        + (", and unset HF_HUB_OFFLINE" if offline else "")
+        + ") so the checkpoint can be downloaded once into the cache, or\n"
+        "  - set VIDSEARCH_MODEL to a local folder holding a CLIP checkpoint "
+        "(config.json, model weights, tokenizer files). For an offline machine, download it once where the hub "
+        f"is reachable (hf download {model if not local else 'Diangle/clip4clip-webvid'} --local-dir DIR), "
+        "copy DIR over and set VIDSEARCH_MODEL=DIR."
+    )
+
+
+def default_models_dir() -> Path:
+    """Where exported models go when no data folder is given (the CLI and web app always give theirs)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidsearch" / "models"
+
+
 def load_encoder(model: str, revision: str | None = None, device: str = "auto", batch_size: int = 48, *,
-                 hash_cache: Path | None = None, cache_dir: Path | None = None) -> ClipEncoder:
+                 hash_cache: Path | None = None, cache_dir: Path | None = None, inference: str = "auto",
+                 precision: str = "auto", models_dir: Path | None = None, threads: int = 0,
+                 query_cache_size: int = 256) -> ClipEncoder:
     """Load the text and vision towers from a hub id (at a revision) or a local folder, and tell its snapshot.
 
     A hub revision is resolved to its commit once, and every file is loaded at that commit: the snapshot the
     encoder reports is the one whose weights it holds. A folder's snapshot is the content hash of its weights
     (`hash_cache`: the JSON file that remembers those hashes, e.g. Settings.checkpoint_hashes_file). `cache_dir`:
-    the Hugging Face cache (None: the default, HF_HUB_CACHE / HF_HOME).
+    the Hugging Face cache (None: the default, HF_HUB_CACHE / HF_HOME). `inference` / `precision`: the backend
+    (ingest/backends; auto: ONNX Runtime fp32 on a CPU, torch fp16 on CUDA), whose exports go to `models_dir`.
+    The torch weights are read only for the torch backend or to export.
     """
     from huggingface_hub.errors import RevisionResolutionError
     from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
     local = _is_local(model)
     source = str(Path(model).expanduser().resolve()) if local else model
-    torch_device = pick_device(device)
-    dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
+    choice = resolve(inference, precision, pick_device(device))
     hub_dir = None if local else cache_dir
-    rev = None
     try:
-        if not local:
-            rev = hub_revision(model, revision, hub_dir)
+        rev = None if local else hub_revision(model, revision, hub_dir)
         vision_config, text_config = _tower_configs(source, rev, hub_dir)
-        with _quiet_transformers():  # loading one tower from a full CLIP checkpoint lists the other's weights
-            vision = CLIPVisionModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype,
-                                                                   config=vision_config, cache_dir=hub_dir)
-            text = CLIPTextModelWithProjection.from_pretrained(source, revision=rev, dtype=dtype, config=text_config,
-                                                               cache_dir=hub_dir)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=rev, cache_dir=hub_dir)
         snapshot = folder_snapshot(Path(source), hash_cache) if local else rev.resolved
+        prep = load_preprocessing(source, rev, int(vision_config.image_size), hub_dir)
     except (OSError, ValueError, RevisionResolutionError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        asked = None if local else revision
-        raise ModelUnavailableError(
-            f"could not load the CLIP model {model!r}"
-            + (f" at revision {asked!r}" if asked else "")
-            + f": {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
-            "Provide a model in one of two ways:\n"
-            "  - allow access to the Hugging Face Hub (network access"
-            + (", and unset HF_HUB_OFFLINE" if offline else "")
-            + ") so the checkpoint can be downloaded once into the cache, or\n"
-            "  - set VIDSEARCH_MODEL to a local folder holding a CLIP checkpoint "
-            "(config.json, model weights, tokenizer files). For an offline machine, download it once where the hub "
-            f"is reachable (hf download {model if not local else 'Diangle/clip4clip-webvid'} --local-dir DIR), "
-            "copy DIR over and set VIDSEARCH_MODEL=DIR."
-        ) from exc
-    vision.to(torch_device).eval()
-    text.to(torch_device).eval()
-    prep = load_preprocessing(source, rev, int(vision.config.image_size), hub_dir)
-    log.info("loaded %s (snapshot %s, dim %d, %d px) on %s", source, snapshot, vision.config.projection_dim,
-             vision.config.image_size, torch_device)
-    return ClipEncoder(vision, text, tokenizer, prep, model_id=source, revision=None if local else revision,
-                       snapshot=snapshot, device=torch_device, batch_size=batch_size, cache_dir=hub_dir)
+        raise _unavailable(model, revision, local, exc) from exc
+    tokenizer.padding_side = "right"  # the exported text graph pools at the end-of-text token, padding after it
+    max_text = int(min(text_config.max_position_embeddings, tokenizer.model_max_length))
+
+    def load_torch() -> TorchTowersForExport:
+        try:
+            with _quiet_transformers():  # loading one tower from a full CLIP checkpoint lists the other's weights
+                vision = CLIPVisionModelWithProjection.from_pretrained(source, revision=rev, config=vision_config,
+                                                                       cache_dir=hub_dir, dtype=torch.float32)
+                text = CLIPTextModelWithProjection.from_pretrained(source, revision=rev, config=text_config,
+                                                                   cache_dir=hub_dir, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise _unavailable(model, revision, local, exc) from exc
+        example = tokenizer(["a video", "a dog catching a frisbee"], padding=True, truncation=True,
+                            max_length=max_text, return_tensors="pt")["input_ids"]
+        return TorchTowersForExport(vision.eval(), text.eval(), prep.crop_hw, example,
+                                    int(text_config.max_position_embeddings))
+
+    towers = open_towers(choice, model=source, snapshot=snapshot, models_dir=models_dir or default_models_dir(),
+                         threads=cpu_threads(threads), load_torch=load_torch)
+    log.info("loaded %s (snapshot %s, dim %d, %d px) with %s on %s", source, snapshot, vision_config.projection_dim,
+             vision_config.image_size, choice.label, choice.device)
+    return ClipEncoder(towers, tokenizer, prep, dim=int(vision_config.projection_dim),
+                       image_size=int(vision_config.image_size), max_text_length=max_text, model_id=source,
+                       revision=None if local else revision, snapshot=snapshot, choice=choice, batch_size=batch_size,
+                       cache_dir=hub_dir, query_cache_size=query_cache_size)

@@ -35,7 +35,9 @@ class Runtime:
         from ingest.encoder import load_encoder  # torch is slow to import: only commands that embed pay for it
 
         s = self.settings
-        return load_encoder(s.model, s.model_revision, s.device, s.batch_size, hash_cache=s.checkpoint_hashes_file)
+        return load_encoder(s.model, s.model_revision, s.device, s.batch_size, hash_cache=s.checkpoint_hashes_file,
+                            inference=s.inference, precision=s.precision, models_dir=s.models_dir,
+                            threads=s.inference_threads, query_cache_size=s.query_cache_size)
 
     @cached_property
     def store(self) -> Store:

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     model_revision: str | None = Field(
         DEFAULT_MODEL_REVISION, description="Hub revision (commit, tag or branch) of the model; ignored for folders."
     )
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N. fp16 is used on CUDA.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     frames: int = Field(12, ge=1, le=512, description="Frames sampled uniformly per video.")
     moment_seconds: float = Field(
         5.0, ge=0.5, le=600, description="Length of a moment (a window of consecutive sampled frames) in search "
@@ -64,6 +64,25 @@ class Settings(BaseSettings):
         120, ge=1, le=1024, description="Most frames sampled from one long video (then spread more thinly)."
     )
     batch_size: int = Field(48, ge=1, description="Frames per model forward pass (batched across videos).")
+    inference: Literal["auto", "torch", "onnx", "openvino"] = Field(
+        "auto", description="What runs the CLIP towers: auto (ONNX Runtime on a CPU, PyTorch on CUDA), torch, onnx "
+        "(towers exported once into the data folder), openvino (`.[openvino]`). README, Inference backends."
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto", description="auto: fp32 on a CPU, fp16 on CUDA (both exact). bf16 and int8 run faster on a CPU at a "
+        "small, measured cost; their vectors are not mixed with exact ones (`vidsearch reindex` to switch)."
+    )
+    inference_threads: int = Field(
+        0, ge=0, le=1024, description="Threads of one ONNX Runtime / OpenVINO model call (0: one per core); "
+        "operators run one at a time."
+    )
+    export_dir: Path | None = Field(
+        None, description="Where exported ONNX towers are kept (default: <home>/models); one folder per checkpoint "
+        "snapshot and precision."
+    )
+    query_cache_size: int = Field(
+        256, ge=0, le=100_000, description="Text embeddings of recent queries kept in each process (0: none)."
+    )
     host: str = Field("127.0.0.1", description="Address the web app binds to.")
     port: int = Field(7860, ge=1, le=65535, description="Port of the web app.")
     search_concurrency: int = Field(
@@ -188,6 +207,11 @@ class Settings(BaseSettings):
     def checkpoint_hashes_file(self) -> Path:
         """Content hashes of local model folders' weight files, so a start re-hashes only changed files."""
         return self.home_dir / "cache" / "checkpoint-hashes.json"
+
+    @property
+    def models_dir(self) -> Path:
+        """Exported inference models (ingest/backends/export.py)."""
+        return self.export_dir.expanduser().resolve() if self.export_dir else self.home_dir / "models"
 
     @property
     def catalog_url(self) -> str:

@@ -23,9 +23,11 @@ import av
 import numpy as np
 import torch
 
+from ingest.backends import SUPPORTED, installed, resolve
+from ingest.backends.base import cpu_has_bf16
 from ingest.decode import Sampling, probe
 from ingest.decode_pool import DecodeMode, DecodePool, DecodeRequest
-from ingest.encoder import ClipEncoder, ModelUnavailableError, l2_normalize, load_encoder
+from ingest.encoder import ClipEncoder, ModelUnavailableError, l2_normalize, load_encoder, pick_device
 from schema.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,17 +80,37 @@ def build_random_vit_b32(path: Path) -> Path:
     return path
 
 
-def load_bench_encoder(settings: Settings, model: str | None, workdir: Path) -> tuple[ClipEncoder, str]:
+def bench_model(settings: Settings, model: str | None, workdir: Path) -> tuple[ClipEncoder, str]:
+    """(the configured backend's encoder, the model's name in the report): the configured or asked-for
+    checkpoint, else a random ViT-B/32 of the real size (speed does not depend on weight values)."""
+    resolve(settings.inference, settings.precision, pick_device(settings.device))  # a bad choice is not a fallback
     source = model or settings.model
     try:
-        encoder = load_encoder(source, settings.model_revision, settings.device, settings.batch_size)
-        return encoder, source
+        return load_bench_encoder(settings, source, workdir), source
     except ModelUnavailableError as exc:
         if model:  # asked for explicitly: do not measure something else
             raise
         log.warning("model %s unavailable (%s); benchmarking a random-weight ViT-B/32", source, exc)
     path = build_random_vit_b32(workdir / "random-vit-b32")
-    return load_encoder(str(path), None, settings.device, settings.batch_size), "random-init ViT-B/32 (CLIPConfig())"
+    return load_bench_encoder(settings, str(path), workdir), "random-init ViT-B/32 (CLIPConfig())"
+
+
+def bench_encoders(settings: Settings, model: str | None, workdir: Path) -> tuple[ClipEncoder, ClipEncoder, str]:
+    """bench_model's encoder, the same checkpoint on torch eager (the baseline of every ratio), its name."""
+    chosen, name = bench_model(settings, model, workdir)
+    if chosen.choice.backend == "torch" and chosen.choice.precision_class == "exact":
+        return chosen, chosen, name
+    return chosen, load_bench_encoder(settings, chosen.model_id, workdir, "torch", "auto"), name
+
+
+def load_bench_encoder(settings: Settings, source: str, workdir: Path, inference: str | None = None,
+                       precision: str | None = None) -> ClipEncoder:
+    """The checkpoint on a backend (default: the configured one), exports in the bench's temp folder, no query
+    cache: every figure is a cold one."""
+    revision = None if Path(source).is_dir() else settings.model_revision
+    return load_encoder(source, revision, settings.device, settings.batch_size,
+                        inference=inference or settings.inference, precision=precision or settings.precision,
+                        models_dir=workdir / "models", threads=settings.inference_threads, query_cache_size=0)
 
 
 # -------------------------------------------------------------------------------------------------- corpus
@@ -173,7 +195,8 @@ def measure_pipeline(settings: Settings, encoder: ClipEncoder, clips: list[Path]
 
 
 def measure_baseline(settings: Settings, encoder: ClipEncoder, clips: list[Path], frames: int) -> float:
-    """The naive way: decode every frame into a list, CLIPImageProcessor, the model once per video, one insert each."""
+    """The naive way: decode every frame into a list, CLIPImageProcessor, the model (torch eager, as a script would
+    run it) once per video, one insert each."""
     from transformers import CLIPImageProcessorPil
 
     from schema.vectors import MilvusVectorStore
@@ -188,8 +211,7 @@ def measure_baseline(settings: Settings, encoder: ClipEncoder, clips: list[Path]
             every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         picks = [every[int((i + 0.5) * len(every) / frames)] for i in range(frames)]
         pixels = processor(images=picks, return_tensors="pt")["pixel_values"]
-        with torch.inference_mode():
-            embeds = encoder.vision(pixel_values=pixels.to(encoder.device, encoder.dtype)).image_embeds.float()
+        embeds = encoder.towers.image_embeds(pixels)
         vector = l2_normalize(l2_normalize(embeds).mean(0)).cpu().numpy()[None]
         store.add([video_id], vector)
         del every
@@ -226,6 +248,100 @@ def measure_model_ceiling(encoder: ClipEncoder, seconds: float = 5.0) -> float:
     return done / (time.perf_counter() - start)
 
 
+BENCH_QUERIES = ("a dog catching a frisbee on the beach", "a man riding a bike through the city at night",
+                 "a red square moving right", "people dancing at a party", "a chef chopping onions in a kitchen",
+                 "two children building a sandcastle", "a plane taking off in the rain", "a cat asleep on a sofa")
+
+
+def distinct_queries(n: int) -> list[str]:
+    """`n` different queries (a cold query cache: none repeats), of ordinary lengths."""
+    return [f"{BENCH_QUERIES[i % len(BENCH_QUERIES)]} {i}" for i in range(n)]
+
+
+def text_p50_ms(encoder: ClipEncoder, queries: int) -> float:
+    encoder.embed_text("warm-up")
+    times = []
+    for text in distinct_queries(queries):
+        start = time.perf_counter()
+        encoder.embed_text(text)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1)))  # both L2-normalised
+
+
+def runtime_choices(device: torch.device) -> list[tuple[str, str]]:
+    """Every (backend, precision) installed for this device. bf16 only where the CPU computes it natively:
+    emulated it is slower than fp32 and says nothing about the product."""
+    out = []
+    for (backend, kind), precisions in SUPPORTED.items():
+        if kind != device.type or not installed(backend):
+            continue
+        out += [(backend, p) for p in precisions if p != "bf16" or device.type == "cuda" or cpu_has_bf16()]
+    return out
+
+
+def measure_runtimes(settings: Settings, source: str, eager: ClipEncoder, workdir: Path, seconds: float,
+                     queries: int, progress: Callable[[str], None]) -> list[dict]:
+    """Each installed backend and precision on the same checkpoint: vision frames/s and text p50 against torch
+    eager's, and how far its vectors are from torch fp32's (min cosine over random images and the queries)."""
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.integers(0, 256, (2 * eager.batch_size, 3, *eager.prep.crop_hw), dtype=np.uint8))
+    texts = distinct_queries(queries)
+    reference = (eager.embed_pixels(images).numpy(), eager.embed_texts(texts))
+    base_fps, base_text = measure_model_ceiling(eager, seconds), text_p50_ms(eager, queries)
+    rows = []
+    for backend, precision in runtime_choices(eager.device):
+        progress(f"runtime {backend} {precision}")
+        if (backend, precision) == (eager.choice.backend, eager.choice.precision):
+            encoder, fps, text_ms = eager, base_fps, base_text
+        else:
+            try:
+                encoder = load_bench_encoder(settings, source, workdir, backend, precision)
+            except ModelUnavailableError as exc:  # e.g. OpenVINO bf16 on a CPU without it: said, not measured
+                rows.append({"name": backend, "precision": precision, "error": str(exc)})
+                continue
+            fps, text_ms = measure_model_ceiling(encoder, seconds), text_p50_ms(encoder, queries)
+        image_cos = _min_cosine(encoder.embed_pixels(images).numpy(), reference[0])
+        text_cos = _min_cosine(encoder.embed_texts(texts), reference[1])
+        rows.append({"name": backend, "precision": precision, "precision_class": encoder.choice.precision_class,
+                     "model_fps": round(fps, 2), "ratio_vs_torch": round(fps / base_fps, 2),
+                     "min_cosine_vs_torch": round(min(image_cos, text_cos), 6),
+                     "min_cosine_images": round(image_cos, 6), "min_cosine_texts": round(text_cos, 6),
+                     "text_p50_ms": round(text_ms, 2), "text_ratio_vs_torch": round(text_ms / base_text, 3)})
+    return rows
+
+
+# The issue's targets on a CPU (README, Inference backends): ratios against torch eager measured in the same run.
+TARGETS = {"exact_vision_vs_torch": (">=", 1.8), "pipeline_vs_torch": (">=", 1.5), "text_p50_vs_torch": ("<=", 0.6),
+           "bf16_min_cosine": (">=", 0.9999), "int8_min_cosine_images": (">=", 0.999),
+           "int8_min_cosine_texts": (">=", 0.998)}
+
+
+def check_targets(runtimes: list[dict], pipeline_ratio: float, chosen: ClipEncoder) -> dict:
+    """Each target with the value measured and whether it is met (None: not measured on this machine)."""
+    ok = [r for r in runtimes if "error" not in r]
+    exact = [r for r in ok if r["precision_class"] == "exact" and r["name"] != "torch"]
+    used = next((r for r in ok if (r["name"], r["precision"]) == (chosen.choice.backend, chosen.choice.precision)),
+                None)
+    values = {
+        "exact_vision_vs_torch": max((r["ratio_vs_torch"] for r in exact), default=None),
+        "pipeline_vs_torch": pipeline_ratio,
+        "text_p50_vs_torch": used["text_ratio_vs_torch"] if used else None,
+        "bf16_min_cosine": min((r["min_cosine_vs_torch"] for r in ok if r["precision"] == "bf16"), default=None),
+        "int8_min_cosine_images": min((r["min_cosine_images"] for r in ok if r["precision"] == "int8"), default=None),
+        "int8_min_cosine_texts": min((r["min_cosine_texts"] for r in ok if r["precision"] == "int8"), default=None),
+    }
+    out = {}
+    for name, (op, target) in TARGETS.items():
+        value = values[name]
+        met = None if value is None else (value >= target if op == ">=" else value <= target)
+        out[name] = {"value": value, "target": f"{op} {target}", "met": met}
+    return out
+
+
 def measure_seek_vs_straight(encoder: ClipEncoder, clip: Path, frames: int) -> dict:
     from ingest.decode import iter_sampled_frames
 
@@ -251,8 +367,9 @@ from ingest.pipeline import decode_video
 def kb(field):
     return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(field))
 
-model, batch, sampling, videos = sys.argv[1], int(sys.argv[2]), Sampling(**json.loads(sys.argv[3])), sys.argv[4:]
-e = load_encoder(model, device='cpu', batch_size=batch)
+model, batch, sampling = sys.argv[1], int(sys.argv[2]), Sampling(**json.loads(sys.argv[3]))
+inference, precision, models, videos = sys.argv[4], sys.argv[5], Path(sys.argv[6]), sys.argv[7:]
+e = load_encoder(model, device='cpu', batch_size=batch, inference=inference, precision=precision, models_dir=models)
 e.embed_pixels(torch.zeros(batch, 3, *e.prep.crop_hw, dtype=torch.uint8))  # a worker's steady state
 print('warm', kb('VmRSS'))
 for video in videos:
@@ -264,7 +381,7 @@ for video in videos:
 """
 
 
-def peak_rss_mb(model: str, videos: list[Path], sampling: Sampling, batch_size: int
+def peak_rss_mb(encoder: ClipEncoder, models_dir: Path, videos: list[Path], sampling: Sampling
                 ) -> tuple[float, list[tuple[float, int]]]:
     """Peak RSS of ingesting (decode + embed, with the worker's sampling and batch size) each of `videos`, one
     after the other in one fresh process, and how many frames each sampled; with the RSS before the first.
@@ -272,7 +389,8 @@ def peak_rss_mb(model: str, videos: list[Path], sampling: Sampling, batch_size: 
     The process first runs one full batch, as a worker has after its first videos: the model's activations for a
     batch (~230 MB at 48 frames on CPU) are then held alike for both videos, and the ratio shows what a video
     adds. Each peak is VmHWM after resetting it to the current RSS (/proc/self/clear_refs)."""
-    args = [model, str(batch_size), json.dumps(dataclasses.asdict(sampling)), *map(str, videos)]
+    args = [encoder.model_id, str(encoder.batch_size), json.dumps(dataclasses.asdict(sampling)),
+            encoder.choice.backend, encoder.choice.precision, str(models_dir), *map(str, videos)]
     out = subprocess.run([sys.executable, "-c", _RSS_CODE, *args], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     lines = [line.split() for line in out.stdout.splitlines() if line.startswith(("warm ", "peak "))]
@@ -538,7 +656,7 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
                                                      "collection": "bench_videos"})
         home_settings.ensure_dirs()
         progress("loading the model")
-        encoder, model_name = load_bench_encoder(settings, model, work)
+        encoder, eager, model_name = bench_encoders(settings, model, work)
         frames = settings.frames
         if folder:
             corpus = {"folder": sorted(p for p in folder.iterdir() if p.is_file())}
@@ -549,8 +667,16 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
 
         progress("pipeline")
         pipeline_s = measure_pipeline(home_settings, encoder, all_clips)
+        if eager is encoder:
+            pipeline_torch_s = pipeline_s
+        else:
+            progress("pipeline on torch eager")
+            # The same clips again, into a catalog and collection of their own (the first run's would skip them).
+            eager_settings = home_settings.model_copy(update={
+                "collection": "bench_videos_torch", "database_url": f"sqlite:///{work / 'torch-catalog.db'}"})
+            pipeline_torch_s = measure_pipeline(eager_settings, eager, all_clips)
         progress("naive baseline")
-        baseline_s = measure_baseline(home_settings, encoder, all_clips, frames)
+        baseline_s = measure_baseline(home_settings, eager, all_clips, frames)
         progress("ceilings")
         # Decoding in processes (the default: killable, and free of the GIL) vs threads, on the same clips.
         decode_by_mode = {mode: measure_decode_ceiling(encoder, all_clips, frames, settings.decode_workers, mode)
@@ -569,7 +695,10 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
         long = write_clip(work / "long.mp4", 426, 240, plan.long_minutes * 60, fps=4, preset="ultrafast")
         sampling = Sampling.from_settings(settings)  # as the worker samples
         rss_warm, [(rss_short, frames_short), (rss_long, frames_long)] = peak_rss_mb(
-            encoder.model_id, [short, long], sampling, encoder.batch_size)
+            encoder, work / "models", [short, long], sampling)
+
+        runtimes = measure_runtimes(settings, encoder.model_id, eager, work, seconds=2.0 if quick else 8.0,
+                                    queries=20 if quick else 60, progress=progress)
 
         progress("search")
         search = [measure_search(home_settings, encoder.dim, n, plan.queries, rng) for n in plan.search_sizes]
@@ -589,10 +718,14 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
         "batch_size": encoder.batch_size,
         "decode_workers": settings.decode_workers,
         "torch_threads": torch.get_num_threads(),
+        "inference": {"backend": encoder.choice.backend, "precision": encoder.choice.precision,
+                      "configured": f"{settings.inference}/{settings.precision}"},
         "corpus": {name: len(clips) for name, clips in corpus.items()},
         "ingest": {
             "videos_per_s": round(len(all_clips) / pipeline_s, 3),
             "frames_per_s": round(pipeline_fps, 2),
+            "torch_frames_per_s": round(len(all_clips) * frames / pipeline_torch_s, 2),
+            "speedup_vs_torch": round(pipeline_torch_s / pipeline_s, 2),
             "baseline_videos_per_s": round(len(all_clips) / baseline_s, 3),
             "speedup_vs_baseline": round(baseline_s / pipeline_s, 2),
             "decode_ceiling_fps": round(decode_fps, 2),
@@ -610,6 +743,8 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
                    "ratio": round(rss_long / rss_short, 3), "rss_warm_mb": round(rss_warm, 1),
                    "long_minutes": plan.long_minutes,
                    "frames_short": frames_short, "frames_long": frames_long},
+        "runtimes": runtimes,
+        "targets": check_targets(runtimes, round(pipeline_torch_s / pipeline_s, 2), encoder),
         "search": search,
         "query_e2e": e2e,
         "phase_seconds": phases,
@@ -624,9 +759,12 @@ def describe_device(device: torch.device) -> str:
 
 def format_table(report: dict) -> Iterator[str]:
     ing, mem = report["ingest"], report["memory"]
-    yield f"device {report['device']} · model {report['model']} · {report['frames_per_video']} frames/video"
+    inf = report["inference"]
+    yield (f"device {report['device']} · model {report['model']} · {report['frames_per_video']} frames/video · "
+           f"inference {inf['backend']} {inf['precision']}")
     yield (f"ingest    {ing['videos_per_s']:.2f} videos/s  {ing['frames_per_s']:.1f} frames/s   "
-           f"baseline {ing['baseline_videos_per_s']:.2f} videos/s  -> x{ing['speedup_vs_baseline']:.2f}")
+           f"baseline {ing['baseline_videos_per_s']:.2f} videos/s  -> x{ing['speedup_vs_baseline']:.2f}   "
+           f"torch eager {ing['torch_frames_per_s']:.1f} frames/s -> x{ing['speedup_vs_torch']:.2f}")
     yield (f"ceilings  decode {ing['decode_ceiling_fps']:.1f} fps  model {ing['model_ceiling_fps']:.1f} fps  "
            f"-> efficiency {ing['efficiency']:.2f} (vs both sharing the CPU, {ing['shared_cpu_ceiling_fps']:.1f} fps: "
            f"{ing['efficiency_vs_shared_cpu']:.2f})")
@@ -638,6 +776,7 @@ def format_table(report: dict) -> Iterator[str]:
     yield (f"memory    peak RSS {mem['rss_short_mb']:.0f} MB (10 s, {mem['frames_short']} frames) vs "
            f"{mem['rss_long_mb']:.0f} MB ({mem['long_minutes']:.0f} min, {mem['frames_long']} frames) "
            f"-> x{mem['ratio']:.2f}")
+    yield from format_runtimes(report)
     yield from format_search(report)
     e2e = report["query_e2e"]
     yield (f"query     end to end p50 {e2e['p50_ms']:.1f} ms  p95 {e2e['p95_ms']:.1f} ms  (text encoder p50 "
@@ -666,3 +805,17 @@ def format_quantized(n: int, rows: dict | None) -> Iterator[str]:
             f"index {r['index_bytes'] / 2**20:.1f} MiB ({r['bytes_per_vector']:.0f} B/vector)")
         yield (f"compact   n={n:>8} {label:<20} p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  "
                f"recall@10 {r['recall_at_10']:.3f}  {size}")
+
+
+def format_runtimes(report: dict) -> Iterator[str]:
+    for r in report["runtimes"]:
+        name = f"{r['name']} {r['precision']}"
+        if "error" in r:
+            yield f"runtime   {name:<14} not measured: {r['error']}"
+            continue
+        yield (f"runtime   {name:<14} vision {r['model_fps']:.1f} fps (x{r['ratio_vs_torch']:.2f} torch)  text p50 "
+               f"{r['text_p50_ms']:.1f} ms (x{r['text_ratio_vs_torch']:.2f})  min cosine vs torch: images "
+               f"{r['min_cosine_images']:.6f} texts {r['min_cosine_texts']:.6f}")
+    for name, t in report["targets"].items():
+        verdict = "not measured here" if t["met"] is None else ("met" if t["met"] else "MISSED")
+        yield f"target    {name:<24} {t['value']} (target {t['target']}): {verdict}"

@@ -53,6 +53,8 @@ def _out(obj) -> None:
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A model's one-time export takes seconds to minutes: every command says what it is waiting for.
+    logging.getLogger("ingest.backends.export").setLevel(logging.INFO)
 
 
 def _service_logging() -> None:

@@ -242,9 +242,9 @@ def resolve_model(settings: Settings, workdir: Path) -> tuple[str, str]:
     """(what the server loads, how to describe it): VIDSEARCH_MODEL when it loads, else the bench's random ViT-B/32.
 
     Loaded here once through the bench's own helper, so the choice is exactly the bench's; then freed."""
-    from search_app.bench import load_bench_encoder
+    from search_app.bench import bench_model
 
-    encoder, name = load_bench_encoder(settings, None, workdir)
+    encoder, name = bench_model(settings, None, workdir)
     model = encoder.model_id
     del encoder
     gc.collect()

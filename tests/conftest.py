@@ -39,6 +39,17 @@ CLIPS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def exported_models(tmp_path_factory) -> Path:
+    """One cache of exported ONNX towers for the session, as a user's data folder keeps one: each tiny checkpoint is
+    exported once, then every test loads it through the same cache check. tests/test_backends.py exports into
+    data folders of its own (the default place) and checks the export itself."""
+    folder = tmp_path_factory.mktemp("exported-models")
+    os.environ["VIDSEARCH_EXPORT_DIR"] = str(folder)  # Settings() and `vidsearch` subprocesses
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))  # load_encoder() without a folder
+    return folder
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
@@ -123,7 +134,7 @@ def runtime(settings):
 
 def cli_env(home: Path, model: Path, **extra: str) -> dict[str, str]:
     """Environment for a real `vidsearch` subprocess on the embedded default (its own Milvus Lite server)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDSEARCH_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDSEARCH_") or k == "VIDSEARCH_EXPORT_DIR"}
     env.update({"VIDSEARCH_HOME": str(home), "VIDSEARCH_MODEL": str(model), "VIDSEARCH_FRAMES": "4",
                 "VIDSEARCH_BATCH_SIZE": "16", "VIDSEARCH_WORKER_POLL_SECONDS": "0.2", "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", "VIDSEARCH_EXPERTS": "", **extra})

@@ -220,7 +220,11 @@ def test_worker_processes_the_queue_and_stops_cleanly_on_ctrl_c(cli, clips_dir, 
             time.sleep(1)
     finally:
         worker.send_signal(signal.SIGINT)
-        _, err = worker.communicate(timeout=60)
+        try:
+            _, err = worker.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            pytest.fail(f"the worker did not stop within 60 s of Ctrl-C: {worker.communicate()[1][-3000:]}")
     assert worker.returncode == 0, err
     assert "worker stopped" in err and "Traceback" not in err
     assert "done: video" in err
