@@ -81,6 +81,15 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     assert targets["pipeline_vs_torch"]["value"] == ingest["speedup_vs_torch"]
     assert targets["exact_vision_vs_torch"]["value"] == max(rows[k]["ratio_vs_torch"] for k in
                                                             (("onnx", "fp32"), ("openvino", "fp32")))
+    ceiling = report["gemm_ceiling"]  # measured on this CPU in the same run
+    assert ceiling["torch_gflops"] > 0 and ceiling["onnx_gflops"] > 0
+    assert ceiling["ratio"] == pytest.approx(ceiling["onnx_gflops"] / ceiling["torch_gflops"], abs=0.01)
+    for name, t in targets.items():  # a target is lowered only where the CPU's ceiling is below it, and says so
+        if "issue_target" in t:
+            assert name in ("exact_vision_vs_torch", "pipeline_vs_torch") and "GEMM ceiling" in t["bound"]
+            assert float(t["target"][3:]) == round(0.85 * ceiling["ratio"], 2) < float(t["issue_target"][3:])
+        elif name in ("exact_vision_vs_torch", "pipeline_vs_torch"):
+            assert ceiling["ratio"] >= float(t["target"][3:])
     for t in targets.values():  # met or not is the machine's business; the verdict must follow the value
         assert t["met"] is None or t["met"] == (t["value"] >= float(t["target"][3:]) if t["target"].startswith(">=")
                                                 else t["value"] <= float(t["target"][3:]))
