@@ -1,4 +1,4 @@
-"""The expert stage: runs the experts (speech, text) on ready videos, apart from the appearance pipeline.
+"""The expert stage: runs the experts (speech, text, audio) on ready videos, apart from the appearance pipeline.
 
 Each claimed expert run (schema/catalog.py ExpertRun) goes to a process of its own pool, which decodes what that
 expert needs (ingest/expert_input.py) and runs it, within the expert's own timeout: OCR of an hour of frames can take
@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from ingest.decode import Limits
 from ingest.expert_input import read_input
-from ingest.experts import Expert, ExpertUnavailable, TextSegment, expert_class
+from ingest.experts import Expert, ExpertUnavailable, TextSegment, VectorSegment, expert_class
 from schema.catalog import Catalog, ExpertRun, ExpertState
 from schema.lexical import FullTextUnsupported
+from schema.vectors import VectorStoreError
 
 if TYPE_CHECKING:
     from schema.settings import Settings
@@ -42,7 +43,7 @@ HEARTBEAT_SECONDS = 30.0
 class LexicalWriter(Protocol):
     """What the stage needs of one expert's collection (schema/lexical.py)."""
 
-    def add(self, video_id: int, segments: Sequence[TextSegment]) -> None: ...
+    def add(self, video_id: int, segments: Sequence[TextSegment] | Sequence[VectorSegment]) -> None: ...
     def delete(self, video_ids: Sequence[int]) -> None: ...
     def flush(self) -> None: ...
 
@@ -51,9 +52,10 @@ class LexicalWriter(Protocol):
 class Outcome:
     """What one expert found in one video (in its process): segments, or why there were none."""
 
-    segments: list[TextSegment] = field(default_factory=list)
+    segments: list[TextSegment] | list[VectorSegment] = field(default_factory=list)
     unavailable: str | None = None
     seconds: float = 0.0
+    model: str | None = None  # a dense expert's model key: its collection must hold vectors of that model only
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def run_expert(expert: Expert, path: str, limits: Limits) -> Outcome:
         return Outcome([], str(exc), time.perf_counter() - started)
     if not segments:
         return Outcome([], f"the {expert.name} expert found nothing in this video", time.perf_counter() - started)
-    return Outcome(segments, None, time.perf_counter() - started)
+    return Outcome(segments, None, time.perf_counter() - started, getattr(loaded, "model_key", None))
 
 
 def _init_process() -> None:
@@ -215,6 +217,11 @@ class ExpertStage:
             return self._record(run, ExpertState.UNAVAILABLE, outcome.unavailable, seconds=outcome.seconds,
                                 on_result=on_result)
         store = self.lexical(run.expert)
+        if outcome.model is not None and hasattr(store, "bind"):  # a dense collection: one model's vectors only
+            try:
+                store.bind(outcome.model, len(outcome.segments[0].vector))
+            except VectorStoreError as exc:
+                return self._record(run, ExpertState.FAILED, str(exc), on_result=on_result)
         store.delete([run.video_id])  # a run done again replaces what the last one stored
         store.add(run.video_id, outcome.segments)
         store.flush()

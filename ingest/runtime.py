@@ -25,6 +25,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.settings.ensure_dirs()
+        self.audio_source = None  # the audio expert's query side (search_app/audio_query.py), kept across searches
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -46,6 +47,14 @@ class Runtime:
         is refused, and a collection from before snapshots were recorded is upgraded once."""
         return Store(self.settings, self.catalog, lambda: Identity(self.encoder.dim, self.encoder.model_key,
                                                                     self.encoder.legacy_snapshot))
+
+    @cached_property
+    def clap(self):  # -> ingest.experts.sound.ClapEmbedder
+        """CLAP for the audio expert's queries (loaded on the first query that weighs audio)."""
+        from ingest.experts.sound import load_clap
+
+        s = self.settings
+        return load_clap(s.audio_model, s.audio_model_revision, s.device, hash_cache=s.checkpoint_hashes_file)
 
     def close(self) -> None:
         if "store" in self.__dict__:

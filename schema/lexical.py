@@ -271,3 +271,12 @@ class LexicalStore:
     def drop(self) -> None:
         if self.client.has_collection(self.name):
             self.client.drop_collection(self.name)
+
+    def video_segments(self, video_id: int) -> list[LexicalHit]:
+        """Every stored segment of one video, in time order (score 0: nothing was asked), for its timeline."""
+        rows = self._call("query", lambda: self.client.query(
+            self.name, filter=f"video_id == {int(video_id)}", output_fields=["video_id", "start_s", "end_s", "text"],
+            limit=MAX_LIMIT))
+        rows.sort(key=lambda r: (float(r["start_s"]), float(r["end_s"])))
+        return [LexicalHit(int(r["video_id"]), float(r["start_s"]), float(r["end_s"]), str(r["text"]), 0.0)
+                for r in rows]

@@ -19,7 +19,7 @@ import numpy as np
 from schema.catalog import Catalog
 from schema.filters import SearchFilters
 from schema.model_key import ModelKey
-from schema.settings import EXPERT_NAMES, Settings
+from schema.settings import DENSE_EXPERTS, EXPERT_NAMES, Settings
 from schema.vectors import (
     Hit,
     LegacySnapshot,
@@ -34,6 +34,7 @@ from schema.vectors import (
 )
 
 if TYPE_CHECKING:
+    from schema.dense import DenseSegmentStore
     from schema.lexical import LexicalStore
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Store:
         self._lite: bool | None = None
         self._bound: MilvusVectorStore | None = None  # the model's collection
         self._index: VectorStore | None = None  # the in-memory copy over it, when used
-        self._lexical: dict[str, LexicalStore] = {}  # the experts' collections, opened on first use
+        self._lexical: dict[str, LexicalStore | DenseSegmentStore] = {}  # the experts' collections, opened on first use
         self._lock = threading.RLock()
 
     # --- what the endpoint is ----------------------------------------------------------------------------------
@@ -131,21 +132,27 @@ class Store:
     def lexical_name(self, expert: str) -> str:
         return f"{self.settings.collection}_{expert}"
 
-    def lexical(self, expert: str) -> LexicalStore:
-        """The collection of one lexical expert (`<collection>_speech`, ...), created if missing. Its text is
-        model-independent, so it outlives `vidsearch reindex` of the appearance vectors. A server without BM25
-        raises VectorStoreError saying so."""
+    def lexical(self, expert: str) -> LexicalStore | DenseSegmentStore:
+        """The collection of one expert (`<collection>_speech`, ...), opened on first use: a full-text one for the
+        lexical experts (created if missing; a server without BM25 raises VectorStoreError saying so), a dense one
+        for the audio expert (created on its first write, when its model's dimension is known). Neither depends on
+        the appearance model, so they outlive `vidsearch reindex` of the appearance vectors."""
         with self._lock:
             client = self.client()
             store = self._lexical.get(expert)
             if store is None or store.client is not client:  # first use, or the facade reconnected
-                from schema.lexical import LexicalStore
+                if expert in DENSE_EXPERTS:
+                    from schema.dense import DenseSegmentStore
 
-                store = LexicalStore.open(client, self.lexical_name(expert), lite=self.is_lite)
+                    store = DenseSegmentStore.open(client, self.lexical_name(expert), lite=self.is_lite)
+                else:
+                    from schema.lexical import LexicalStore
+
+                    store = LexicalStore.open(client, self.lexical_name(expert), lite=self.is_lite)
                 self._lexical[expert] = store
             return store
 
-    def lexical_existing(self) -> dict[str, LexicalStore]:
+    def lexical_existing(self) -> dict[str, LexicalStore | DenseSegmentStore]:
         """The experts' collections that exist (for search, delete and doctor), without creating any. An unreachable
         server is a VectorStoreError, as for every other call of the store (a search says so, never a traceback)."""
         from pymilvus.exceptions import MilvusException
@@ -153,10 +160,11 @@ class Store:
         with self._lock:
             client = self.client()
             try:
-                return {e: self.lexical(e) for e in EXPERT_NAMES
-                        if e in self._lexical or client.has_collection(self.lexical_name(e))}
+                found = {e: self.lexical(e) for e in EXPERT_NAMES
+                         if e in self._lexical or client.has_collection(self.lexical_name(e))}
             except MilvusException as exc:
                 raise VectorStoreError(f"Milvus has_collection failed: {exc}") from exc
+            return {e: s for e, s in found.items() if getattr(s, "exists", True)}
 
     # --- VectorStore -------------------------------------------------------------------------------------------
     @property

@@ -38,6 +38,7 @@ from ingest.runtime import Runtime
 from schema.catalog import Job, JobState, Video, VideoStatus
 from schema.filters import MAX_FILTER_TAGS, MAX_TAG_LENGTH, check_tag
 from schema.vectors import VectorStoreError
+from search_app.audio_query import expert_sources
 from search_app.present import fragment, media_url, thumbnail_url
 from search_app.search import (
     MAX_IMAGE_BYTES,
@@ -128,7 +129,7 @@ class SearchIn(_Strict):
     image: str | None = Field(None, min_length=1, description="Base64 of an encoded still image.")
     k: int = Field(10, ge=1, le=MAX_K, description="Number of results.")
     filters: Filters | None = None
-    weights: dict[Literal["appearance", "speech", "text"], float] | None = Field(
+    weights: dict[Literal["appearance", "speech", "text", "audio"], float] | None = Field(
         None, description="Text queries: how much each expert counts in the fused ranking (0 turns one off; "
         "defaults in the README, Experts). Image queries use appearance alone.",
         examples=[{"speech": 1.0, "appearance": 0.5}])
@@ -149,12 +150,13 @@ class Moment(BaseModel):
     start: float = Field(description="Seconds from the start of the video.")
     end: float = Field(description="Seconds from the start of the video.")
     score: float = Field(description="appearance: cosine similarity between the query and this part of the video; "
-                         "speech, text: the share of the query's words found there (0..1).")
+                         "speech, text: the share of the query's words found there (0..1); audio: how far "
+                         "this window's sound stands out for the query (0..1).")
     thumbnail_url: str | None = Field(None, description="Thumbnail of the best-matching frame (under /thumbnails).")
     media_url: str | None = Field(None, description="The video with a media fragment (#t=start,end): a player "
                                   "given this URL starts at the moment.")
     expert: str = Field("appearance", description="What matched here: appearance (the pictures), speech (what is "
-                        "said), text (what is written on screen).")
+                        "said), text (what is written on screen), audio (what is heard).")
     text: str | None = Field(None, description="speech, text: what was said or shown in this moment.")
 
 
@@ -163,12 +165,31 @@ class TimelinePoint(BaseModel):
     score: float = Field(description="Cosine similarity between the query and that frame.")
 
 
+class ExpertPoint(BaseModel):
+    start: float = Field(description="Seconds: where this frame's span, segment or window starts.")
+    end: float = Field(description="Seconds: where it ends.")
+    score: float = Field(description="appearance, audio: cosine similarity with the query in that expert's model; "
+                         "speech, text: the share of the query's words said or shown there (0..1).")
+    normalized: float = Field(description="The score on 0..1, to share one plot with the other experts: speech and "
+                              "text as they are; appearance and audio scaled to this video's range (min 0, max 1).")
+    text: str | None = Field(None, description="speech, text: what is said or shown there.")
+
+
+class ExpertLineOut(BaseModel):
+    expert: str = Field(description="appearance (per sampled frame), speech or text (per stored segment), audio "
+                        "(per window of the soundtrack).")
+    points: list[ExpertPoint]
+    moments: list[Moment] = Field(description="This expert's best moments, best first.")
+
+
 class TimelineOut(BaseModel):
     video_id: int
     source: str = Field(description="'stored': from the segment vectors of the index; 'computed': the video had "
                         "none (ingested before they were stored), so its frames were embedded for this request.")
-    points: list[TimelinePoint]
-    moments: list[Moment] = Field(description="The best moments, best first.")
+    points: list[TimelinePoint] = Field(description="Appearance, per sampled frame (as experts[0]).")
+    moments: list[Moment] = Field(description="Appearance's best moments, best first.")
+    experts: list[ExpertLineOut] = Field(default_factory=list, description="One line per expert with anything for "
+                                         "this video, appearance first.")
 
 
 class SearchHit(BaseModel):
@@ -179,7 +200,8 @@ class SearchHit(BaseModel):
                          "cosine similarity between the query and the video.")
     experts: dict[str, float | None] = Field(
         default_factory=dict, description="Why it matched: appearance's cosine, and the share of the query's words "
-        "found in its speech and on-screen text (null: the video has no speech / no text). Empty when appearance "
+        "found in its speech and on-screen text, audio's calibrated score (null: the video has none of that "
+        "expert). Empty when appearance "
         "ranked alone.")
     duration: float | None = Field(description="Seconds.")
     media_url: str | None = Field(description="Path of the video under /media; null for files indexed in place.")
@@ -212,7 +234,7 @@ class VideoOut(BaseModel):
     tag: str | None = Field(None, description="The label given at ingest, if any.")
     media_url: str | None
     experts: dict[str, ExpertOut] = Field(default_factory=dict, description="Each expert's state for this video "
-                                          "(speech, text); absent: not run on it.")
+                                          "(speech, text, audio); absent: not run on it.")
 
 
 class ExpertOut(BaseModel):
@@ -293,6 +315,13 @@ def _moments(runtime: Runtime, url: str | None, sha256: str, moments) -> list[Mo
     return [Moment(start=m.start, end=m.end, score=m.score, thumbnail_url=thumbnail_url(runtime, sha256, m.frame),
                    media_url=fragment(url, m.start, m.end) if url else None, expert=m.expert, text=m.text)
             for m in moments]
+
+
+def _line(runtime: Runtime, url: str | None, sha256: str, line) -> ExpertLineOut:
+    texts = line.texts or [None] * len(line.starts)
+    return ExpertLineOut(expert=line.expert, moments=_moments(runtime, url, sha256, line.moments),
+                         points=[ExpertPoint(start=a, end=b, score=s, normalized=n, text=t) for a, b, s, n, t in
+                                 zip(line.starts, line.ends, line.scores, line.normalized, texts, strict=True)])
 
 
 def _hit(runtime: Runtime, r: SearchResult) -> SearchHit:
@@ -542,7 +571,7 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
         filters = body.filters.to_search() if body.filters else None
         if body.text is not None:
             found = search_text(runtime.catalog, runtime.store, runtime.encoder, body.text, body.k, filters,
-                                moment_seconds=settings.moment_seconds, experts=runtime.store.lexical_existing(),
+                                moment_seconds=settings.moment_seconds, experts=expert_sources(runtime),
                                 weights=body.weights)
         else:
             assert body.image is not None
@@ -576,7 +605,7 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
         return _video_out(runtime, video)
 
     @router.get("/videos/{video_id}/timeline", response_model=TimelineOut, responses=_errors(404),
-                summary="Similarity of one video to a text over time, and its best moments",
+                summary="Similarity of one video to a text over time, per expert, and its best moments",
                 description="A video indexed before segment vectors were stored is decoded and embedded for the "
                 "request (source 'computed'), within the ingestion limits and timeout; a file that cannot be "
                 "decoded so is a 422.")
@@ -590,7 +619,8 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
         return TimelineOut(video_id=video.id, source=timeline.source,
                            points=[TimelinePoint(time=t, score=s) for t, s in zip(timeline.times, timeline.scores,
                                                                                    strict=True)],
-                           moments=_moments(runtime, url, video.sha256, timeline.moments))
+                           moments=_moments(runtime, url, video.sha256, timeline.moments),
+                           experts=[_line(runtime, url, video.sha256, line) for line in timeline.lines])
 
     @router.delete("/videos/{video_id}", response_model=VideoOut, responses=_errors(404),
                    summary="Delete a video: its vectors, its catalog row and its stored file")

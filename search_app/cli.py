@@ -193,8 +193,8 @@ def _weights(items: list[str]) -> dict[str, float]:
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip().lower()
-        if not sep or name not in ("appearance", "speech", "text"):
-            raise UserError(f"--weight {item!r}: use NAME=W with NAME one of appearance, speech, text")
+        if not sep or name not in ("appearance", "speech", "text", "audio"):
+            raise UserError(f"--weight {item!r}: use NAME=W with NAME one of appearance, speech, text, audio")
         try:
             out[name] = float(value)
         except ValueError:
@@ -264,8 +264,8 @@ def search(
     tags: Annotated[list[str] | None, typer.Option("--tag", help="Only videos with this tag (repeat for any of "
                                                                  "several).")] = None,
     weight: Annotated[list[str] | None, typer.Option("--weight", help="How much an expert counts, as NAME=W "
-                                                                       "(appearance, speech, text; 0 turns one "
-                                                                       "off; repeatable).")] = None,
+                                                                       "(appearance, speech, text, audio; 0 turns "
+                                                                       "one off; repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Find videos by description (what is seen, said or written on screen), or by a still image.
@@ -280,6 +280,7 @@ def search(
     or shown there when speech or on-screen text matched.
     """
     from schema.filters import SearchFilters
+    from search_app.audio_query import expert_sources
     from search_app.search import MAX_IMAGE_BYTES, check_k, check_query, search_image, search_text
 
     # Everything a person can get wrong is refused here, before seconds of model loading.
@@ -307,7 +308,7 @@ def search(
     else:
         assert query is not None
         results = search_text(runtime.catalog, runtime.store, runtime.encoder, query, k, filters,
-                              moment_seconds=moments, experts=runtime.store.lexical_existing(), weights=weights)
+                              moment_seconds=moments, experts=expert_sources(runtime), weights=weights)
     if as_json:
         _out([r.as_dict() for r in results])
         return
@@ -328,7 +329,9 @@ def search(
             typer.echo(f"{'':>30}moments: " + ", ".join(f"{clock(m.start)}-{clock(m.end)} ({m.score:.3f})"
                                                          for m in spans))
         for m in r.moments:
-            if m.text is not None:
+            if m.expert == "audio":
+                typer.echo(f"{'':>30}heard at {clock(m.start)}-{clock(m.end)} ({m.score:.3f})")
+            elif m.text is not None:
                 verb = "said" if m.expert == "speech" else "shown"
                 typer.echo(f"{'':>30}{verb} at {clock(m.start)}: {m.text}")
 
@@ -439,9 +442,11 @@ def doctor(
 def reindex(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     experts: Annotated[str | None, typer.Option("--experts", help="Only run these experts (comma-separated: "
-                                                                  "speech,text) on the videos already indexed, "
-                                                                  "leaving the appearance vectors alone.")] = None,
-    again: Annotated[bool, typer.Option("--again", help="With --experts: also redo videos they are done with.")
+                                                                  "speech,text,audio) on the videos already "
+                                                                  "indexed, leaving the appearance vectors "
+                                                                  "alone.")] = None,
+    again: Annotated[bool, typer.Option("--again", help="With --experts: also redo videos they are done with (audio: "
+                                        "its collection is rebuilt, e.g. after changing VIDSEARCH_AUDIO_MODEL).")
                      ] = False,
 ) -> None:
     """Drop all vectors and queue every video again (after changing VIDSEARCH_MODEL); or, with --experts, fill the
@@ -470,7 +475,7 @@ def _reindex_experts(names: str, again: bool) -> None:
     from tqdm import tqdm
 
     from ingest.expert_stage import ExpertStage
-    from schema.settings import EXPERT_NAMES
+    from schema.settings import DENSE_EXPERTS, EXPERT_NAMES
 
     wanted = [n.strip().lower() for n in names.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in EXPERT_NAMES]
@@ -480,7 +485,9 @@ def _reindex_experts(names: str, again: bool) -> None:
     runtime = _runtime()
     catalog = runtime.catalog
     for name in wanted:
-        runtime.store.lexical(name)  # a server without full-text search is refused here, before any work
+        collection = runtime.store.lexical(name)  # a server without full-text search is refused here, before any work
+        if again and name in DENSE_EXPERTS:  # its vectors may be another model's: rebuilt from nothing, never mixed
+            collection.drop()
     queued = catalog.request_experts(wanted, again=again)
     counts = catalog.expert_counts()
     bars = {}

@@ -9,10 +9,13 @@ on-screen text by BM25 over their segments. To be added up, scores are first *ca
 - appearance by where the video's cosine stands among the candidates' (a z-score, squashed by a logistic): a clear
   outlier of the query's distribution is near 1, the bulk near 0, so a video does not score high on appearance just
   because it is the least bad of unrelated ones.
+- a dense expert (audio: CLAP windows) the same way, its best window's cosine against the query's cosines with a
+  sample of the library's windows.
 
-Weights depend on the query (the papers predict them from the query; here the query's own lexical evidence decides):
-a lexical expert weighs `weights[e]` x the best coverage it reached on any candidate, so a query that nobody said and
-nothing shows weighs speech and text at 0, and ranks exactly as appearance alone. Each video's score is the weighted
+Weights depend on the query (the papers predict them from the query; here the query's own evidence decides):
+a lexical or dense expert weighs `weights[e]` x the best calibrated score it reached on any candidate, so a query
+that nobody said, nothing shows and nothing sounds like weighs those experts at 0, and ranks exactly as appearance
+alone. Each video's score is the weighted
 mean over the experts it *has* (its run is done with segments): a silent video is not penalised for having no
 speech, a video whose speech does not match is.
 """
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 
 APPEARANCE = "appearance"
 # Defaults chosen on the tuning half of `vidsearch evaluate` (README, Experts): see there for the figures.
-DEFAULT_WEIGHTS: dict[str, float] = {APPEARANCE: 1.0, "speech": 2.0, "text": 2.0}
+DEFAULT_WEIGHTS: dict[str, float] = {APPEARANCE: 1.0, "speech": 2.0, "text": 2.0, "audio": 1.0}
 # z-score at which an appearance score calibrates to 0.5 (a clear outlier). 3.5, not 2.5: on the tuning half of
 # `vidsearch evaluate` 2.5 let a speech clip's unrelated picture outrank it (mixed recall@1 0.813 -> 0.867).
 APPEARANCE_Z0 = 3.5
@@ -87,6 +90,14 @@ def calibrate_appearance(scores: Mapping[int, float], pool: Sequence[float],
     mean = sum(pool) / len(pool)
     std = math.sqrt(sum((x - mean) ** 2 for x in pool) / len(pool)) or 1e-6
     return {v: 1.0 / (1.0 + math.exp(-((s - mean) / std - z0) / tau)) for v, s in scores.items()}
+
+
+def calibrate_dense(scores: Mapping[int, float], background: Sequence[float],
+                    calibration: Calibration | None = None) -> dict[int, float]:
+    """A dense expert's cosines (audio: a video's best window) -> 0..1 by their z-score among `background`, the
+    query's cosines with a sample of the library's stored windows: as for appearance, a window calibrates high only
+    when it stands out from what the library holds, so the query-dependent weight of a sound nobody recorded is ~0."""
+    return calibrate_appearance(scores, background, calibration)
 
 
 @dataclass(frozen=True)

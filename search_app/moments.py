@@ -32,7 +32,7 @@ class Moment:
     end: float
     score: float  # cosine similarity of the window's vector with the query (a lexical expert's: its coverage)
     frame: int  # index of the best-matching sample inside the window (its thumbnail)
-    expert: str = "appearance"  # which expert found it: appearance, speech (said), text (on screen)
+    expert: str = "appearance"  # which expert found it: appearance, speech (said), text (on screen), audio (heard)
     text: str | None = None  # for speech and text: what was said or shown there
 
 
@@ -42,6 +42,7 @@ class Timeline:
     scores: list[float]  # cosine similarity of each sample with the query
     moments: list[Moment]
     source: str  # "stored" (segment vectors from the index) or "computed" (embedded on demand)
+    lines: tuple = ()  # one search_app.expert_lines.ExpertLine per expert (appearance first), when asked for
 
 
 class SegmentSource(Protocol):

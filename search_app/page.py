@@ -19,6 +19,7 @@ from schema.filters import SearchFilters, check_tag
 from schema.units import clock
 from schema.vectors import VectorStoreError
 from search_app import fusion
+from search_app.audio_query import expert_sources
 from search_app.moments import Moment, Timeline
 from search_app.present import fragment, media_url, span, thumbnail_url
 from search_app.search import QueryError, SearchResult, search_text
@@ -44,8 +45,6 @@ CSS = """
 .vs-weak > .vs-weak-label { font-weight: 600; margin-bottom: 6px; }
 .vs-weak > .vs-results { opacity: 0.55; }
 .vs-weak .vs-card { border-style: dashed; }
-/* Timeline: a top moment is a wide translucent band behind the similarity line, so the line stays visible. */
-#timeline-plot .mark-line path:not([stroke="#2563eb"]) { stroke-width: 10px; stroke-opacity: 0.35; }
 .vs-moments { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
 .vs-moment { display: flex; flex-direction: column; align-items: center; gap: 2px; padding: 3px; cursor: pointer;
   border: 1px solid var(--border-color-primary); border-radius: 6px; background: var(--background-fill-secondary);
@@ -67,6 +66,13 @@ CSS = """
 #library [aria-label="Static column"] { display: none; }  /* a lock on every column but the tick box: noise */
 .vs-confirm { font-weight: 600; padding: 8px 12px; }
 """
+MOMENT_COLORS = ["#f59e0b", "#10b981", "#ec4899", "#8b5cf6", "#ef4444"]
+# The per-expert timeline: each expert's line, and a lighter tint of it for the bands of its top moments.
+EXPERT_COLORS = {"appearance": SIMILARITY_COLOR, "speech": "#7c3aed", "text": "#0f766e", "audio": "#c2410c"}
+EXPERT_BANDS = {"appearance": "#93c5fd", "speech": "#c4b5fd", "text": "#5eead4", "audio": "#fdba74"}
+# Timeline: a top moment is a wide translucent band behind its line, so the line stays visible.
+CSS += ", ".join(f'#timeline-plot .mark-line path[stroke="{c}"]' for c in [*MOMENT_COLORS, *EXPERT_BANDS.values()]
+                 ) + " { stroke-width: 10px; stroke-opacity: 0.35; }\n"
 # Clicking a moment plays the card's (or the timeline's) player from that moment: the src gets a media fragment
 # (#t=start,end), which every browser honours. One delegated listener per HTML component, installed once.
 MOMENT_CLICK_JS = """
@@ -84,7 +90,7 @@ element.addEventListener('click', (event) => {
 
 
 # How each lexical expert's moment is introduced, and how many words of what was said or shown a line keeps.
-SAID = {"speech": "said", "text": "shown"}
+SAID = {"speech": "said", "text": "shown", "audio": "heard"}
 EXCERPT_WORDS = 14
 _WORD_PIECES = re.compile(f"({fusion.WORD.pattern})")
 
@@ -120,11 +126,17 @@ def said_lines(url: str | None, moments, query: str) -> str:
     PLATFORM NINE", the query's words marked; a click plays the card's player from there (as a moment tile)."""
     lines = []
     for m in moments:
-        if m.expert not in SAID or not m.text:
+        if m.expert not in SAID or not (m.text or m.expert == "audio"):
             continue
-        body = (f'<span class="vs-when">{SAID[m.expert]} at {clock(math.floor(m.start))}:</span> '
-                f'<span class="vs-text">{marked_words(m.text, query)}</span>')
-        tip = html.escape(f"{m.expert}: {m.score:.0%} of the query's words, {span(m.start, m.end)}", quote=True)
+        if m.expert == "audio":  # a sound: nothing to quote, the stretch it was heard in
+            body = (f'<span class="vs-when">{SAID[m.expert]} at {clock(math.floor(m.start))}:</span> '
+                    f'<span class="vs-text">a matching sound, {span(m.start, m.end)}</span>')
+            tip = html.escape(f"audio: {m.score:.2f} (how far this window's sound stands out for the query)",
+                              quote=True)
+        else:
+            body = (f'<span class="vs-when">{SAID[m.expert]} at {clock(math.floor(m.start))}:</span> '
+                    f'<span class="vs-text">{marked_words(m.text, query)}</span>')
+            tip = html.escape(f"{m.expert}: {m.score:.0%} of the query's words, {span(m.start, m.end)}", quote=True)
         if url:
             lines.append(
                 f'<button type="button" class="vs-moment vs-line" data-expert="{m.expert}" data-start="{m.start:.2f}" '
@@ -143,8 +155,8 @@ def experts_line(experts: dict[str, float | None]) -> str:
     names = [*(e for e in fusion.DEFAULT_WEIGHTS if e in experts), *(e for e in experts if e not in
                                                                       fusion.DEFAULT_WEIGHTS)]
     parts = [f"{html.escape(e)} {'—' if experts[e] is None else f'{experts[e]:.2f}'}" for e in names]
-    tip = ("appearance: cosine similarity; speech, text: share of the query's words said or shown; "
-           "—: the video has none")
+    tip = ("appearance: cosine similarity; speech, text: share of the query's words said or shown; audio: how far "
+           "its best sound stands out for the query; —: the video has none")
     return f'<div class="vs-why" title="{tip}">{" · ".join(parts)}</div>'
 
 
@@ -219,7 +231,7 @@ def result_cards(runtime: Runtime, results: list[SearchResult], query: str = "")
 # The Experts panel's sliders, in order: appearance, then what is said and what is shown.
 WEIGHTED = tuple(fusion.DEFAULT_WEIGHTS)
 WEIGHT_LABELS = {"appearance": ("Appearance", "how it looks"), "speech": ("Speech", "what is said"),
-                 "text": ("Text", "what is written on screen")}
+                 "text": ("Text", "what is written on screen"), "audio": ("Audio", "what is heard")}
 
 
 def message_html(text: str) -> str:
@@ -249,7 +261,7 @@ def search_html(runtime: Runtime, text: str, k: int, filters: SearchFilters | No
     try:
         found = search_text(runtime.catalog, runtime.store, runtime.encoder, text, k, filters,
                             moment_seconds=runtime.settings.moment_seconds,
-                            experts=runtime.store.lexical_existing(), weights=weights)
+                            experts=expert_sources(runtime), weights=weights)
         if not found and filters is not None and filters.active and runtime.catalog.count_videos(VideoStatus.READY):
             return message_html("No video matches the filters.")
     except QueryError as exc:
@@ -366,16 +378,48 @@ def timeline_choices(catalog: Catalog, limit: int, title: str = "") -> tuple[lis
 
 
 def timeline_frame(timeline: Timeline):
-    """Rows for gr.LinePlot: the similarity of every sample, and each top moment (1 = best) as its own series drawn
-    over the samples it spans."""
+    """Rows for gr.LinePlot. Appearance alone: the similarity of every sample, and each top moment (1 = best) as its
+    own series drawn over the samples it spans. With other experts: one line per expert on 0..1 (`normalized`;
+    speech and text as steps over their segments), each expert's top moments as bands of its own tint."""
     import pandas as pd
 
+    columns = ["time (s)", "similarity", "series"]
+    if len(timeline.lines) > 1:
+        return pd.DataFrame(expert_rows(timeline.lines), columns=columns)
     pairs = list(zip(timeline.times, timeline.scores, strict=True))
     rows = [{"time (s)": t, "similarity": s, "series": "similarity"} for t, s in pairs]
     for rank, m in enumerate(timeline.moments, 1):
         rows += [{"time (s)": t, "similarity": s, "series": f"moment {rank}"} for t, s in pairs
                  if m.start <= t <= m.end]
-    return pd.DataFrame(rows, columns=["time (s)", "similarity", "series"])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _line_points(line) -> list[tuple[float, float]]:
+    """(time, normalized) of a line: segment experts as steps over each segment, the others at each centre."""
+    if line.texts is not None:
+        return [p for a, b, v in zip(line.starts, line.ends, line.normalized, strict=True) for p in ((a, v), (b, v))]
+    return list(zip(line.times, line.normalized, strict=True))
+
+
+def expert_rows(lines) -> list[dict]:
+    rows = []
+    for line in lines:
+        points = _line_points(line)
+        rows += [{"time (s)": t, "similarity": v, "series": line.expert} for t, v in points]
+        for rank, m in enumerate(line.moments, 1):
+            rows += [{"time (s)": t, "similarity": v, "series": f"{line.expert} {rank}"} for t, v in points
+                     if m.start <= t <= m.end]
+    return rows
+
+
+def expert_colors(lines) -> dict[str, str]:
+    """The per-expert plot's color_map."""
+    colors: dict[str, str] = {}
+    for line in lines:
+        colors[line.expert] = EXPERT_COLORS.get(line.expert, "#475569")
+        colors.update({f"{line.expert} {rank}": EXPERT_BANDS.get(line.expert, "#cbd5e1")
+                       for rank in range(1, len(line.moments) + 1)})
+    return colors
 
 
 # The y axis spans the data with 15% padding and at least TIMELINE_MIN_SPAN, so a near-flat line (a static clip)
@@ -392,7 +436,6 @@ def timeline_y_range(scores) -> list[float]:
     return [round(middle - half, 3), round(middle + half, 3)]
 
 
-MOMENT_COLORS = ["#f59e0b", "#10b981", "#ec4899", "#8b5cf6", "#ef4444"]
 TIMELINE_EMPTY = "Choose a video, describe a moment and press “Show timeline” to plot it here."
 
 
@@ -404,8 +447,9 @@ def timeline_colors(moments: int) -> dict[str, str]:
 
 
 def timeline_player(runtime: Runtime, video, moments: list[Moment], start: float | None = None,
-                    end: float | None = None) -> str:
-    """The Timeline tab's player (starting at `start`, or at the best moment) and its clickable moments."""
+                    end: float | None = None, query: str = "") -> str:
+    """The Timeline tab's player (starting at `start`, or at the best moment) and its clickable moments: appearance's
+    as thumbnails, the other experts' as lines (what was said or shown, where a sound was heard)."""
     url = media_url(runtime, video.stored_path)
     if url is None:
         return message_html("This video is indexed in place (outside the data folder), so it cannot be played here.")
@@ -417,7 +461,7 @@ def timeline_player(runtime: Runtime, video, moments: list[Moment], start: float
     listing = ""
     if moments:
         listing = ('<div class="vs-meta">Top moments (click to play):</div>'
-                   + moment_buttons(runtime, url, video.sha256, moments))
+                   + moment_buttons(runtime, url, video.sha256, moments) + said_lines(url, moments, query))
     return (f'<div class="vs-timeline" data-video-id="{video.id}"><div class="vs-title">'
             f'{html.escape(video.title)}</div><video controls preload="metadata"{poster_attr} '
             f'src="{html.escape(src, quote=True)}"></video>{listing}</div>')
@@ -653,17 +697,25 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
                 return empty, message_html(f"The vector store is not reachable right now ({exc})."), None
             if not timeline.scores:
                 return empty, message_html("This video has no frames to score."), None
-            state = {"video_id": video.id, "moments": [vars(m) for m in timeline.moments],
-                     "y_lim": timeline_y_range(timeline.scores)}
+            if len(timeline.lines) > 1:  # other experts too: one line each on 0..1
+                moments = [m for line in timeline.lines for m in line.moments]
+                state = {"video_id": video.id, "moments": [vars(m) for m in moments], "y_lim": [-0.05, 1.05],
+                         "colors": expert_colors(timeline.lines), "y_title": "match, per expert (0..1)",
+                         "query": text}
+            else:
+                moments = list(timeline.moments)
+                state = {"video_id": video.id, "moments": [vars(m) for m in moments],
+                         "y_lim": timeline_y_range(timeline.scores), "colors": timeline_colors(len(moments)),
+                         "y_title": "similarity", "query": text}
             return (gr.update(value=timeline_frame(timeline), visible=True),
-                    timeline_player(runtime, video, timeline.moments), state)
+                    timeline_player(runtime, video, moments, query=text), state)
 
         def plot_axes(state):
             """The plot's y range and colors, set after its data: Gradio 6's plot, given both at once, redraws with
             the old data (the new spec's redraw races the in-place data update)."""
             if not state:
                 return gr.skip()
-            return gr.update(y_lim=state["y_lim"], color_map=timeline_colors(len(state["moments"])))
+            return gr.update(y_lim=state["y_lim"], color_map=state["colors"], y_title=state["y_title"])
 
         def do_plot_select(state, evt: gr.SelectData):
             """A drag across the plot selects a time range: play it."""
@@ -671,7 +723,8 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
             if video is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) < 2:
                 return gr.skip()
             start, end = sorted(max(0.0, float(x)) for x in evt.index[:2])
-            return timeline_player(runtime, video, [Moment(**m) for m in state["moments"]], start, end)
+            return timeline_player(runtime, video, [Moment(**m) for m in state["moments"]], start, end,
+                                   state.get("query", ""))
 
         # Gradio's queue limits only bound how many of the page's events are in flight (and show the others their
         # place in the queue); the model work inside them takes the app's ModelSlots, shared with the API.

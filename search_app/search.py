@@ -55,6 +55,10 @@ MAX_K = 1000
 # Candidates each expert proposes before fusion: appearance videos, lexical segments.
 FUSION_POOL = 100
 LEXICAL_SEGMENTS = 400
+DENSE_WINDOWS = 400  # audio windows asked for per query (several per video)
+# A window calibrating below this (z-score under ~2 with the default calibration) is no evidence: it gives no moment
+# and no weight, so a sound nobody recorded leaves the ranking to the other experts, as a word nobody said does.
+DENSE_MIN = 0.05
 
 
 class LexicalHitLike(Protocol):
@@ -69,6 +73,28 @@ class LexicalSource(Protocol):
     """One lexical expert's collection (schema/lexical.py): BM25 over its segments' text."""
 
     def search(self, query: str, k: int, video_ids: Sequence[int] | None = None) -> Sequence[LexicalHitLike]: ...
+
+
+class DenseHitLike(Protocol):
+    video_id: int
+    start: float
+    end: float
+    score: float
+
+
+class DenseSource(Protocol):
+    """A dense expert at query time (search_app/audio_query.py AudioSource): `kind` is "dense"."""
+
+    kind: str
+
+    def embed_query(self, text: str) -> np.ndarray | None: ...
+    def search(self, vector: np.ndarray, k: int, video_ids: Sequence[int] | None = None
+               ) -> Sequence[DenseHitLike]: ...
+    def background(self, vector: np.ndarray) -> np.ndarray: ...
+
+
+def is_dense(source: object) -> bool:
+    return getattr(source, "kind", None) == "dense"
 
 
 def search_vector(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
@@ -116,12 +142,13 @@ def _rank(catalog: Catalog, store: VectorStore, vector: np.ndarray, k: int,
 
 def search_text(catalog: Catalog, store: VectorStore, encoder: ClipEncoder, query: str, k: int = 10,
                 filters: SearchFilters | None = None, *, moment_seconds: float | None = DEFAULT_MOMENT_SECONDS,
-                experts: Mapping[str, LexicalSource] | None = None,
+                experts: Mapping[str, LexicalSource | DenseSource] | None = None,
                 weights: Mapping[str, float] | None = None,
                 calibration: fusion.Calibration | None = None) -> list[SearchResult]:
     """Top-k ready videos for a sentence: by appearance, and with `experts` (name -> collection) also by what is
     said and shown, fused (search_app/fusion.py). `weights` override fusion.DEFAULT_WEIGHTS per expert (0: off);
-    `calibration` overrides how appearance's cosines are calibrated for fusion (`vidsearch evaluate` tunes it)."""
+    `calibration` overrides how appearance's cosines are calibrated for fusion (`vidsearch evaluate` tunes it).
+    A dense expert (audio) is matched by its own model's embedding of the query."""
     query = check_query(query)
     check_k(k)
     w = check_weights(weights, experts or {})
@@ -159,6 +186,28 @@ def _lexical_matches(catalog: Catalog, source: LexicalSource, query: str, query_
         cov = fusion.coverage(query_words, hit.text)
         if cov > 0:
             by_video.setdefault(int(hit.video_id), []).append((cov, hit))
+    return _kept(catalog, by_video, filters)
+
+
+def _dense_matches(catalog: Catalog, source: DenseSource, query: str, filters: SearchFilters | None,
+                   calibration: fusion.Calibration | None) -> dict[int, list[tuple[float, DenseHitLike]]]:
+    """video id -> its best windows as (calibrated score, hit), best first; {} when the expert cannot embed the
+    query (its model does not load, or is not the one its collection was built with)."""
+    vector = source.embed_query(query)
+    if vector is None:
+        return {}
+    hits = list(source.search(vector, DENSE_WINDOWS))
+    background = [float(x) for x in source.background(vector)] or [float(h.score) for h in hits]
+    scores = fusion.calibrate_dense({i: float(h.score) for i, h in enumerate(hits)}, background, calibration)
+    by_video: dict[int, list[tuple[float, DenseHitLike]]] = {}
+    for i, hit in enumerate(hits):
+        if scores[i] >= DENSE_MIN:
+            by_video.setdefault(int(hit.video_id), []).append((scores[i], hit))
+    return _kept(catalog, by_video, filters)
+
+
+def _kept(catalog: Catalog, by_video: dict[int, list], filters: SearchFilters | None) -> dict[int, list]:
+    """`by_video` without videos that are not ready or fail the filters, each video's matches best first."""
     videos = catalog.videos_by_ids(list(by_video))
     kept = {}
     for video_id, matches in by_video.items():
@@ -176,8 +225,9 @@ def _fused(catalog: Catalog, store: VectorStore, vector: np.ndarray, query: str,
            moment_seconds: float | None, calibration: fusion.Calibration | None = None) -> list[SearchResult]:
     query_words = fusion.words(query)
     appearance = _rank(catalog, store, vector, min(MAX_K, max(FUSION_POOL, 4 * k)), filters)
-    matches = {name: _lexical_matches(catalog, src, query, query_words, filters) for name, src in lexical.items()}
-    # Query-dependent weights: a lexical expert counts as much as the query was found in its best video.
+    matches = {name: _dense_matches(catalog, src, query, filters, calibration) if is_dense(src)
+               else _lexical_matches(catalog, src, query, query_words, filters) for name, src in lexical.items()}
+    # Query-dependent weights: an expert counts as much as the query was found in its best video.
     effective = dict(weights)
     for name, found in matches.items():
         effective[name] = weights[name] * max((m[0][0] for m in found.values()), default=0.0)
@@ -210,7 +260,8 @@ def _fused(catalog: Catalog, store: VectorStore, vector: np.ndarray, query: str,
             if effective[name] > 0 and f.experts.get(name):
                 for cov, hit in matches[name].get(f.video_id, [])[:2]:
                     moments.append(Moment(round(float(hit.start), 3), round(float(hit.end), 3), round(cov, 4),
-                                          frame_at(segments.get(f.video_id), float(hit.start)), name, hit.text))
+                                          frame_at(segments.get(f.video_id), float(hit.start)), name,
+                                          getattr(hit, "text", None)))
         if f.video_id in segments and moment_seconds is not None:
             moments += best_moments(segments[f.video_id], vector, moment_seconds)
         moments.sort(key=lambda m: (m.expert == fusion.APPEARANCE, -m.score))

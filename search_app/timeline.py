@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -28,7 +28,8 @@ from ingest.encoder import ClipEncoder
 from schema.catalog import Catalog, Video, VideoStatus
 from schema.filters import QueryError
 from schema.settings import Settings
-from schema.vectors import Segments
+from schema.vectors import Segments, VectorStoreError
+from search_app.expert_lines import appearance_line, expert_lines
 from search_app.moments import SegmentSource, Timeline, fetch_segments, stored_timeline
 from search_app.slots import ModelSlots
 
@@ -70,12 +71,14 @@ class TimelineService:
     """One per web app. `await timeline(video, query)`; `close()` stops its decode process."""
 
     def __init__(self, settings: Settings, catalog: Catalog, store: SegmentSource, encoder: Callable[[], ClipEncoder],
-                 slots: ModelSlots, *, cache_videos: int = CACHE_VIDEOS) -> None:
+                 slots: ModelSlots, *, cache_videos: int = CACHE_VIDEOS,
+                 experts: Callable[[], Mapping[str, object]] | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
         self.store = store
         self.encoder = encoder  # called when needed: the model loads on first use, not when the app is built
         self.slots = slots
+        self.experts = experts  # the experts' sources (search_app/audio_query.py expert_sources), for their lines
         self.cache_videos = cache_videos
         self.decodes = 0  # files sent to the decoder so far (cache misses)
         self._cache: OrderedDict[tuple, Segments] = OrderedDict()
@@ -100,9 +103,26 @@ class TimelineService:
         moment_seconds = self.settings.moment_seconds
         stored = (await anyio.to_thread.run_sync(fetch_segments, self.store, [video.id])).get(video.id)
         if stored is not None and len(stored):
-            return stored_timeline(stored, vector, moment_seconds)
-        segments = await self._computed(video, progress or _ignore)
-        return replace(stored_timeline(segments, vector, moment_seconds), source="computed")
+            timeline = stored_timeline(stored, vector, moment_seconds)
+        else:
+            stored = await self._computed(video, progress or _ignore)
+            timeline = replace(stored_timeline(stored, vector, moment_seconds), source="computed")
+        if isinstance(query, str) and self.experts is not None:
+            timeline = replace(timeline, lines=await self._lines(video, query.strip(), timeline, stored))
+        return timeline
+
+    async def _lines(self, video: Video, text: str, timeline: Timeline, segments: Segments) -> tuple:
+        """Appearance's line, then one per other expert holding anything for this video. An expert whose
+        collection cannot be read now is left out (logged): the appearance timeline still stands."""
+        first = appearance_line(timeline, segments)
+        try:
+            sources = await anyio.to_thread.run_sync(self.experts)
+            # In a model slot: the audio expert embeds the query with CLAP.
+            others = await self.slots.run(expert_lines, video.id, text, sources, segments) if sources else []
+        except VectorStoreError as exc:
+            log.warning("timeline of video %d: the experts' lines are left out: %s", video.id, exc)
+            others = []
+        return (first, *others)
 
     def close(self) -> None:
         """Stop the decode process (the web app calls this at shutdown); a later timeline starts a new one."""

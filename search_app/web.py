@@ -18,6 +18,7 @@ from fastapi_offline import FastAPIOffline
 from ingest.runtime import Runtime
 from ingest.worker import JobResult, Worker
 from search_app.api import build_api
+from search_app.audio_query import expert_sources
 from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
 from search_app.page import CSS, build_ui
 from search_app.present import MEDIA_ROUTE, THUMBS_ROUTE
@@ -31,7 +32,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     """The web app of one runtime. Its one ModelSlots (`app.state.model_slots`) bounds the model calls of the API
     and of the page together; its TimelineService (`app.state.timelines`) is closed when the app shuts down."""
     slots = ModelSlots(runtime.settings.search_concurrency)
-    timelines = TimelineService(runtime.settings, runtime.catalog, runtime.store, lambda: runtime.encoder, slots)
+    timelines = TimelineService(runtime.settings, runtime.catalog, runtime.store, lambda: runtime.encoder, slots,
+                                experts=lambda: expert_sources(runtime))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -138,6 +138,20 @@ def test_the_http_api_says_why_a_result_matched_and_what_each_expert_found(libra
         assert red["speech"] == {"state": "unavailable", "reason": "the video has no audio track", "segments": 0}
         listed = {v["video_id"]: v for v in client.get("/api/videos").json()["videos"]}
         assert listed[ids["platform.mp4"]]["experts"]["text"]["state"] == "done"
+        # The timeline: one line per expert with anything for the video, appearance first, each with its moments.
+        line = client.get(f"/api/videos/{ids['orchestra.mp4']}/timeline", params={"text": phrase}).json()
+        assert [e["expert"] for e in line["experts"]] == ["appearance", "speech"]
+        look, speech = line["experts"]
+        assert [(p["start"] + p["end"]) / 2 for p in look["points"]] == pytest.approx([p["time"] for p in
+                                                                                       line["points"]], abs=2e-3)
+        assert all(0 <= p["normalized"] <= 1 for p in look["points"])  # a still picture: flat at 0.5
+        best = max(speech["points"], key=lambda p: p["score"])
+        assert "orchestra" in best["text"] and best["score"] >= 0.5 and best["normalized"] == best["score"]
+        assert speech["moments"][0]["start"] == pytest.approx(best["start"], abs=1e-3)
+        assert abs(speech["moments"][0]["start"] - at) <= 1.0 and speech["moments"][0]["media_url"]
+        shown = client.get(f"/api/videos/{ids['platform.mp4']}/timeline", params={"text": "platform nine"}).json()
+        assert [e["expert"] for e in shown["experts"]] == ["appearance", "text"]
+        assert shown["experts"][1]["moments"][0]["expert"] == "text"
 
 
 def test_delete_removes_what_the_experts_stored(library):

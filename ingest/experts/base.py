@@ -26,11 +26,23 @@ class ExpertUnavailable(Exception):
 
 @dataclass(frozen=True)
 class TextSegment:
-    """What an expert found in one stretch of the video: `text` between `start` and `end` seconds."""
+    """What a lexical expert found in one stretch of the video: `text` between `start` and `end` seconds, in
+    `language` (an ISO 639-1 code) when the engine tells it."""
 
     start: float
     end: float
     text: str
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class VectorSegment:
+    """What a dense expert (audio) found in one stretch of the video: an L2-normalised embedding of `start` to
+    `end` seconds, in the space of its model's text embeddings."""
+
+    start: float
+    end: float
+    vector: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -85,11 +97,11 @@ class Expert(ABC):
         """Load the engine (models from inside their wheels: nothing is downloaded)."""
 
     @abstractmethod
-    def transcribe(self, data) -> list[TextSegment]:
+    def transcribe(self, data) -> list[TextSegment] | list[VectorSegment]:
         """Segments found in `data` (an `Audio` for AudioInput, a `Frames` for FramesInput), in time order.
         Raises ExpertUnavailable when the input holds nothing for this expert."""
 
-    def run(self, data) -> list[TextSegment]:
+    def run(self, data) -> list[TextSegment] | list[VectorSegment]:
         """Load on first use, then transcribe."""
         if not self._loaded:
             self.load()
