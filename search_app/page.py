@@ -395,10 +395,16 @@ def timeline_frame(timeline: Timeline):
 
 
 def _line_points(line) -> list[tuple[float, float]]:
-    """(time, normalized) of a line: segment experts as steps over each segment, the others at each centre."""
-    if line.texts is not None:
-        return [p for a, b, v in zip(line.starts, line.ends, line.normalized, strict=True) for p in ((a, v), (b, v))]
-    return list(zip(line.times, line.normalized, strict=True))
+    """(time, normalized) of a line: segment experts (speech, text) as steps over each segment, down to 0 between
+    segments that do not touch (nothing was said or shown there); the others at each frame's or window's centre."""
+    if line.texts is None:
+        return list(zip(line.times, line.normalized, strict=True))
+    points: list[tuple[float, float]] = []
+    for a, b, v in zip(line.starts, line.ends, line.normalized, strict=True):
+        if points and a > points[-1][0] + 0.05:
+            points += [(points[-1][0], 0.0), (a, 0.0)]
+        points += [(a, v), (b, v)]
+    return points
 
 
 def expert_rows(lines) -> list[dict]:
@@ -700,13 +706,13 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
             if len(timeline.lines) > 1:  # other experts too: one line each on 0..1
                 moments = [m for line in timeline.lines for m in line.moments]
                 state = {"video_id": video.id, "moments": [vars(m) for m in moments], "y_lim": [-0.05, 1.05],
-                         "colors": expert_colors(timeline.lines), "y_title": "match, per expert (0..1)",
-                         "query": text}
+                         "colors": expert_colors(timeline.lines), "y_title": "match (0..1)",
+                         "label": "Match over time, per expert", "query": text}
             else:
                 moments = list(timeline.moments)
                 state = {"video_id": video.id, "moments": [vars(m) for m in moments],
                          "y_lim": timeline_y_range(timeline.scores), "colors": timeline_colors(len(moments)),
-                         "y_title": "similarity", "query": text}
+                         "y_title": "similarity", "label": "Similarity over time", "query": text}
             return (gr.update(value=timeline_frame(timeline), visible=True),
                     timeline_player(runtime, video, moments, query=text), state)
 
@@ -715,7 +721,8 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
             the old data (the new spec's redraw races the in-place data update)."""
             if not state:
                 return gr.skip()
-            return gr.update(y_lim=state["y_lim"], color_map=state["colors"], y_title=state["y_title"])
+            return gr.update(y_lim=state["y_lim"], color_map=state["colors"], y_title=state["y_title"],
+                             label=state["label"])
 
         def do_plot_select(state, evt: gr.SelectData):
             """A drag across the plot selects a time range: play it."""
