@@ -82,6 +82,7 @@ def run_expert(expert: Expert, path: str, limits: Limits) -> Outcome:
     loaded = _LOADED.setdefault(_identity(expert), expert)
     started = time.perf_counter()
     try:
+        loaded.ensure_loaded()
         segments = loaded.run(read_input(Path(path), loaded.needs, limits))
     except ExpertUnavailable as exc:
         return Outcome([], str(exc), time.perf_counter() - started)

@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     )
     write_batch: int = Field(32, ge=1, description="Videos written to Milvus and the catalog per write.")
     experts: str = Field(
-        "speech,text", description="Experts run at ingest besides appearance (always on), comma-separated: speech "
+        "speech,text,audio", description="Experts run at ingest besides appearance (always on), comma-separated: speech "
         "(what is said: Whisper or pocketsphinx), text (words on screen, RapidOCR), audio (sounds: CLAP); empty for "
         "none. See README, Experts."
     )

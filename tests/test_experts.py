@@ -45,7 +45,7 @@ def library(tmp_path_factory, tiny_model, milvus_uri, clips):
 
     s = Settings(home=tmp_path_factory.mktemp("experts") / "data", model=str(tiny_model), milvus_uri=milvus_uri,
                  collection=f"experts_{uuid.uuid4().hex[:8]}", frames=4, batch_size=16)  # the default experts
-    assert s.expert_names == ("speech", "text")
+    assert s.expert_names == ("speech", "text", "audio")
     rt = Runtime(s)
     ids = {}
     for name, path in clips.items():
@@ -70,6 +70,12 @@ def test_each_expert_records_what_it_found_or_why_not(library):
     assert red["speech"].state == ExpertState.UNAVAILABLE and "no audio track" in red["speech"].reason
     assert red["text"].state == ExpertState.UNAVAILABLE and "no text" in red["text"].reason
     assert all(v.status.value == "ready" for v in rt.catalog.videos_by_ids(list(ids.values())).values())
+    # The default audio expert with no CLAP checkpoint to be had (offline, never downloaded): unavailable for every
+    # video, saying how to provide one, and nothing else is disturbed.
+    for name in SAID:
+        audio = runs[ids[name]]["audio"]
+        assert audio.state == ExpertState.UNAVAILABLE and "VIDSEARCH_AUDIO_MODEL" in audio.reason, audio.reason
+    assert "audio" not in rt.store.lexical_existing()  # no collection made for vectors nobody wrote
 
 
 def test_a_spoken_phrase_finds_its_clip_with_a_said_moment(library):

@@ -136,6 +136,10 @@ def test_each_video_gets_its_windows_or_a_reason(library):
     assert store.name == f"{rt.settings.collection}_audio"
     assert store.counts() == {ids["tone.mp4"]: 3, ids["hum.mp4"]: 4}
     assert store.model == load_clap(str(rt.settings.audio_model), device="cpu").model_key
+    from ingest.doctor import examine
+
+    # The audio collection agrees with the catalog's record of the runs.
+    assert examine(rt.catalog, rt.store, rt.settings, lease_seconds=600, lexical=rt.store.lexical_existing()) == []
 
 
 def test_an_audio_moment_is_the_window_that_produced_it(library):

@@ -46,7 +46,7 @@ def served(tmp_path_factory, tiny_model, milvus_uri):
     settings = Settings(home=tmp_path_factory.mktemp("ui_experts") / "data", model=str(tiny_model),
                         milvus_uri=milvus_uri, collection=f"uiexp_{uuid.uuid4().hex[:8]}", frames=4, batch_size=16,
                         worker_poll_seconds=0.2, decode_mode="thread")
-    assert settings.expert_names == ("speech", "text")
+    assert settings.expert_names == ("speech", "text", "audio")
     runtime = Runtime(settings)
     try:
         for path in clips:  # copied into the library (not linked), so /media plays them

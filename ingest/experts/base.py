@@ -101,9 +101,13 @@ class Expert(ABC):
         """Segments found in `data` (an `Audio` for AudioInput, a `Frames` for FramesInput), in time order.
         Raises ExpertUnavailable when the input holds nothing for this expert."""
 
-    def run(self, data) -> list[TextSegment] | list[VectorSegment]:
-        """Load on first use, then transcribe."""
+    def ensure_loaded(self) -> None:
+        """Load the engine if it is not yet (before decoding: an engine that cannot load costs no decode)."""
         if not self._loaded:
             self.load()
             self._loaded = True
+
+    def run(self, data) -> list[TextSegment] | list[VectorSegment]:
+        """Load on first use, then transcribe."""
+        self.ensure_loaded()
         return self.transcribe(data)

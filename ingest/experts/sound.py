@@ -169,6 +169,7 @@ class AudioExpert(Expert):
         self.device = device
         self.hash_cache = hash_cache
         self._clap: ClapEmbedder | None = None
+        self._missing: str | None = None  # why CLAP could not be loaded, once known
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AudioExpert:
@@ -185,8 +186,17 @@ class AudioExpert(Expert):
         return self._clap.model_key if self._clap is not None else None
 
     def load(self) -> None:
-        self._clap = load_clap(self.model, self.revision, self.device,
-                               hash_cache=Path(self.hash_cache) if self.hash_cache else None)
+        """Load CLAP. A checkpoint that cannot be had here (offline, never downloaded) makes every video record the
+        expert unavailable with the way to provide one, tried once per process, never a failure per video."""
+        if self._missing is not None:
+            raise ExpertUnavailable(self._missing)
+        try:
+            self._clap = load_clap(self.model, self.revision, self.device,
+                                   hash_cache=Path(self.hash_cache) if self.hash_cache else None)
+        except AudioModelUnavailable as exc:
+            self._missing = f"no CLAP checkpoint is available here: {exc}"
+            log.warning("the audio expert is unavailable: %s", exc)
+            raise ExpertUnavailable(self._missing) from exc
 
     def transcribe(self, data: Audio) -> list[VectorSegment]:
         if data.rate != RATE:
