@@ -258,3 +258,27 @@ def test_the_timeline_has_an_audio_line_whose_top_moment_is_the_best_window(libr
     # A video whose audio was silent has no audio line.
     quiet = anyio.run(service.timeline, ids["quiet.mp4"], query)
     assert [line.expert for line in quiet.lines] == ["appearance"]
+
+
+def test_the_cli_ingests_with_the_audio_expert_reports_it_and_rebuilds_it(tmp_path, tiny_model, zygote, clap):
+    import json
+
+    from tests.test_cli import Cli
+
+    cli = Cli(tmp_path / "home", tiny_model, zygote)
+    env = {"VIDSEARCH_EXPERTS": "audio", "VIDSEARCH_AUDIO_MODEL": str(clap), "VIDSEARCH_DEVICE": "cpu"}
+    try:
+        clip = write_av(tmp_path / "tone.mp4", SECONDS, TONE)
+        cli("ingest", str(clip), "--wait", **env)
+        status = json.loads(cli("status", "--json", **env).stdout)
+        assert status["experts"]["audio"]["done"] == 1 and sum(status["experts"]["audio"].values()) == 1, status
+        found = json.loads(cli("search", "a high beep", "--json", "--weight", "audio=2", **env).stdout)
+        assert [r["title"] for r in found] == ["tone.mp4"]
+        cli("reindex", "--experts", "audio", "--again", **env)  # the collection is rebuilt from the videos
+        status = json.loads(cli("status", "--json", **env).stdout)
+        assert status["experts"]["audio"]["done"] == 1 and sum(status["experts"]["audio"].values()) == 1, status
+        assert cli("doctor", **env).returncode == 0
+        bad = cli("search", "a beep", "--weight", "sound=1", expect=None, **env)
+        assert bad.returncode != 0 and "audio" in bad.stderr  # the known names are listed
+    finally:
+        cli.stop()
