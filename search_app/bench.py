@@ -80,6 +80,53 @@ def build_random_vit_b32(path: Path) -> Path:
     return path
 
 
+def byte_level_roberta_tokenizer():
+    """RoBERTa's byte-level BPE over single bytes (CLAP's text tower reads RoBERTa ids): no download needed."""
+    from transformers import RobertaTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>"])}
+    for ch in bytes_to_unicode().values():
+        vocab.setdefault(ch, len(vocab))
+    vocab["<mask>"] = len(vocab)
+    return RobertaTokenizer(vocab=vocab, merges=[])
+
+
+def build_random_clap(path: Path) -> Path:
+    """Random weights, real architecture: ClapConfig's defaults are laion/clap-htsat-unfused's (HTSAT audio tower,
+    RoBERTa-base text tower, 512-d), the audio expert's default checkpoint."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    ClapModel(ClapConfig()).save_pretrained(path)
+    byte_level_roberta_tokenizer().save_pretrained(path)
+    ClapFeatureExtractor().save_pretrained(path)
+    return path
+
+
+def measure_audio_cost(settings: Settings, workdir: Path, minutes: float = 1.0) -> dict:
+    """Seconds the audio expert takes per video-minute: a random-init CLAP of the default checkpoint's size, loaded
+    and run through the expert itself (feature extraction, windows, embedding) on `minutes` of audible audio (every
+    window is embedded: the worst case; silence is skipped for free)."""
+    from ingest.audio import Audio, AudioTrack
+    from ingest.experts.sound import RATE, AudioExpert
+
+    folder = build_random_clap(workdir / "random-clap")
+    expert = AudioExpert(str(folder), window_seconds=settings.audio_window_seconds, device=settings.device)
+    expert.ensure_loaded()
+    rng = np.random.default_rng(0)
+    n = int(minutes * 60 * RATE)
+    envelope = 0.5 + 0.5 * np.sin(np.arange(n) * (2 * np.pi / RATE))  # a slow swell: never silent
+    samples = (0.1 * envelope * rng.standard_normal(n)).astype(np.float32)
+    started = time.perf_counter()
+    segments = expert.run(Audio(samples, RATE, AudioTrack("synthetic", 1, RATE)))
+    seconds = time.perf_counter() - started
+    clap = expert._clap
+    return {"model": "random-init CLAP of laion/clap-htsat-unfused's size",
+            "parameters_m": round(sum(p.numel() for p in clap.model.parameters()) / 1e6, 1),
+            "device": str(clap.device), "windows_per_minute": round(len(segments) / minutes, 1),
+            "seconds_per_video_minute": round(seconds / minutes, 2)}
+
+
 def bench_model(settings: Settings, model: str | None, workdir: Path) -> tuple[ClipEncoder, str]:
     """(the configured backend's encoder, the model's name in the report): the configured or asked-for
     checkpoint, else a random ViT-B/32 of the real size (speed does not depend on weight values)."""
@@ -757,6 +804,9 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
         on_cpu = encoder.device.type == "cpu"
         ceiling = measure_gemm_ceiling(cpu_threads(settings.inference_threads)) if on_cpu else None
 
+        progress("experts' cost")
+        experts = {"audio": measure_audio_cost(settings, work)}
+
         progress("search")
         search = [measure_search(home_settings, encoder.dim, n, plan.queries, rng) for n in plan.search_sizes]
         progress("end-to-end queries")
@@ -802,6 +852,7 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
                    "frames_short": frames_short, "frames_long": frames_long},
         "runtimes": runtimes,
         "gemm_ceiling": ceiling,
+        "experts": experts,
         "targets": check_targets(runtimes, round(pipeline_torch_s / pipeline_s, 2), encoder, ceiling),
         "search": search,
         "query_e2e": e2e,
@@ -882,3 +933,6 @@ def format_runtimes(report: dict) -> Iterator[str]:
         verdict = "not measured here" if t["met"] is None else ("met" if t["met"] else "MISSED")
         bound = f"; the issue's {t['issue_target']} is above this CPU's ceiling" if "issue_target" in t else ""
         yield f"target    {name:<24} {t['value']} (target {t['target']}{bound}): {verdict}"
+    for name, cost in (report.get("experts") or {}).items():
+        yield (f"expert    {name:<10} {cost['seconds_per_video_minute']} s per video-minute on {cost['device']} "
+               f"({cost['model']}, {cost['parameters_m']}M parameters)")

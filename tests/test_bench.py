@@ -93,4 +93,7 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     for t in targets.values():  # met or not is the machine's business; the verdict must follow the value
         assert t["met"] is None or t["met"] == (t["value"] >= float(t["target"][3:]) if t["target"].startswith(">=")
                                                 else t["value"] <= float(t["target"][3:]))
+    audio = report["experts"]["audio"]  # the audio expert's cost, on a random CLAP of the default's real size
+    assert audio["windows_per_minute"] == 23  # 5 s windows every 2.5 s over 60 s: every one embedded
+    assert audio["seconds_per_video_minute"] > 0 and 140 < audio["parameters_m"] < 170
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())  # worked in a temp dir

@@ -7,18 +7,15 @@ from pathlib import Path
 
 import torch
 from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, RobertaTokenizer
-from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from search_app.bench import byte_level_roberta_tokenizer
 
 PROJECTION_DIM = 20  # deliberately not 512
 
 
 def build_tokenizer() -> RobertaTokenizer:
-    """Roberta's byte-level BPE over all bytes (no merges: a character per token)."""
-    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>"])}
-    for ch in bytes_to_unicode().values():
-        vocab.setdefault(ch, len(vocab))
-    vocab["<mask>"] = len(vocab)
-    return RobertaTokenizer(vocab=vocab, merges=[])
+    """Roberta's byte-level BPE over all bytes (no merges: a character per token), as the bench builds it."""
+    return byte_level_roberta_tokenizer()
 
 
 def build_clap(path: Path, seed: int = 0) -> Path:
