@@ -153,7 +153,7 @@ def test_words_on_screen_find_their_clip_shown_at(page, artifacts_dir):
     assert first.locator('.vs-line[data-expert="text"]').first.locator("mark").all_inner_texts() == ["PLATFORM"]
 
 
-def test_a_weight_of_zero_in_the_experts_panel_turns_speech_off(page):
+def test_a_weight_of_zero_in_the_experts_panel_turns_speech_off(page, artifacts_dir):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     _at, phrase = SAID["orchestra.mp4"]
@@ -162,6 +162,8 @@ def test_a_weight_of_zero_in_the_experts_panel_turns_speech_off(page):
     page.locator("#experts").get_by_text("Experts").first.click()
     weight = page.locator("#weight-speech input[type=number]")
     page.locator("#weight-speech input[type=range]").wait_for(state="visible")
+    page.locator("#weight-audio input[type=range]").wait_for(state="visible")  # one slider per expert
+    page.locator("#experts").screenshot(path=str(artifacts_dir / "ui-experts-panel.png"))
     # Typed, then left (Tab), as a person does. Under load the panel can still be mounting when the first value is
     # typed (CI once lost it), so the value is typed again until the slider shows it.
     for _attempt in range(3):
