@@ -21,6 +21,16 @@ from search_app.moments import MAX_MOMENTS, Moment, Timeline, frame_at
 DENSE_KINDS = ("dense",)
 
 
+def is_dense(source: object) -> bool:
+    """Whether an expert's source holds vectors (audio) rather than text."""
+    return getattr(source, "kind", None) in DENSE_KINDS
+
+
+def fusion_order(expert: str) -> int:
+    names = list(fusion.DEFAULT_WEIGHTS)
+    return names.index(expert) if expert in names else len(names)
+
+
 @dataclass(frozen=True)
 class ExpertLine:
     expert: str
@@ -90,10 +100,9 @@ def expert_lines(video_id: int, query: str, sources: Mapping[str, object], segme
     """The lines of the experts in `sources` (search_app/audio_query.py expert_sources) that hold anything for this
     video, in fusion's order. Blocking: the audio expert embeds the query with its own model."""
     lines = []
-    for name in sorted(sources, key=lambda n: list(fusion.DEFAULT_WEIGHTS).index(n)
-                       if n in fusion.DEFAULT_WEIGHTS else 99):
+    for name in sorted(sources, key=fusion_order):
         source = sources[name]
-        if getattr(source, "kind", None) in DENSE_KINDS:
+        if is_dense(source):
             vector = source.embed_query(query)
             found = source.windows([video_id]).get(video_id) if vector is not None else None
             if found is not None and len(found.starts):

@@ -29,7 +29,7 @@ from schema.catalog import Catalog, Video, VideoStatus
 from schema.filters import QueryError
 from schema.settings import Settings
 from schema.vectors import Segments, VectorStoreError
-from search_app.expert_lines import appearance_line, expert_lines
+from search_app.expert_lines import appearance_line, expert_lines, fusion_order, is_dense
 from search_app.moments import SegmentSource, Timeline, fetch_segments, stored_timeline
 from search_app.slots import ModelSlots
 
@@ -117,8 +117,12 @@ class TimelineService:
         first = appearance_line(timeline, segments)
         try:
             sources = await anyio.to_thread.run_sync(self.experts)
-            # In a model slot: the audio expert embeds the query with CLAP.
-            others = await self.slots.run(expert_lines, video.id, text, sources, segments) if sources else []
+            dense = {n: src for n, src in sources.items() if is_dense(src)}
+            lexical = {n: src for n, src in sources.items() if n not in dense}
+            others = await anyio.to_thread.run_sync(expert_lines, video.id, text, lexical, segments) if lexical else []
+            if dense:  # in a model slot: the audio expert embeds the query with CLAP
+                others += await self.slots.run(expert_lines, video.id, text, dense, segments)
+            others.sort(key=lambda line: fusion_order(line.expert))
         except VectorStoreError as exc:
             log.warning("timeline of video %d: the experts' lines are left out: %s", video.id, exc)
             others = []

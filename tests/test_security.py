@@ -31,6 +31,7 @@ import pytest
 from ingest.library import MAX_TITLE, Outcome, enqueue_file, safe_title
 from schema.catalog import Catalog
 from schema.settings import Settings
+from search_app import fusion
 from tests.conftest import cli_env
 from tests.procs import free_port, serve_in_thread, vidsearch_cmd, wait_http
 from tests.videos import write_video
@@ -155,9 +156,9 @@ def gradio_call(client: httpx.Client, api_name: str, data: list) -> list:
 
 
 # The Search tab's Filters panel as an untouched page sends it: durations, dates, tags; then the Experts panel's
-# weights (appearance, speech, text) at their defaults.
+# weights (appearance, speech, text, audio) at their defaults.
 NO_FILTERS = [None, None, "", "", []]
-DEFAULT_WEIGHTS = [1.0, 2.0, 2.0]
+DEFAULT_WEIGHTS = list(fusion.DEFAULT_WEIGHTS.values())
 
 
 def upload_through_gradio(client: httpx.Client, files: list[tuple[str, bytes]]) -> tuple[list[str], list]:
