@@ -313,6 +313,18 @@ def wait_ready(url: str, at_least: int, timeout: float) -> int:
     return ready
 
 
+def wait_experts_settled(url: str, timeout: float) -> None:
+    """Wait until no expert of the ready videos is queued or running: the expert engines (speech, OCR, CLAP) are loaded
+    once per process on their first video and share the worker with appearance, so a measured window that opened
+    before that would measure their loading, not the steady state."""
+    deadline = time.monotonic() + timeout
+    while any(run["state"] in ("queued", "running")
+              for video in videos_page(url, limit=100)["videos"] for run in video.get("experts", {}).values()):
+        if time.monotonic() > deadline:
+            raise LoadTestError(f"the experts of the first video did not finish within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     width: int = 320
@@ -328,7 +340,8 @@ def run_self_contained(settings: Settings, clients: int = 20, seconds: float = 2
                        target: Target = "api", clip: ClipSpec = ClipSpec(),  # noqa: B008 (frozen)
                        progress: Callable[[str], None] = lambda _msg: None) -> Report:
     """Serve a throwaway library with `vidsearch serve` (worker included) on 127.0.0.1; upload one generated clip and
-    wait until it is ready (decoder processes started, model warm); then upload `videos` more and start the clients
+    wait until it is ready and its experts are done (decoder processes started, models warm);
+    then upload `videos` more and start the clients
     at once, so the worker ingests them under the load."""
     from schema.lite_server import stop_server
     from search_app.bench import write_clip
@@ -357,6 +370,7 @@ def run_self_contained(settings: Settings, clients: int = 20, seconds: float = 2
             upload_clips(url, [warmup])
             progress("waiting for the worker's first video (decoder and model warm)")
             wait_ready(url, 1, timeout=300)
+            wait_experts_settled(url, timeout=300)
             for n in range(3):  # first queries: tokenizer, in-memory index
                 asyncio.run(_warm(url, n))
             ready_before = ready_count(url)
