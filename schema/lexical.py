@@ -45,6 +45,7 @@ MAX_LIMIT = 16_384  # a Milvus search returns at most this many rows
 INSERT_ROWS = 2048
 PROP_SCHEME = "vidsearch.lexical"
 SCHEME = f"words+grams{GRAM}"
+LANGUAGE_CHARS = 16
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -68,6 +69,7 @@ class LexicalHit:
     end: float
     text: str
     score: float
+    language: str | None = None  # when stored (Whisper's segments); read by video_segments
 
 
 def collection_name(collection: str, expert: str) -> str:
@@ -117,6 +119,7 @@ class LexicalStore:
         self.name = name
         self.lite = lite  # Milvus Lite: seal writes (flush), as MilvusVectorStore does
         self.reconnect: Callable[[], object] | None = None
+        self.languages = False  # whether the collection has the language field (set by _check)
 
     @classmethod
     def open(cls, client, name: str, *, lite: bool | None = None,
@@ -164,6 +167,9 @@ class LexicalStore:
                          analyzer_params=ANALYZER)
         schema.add_field("grams", DataType.VARCHAR, max_length=GRAMS_BYTES, enable_analyzer=True,
                          analyzer_params=ANALYZER)
+        # ISO 639-1 code of the segment's language when the engine tells it (Whisper); collections made before it
+        # was added lack the field and are written without it.
+        schema.add_field("language", DataType.VARCHAR, max_length=LANGUAGE_CHARS, nullable=True)
         schema.add_field("text_sparse", DataType.SPARSE_FLOAT_VECTOR)
         schema.add_field("grams_sparse", DataType.SPARSE_FLOAT_VECTOR)
         for field in ("text", "grams"):
@@ -181,6 +187,7 @@ class LexicalStore:
         info = self.client.describe_collection(self.name)
         names = {f.get("name") for f in info.get("fields", [])}
         scheme = (info.get("properties") or {}).get(PROP_SCHEME)
+        self.languages = "language" in names
         if scheme != SCHEME or not {"video_id", "start_s", "end_s", "text", "grams"} <= names:
             raise VectorStoreError(
                 f"the Milvus collection '{self.name}' is not a vidsearch full-text collection of this version "
@@ -220,8 +227,11 @@ class LexicalStore:
         for seg in segments:
             text = " ".join(str(seg.text).split())[:MAX_TEXT_CHARS]
             if words(text):
-                rows.append({"video_id": int(video_id), "start_s": float(seg.start), "end_s": float(seg.end),
-                             "text": text, "grams": " ".join(grams(text))})
+                row = {"video_id": int(video_id), "start_s": float(seg.start), "end_s": float(seg.end),
+                       "text": text, "grams": " ".join(grams(text))}
+                if self.languages:
+                    row["language"] = (getattr(seg, "language", None) or None) and str(seg.language)[:LANGUAGE_CHARS]
+                rows.append(row)
         for start in range(0, len(rows), INSERT_ROWS):
             chunk = rows[start : start + INSERT_ROWS]
             self._call("insert", lambda chunk=chunk: self.client.insert(self.name, chunk))
@@ -274,9 +284,9 @@ class LexicalStore:
 
     def video_segments(self, video_id: int) -> list[LexicalHit]:
         """Every stored segment of one video, in time order (score 0: nothing was asked), for its timeline."""
+        fields = ["video_id", "start_s", "end_s", "text", *(["language"] if self.languages else [])]
         rows = self._call("query", lambda: self.client.query(
-            self.name, filter=f"video_id == {int(video_id)}", output_fields=["video_id", "start_s", "end_s", "text"],
-            limit=MAX_LIMIT))
+            self.name, filter=f"video_id == {int(video_id)}", output_fields=fields, limit=MAX_LIMIT))
         rows.sort(key=lambda r: (float(r["start_s"]), float(r["end_s"])))
-        return [LexicalHit(int(r["video_id"]), float(r["start_s"]), float(r["end_s"]), str(r["text"]), 0.0)
-                for r in rows]
+        return [LexicalHit(int(r["video_id"]), float(r["start_s"]), float(r["end_s"]), str(r["text"]), 0.0,
+                           r.get("language") or None) for r in rows]

@@ -17,6 +17,9 @@ DEFAULT_MODEL_REVISION = "main"
 # dense (CLAP vectors per window); appearance (CLIP4Clip) is always on and is not one of these.
 EXPERT_NAMES = ("speech", "text", "audio")
 DENSE_EXPERTS = ("audio",)
+# Whisper for the speech expert when it loads: base (74M parameters) keeps a CPU within reach of real time; any
+# Whisper checkpoint id or folder works (README, Experts). Revisions are branches unless pinned, as for CLIP.
+DEFAULT_ASR_MODEL = "openai/whisper-base"
 # CLAP for the audio expert: the unfused HTSAT checkpoint (the fused one wants 4-channel "fusion" features).
 DEFAULT_AUDIO_MODEL = "laion/clap-htsat-unfused"
 
@@ -126,7 +129,7 @@ class Settings(BaseSettings):
     write_batch: int = Field(32, ge=1, description="Videos written to Milvus and the catalog per write.")
     experts: str = Field(
         "speech,text,audio", description="Experts run at ingest besides appearance (always on), comma-separated: "
-        "speech (what is said: pocketsphinx, English), text (words on screen, RapidOCR), audio (sounds: CLAP); empty "
+        "speech (what is said: Whisper or pocketsphinx), text (words on screen, RapidOCR), audio (sounds: CLAP); empty "
         "for none. See README, Experts."
     )
     expert_timeout_seconds: float = Field(
@@ -144,6 +147,15 @@ class Settings(BaseSettings):
     speech_segment_seconds: float = Field(
         5.0, ge=1, le=60, description="Longest stretch of transcript stored as one speech segment (split at pauses)."
     )
+    asr: Literal["auto", "whisper", "pocketsphinx"] = Field(
+        "auto", description="Speech recogniser of the speech expert: auto (Whisper when its checkpoint loads, else "
+        "pocketsphinx, English only), whisper or pocketsphinx."
+    )
+    asr_model: str = Field(DEFAULT_ASR_MODEL, description="Hugging Face Whisper checkpoint id or local folder.")
+    asr_model_revision: str | None = Field(
+        DEFAULT_MODEL_REVISION, description="Hub revision of the Whisper checkpoint; ignored for folders."
+    )
+    asr_batch_size: int = Field(4, ge=1, le=64, description="Speech chunks (up to 30 s each) Whisper decodes at once.")
     audio_model: str = Field(DEFAULT_AUDIO_MODEL, description="Hugging Face CLAP checkpoint id or local folder.")
     audio_model_revision: str | None = Field(
         DEFAULT_MODEL_REVISION, description="Hub revision of the CLAP checkpoint; ignored for folders."
