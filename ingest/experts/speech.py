@@ -1,12 +1,13 @@
-"""The speech expert: what is said in a video, as timestamped text, with pocketsphinx and the US English model that
-ships inside its wheel (nothing is downloaded).
+"""The speech expert: what is said in a video, as timestamped text. Two recognisers, picked by `VIDSEARCH_ASR`:
+Whisper (whisper.py: multilingual, a checkpoint from the hub or a folder) and pocketsphinx with the US English model
+that ships inside its wheel (nothing is downloaded). `auto` takes Whisper when its checkpoint loads, else pocketsphinx.
 
-A long track is never decoded as one utterance. pocketsphinx's endpointer (a WebRTC-style voice activity detector)
-finds the stretches of speech; each is decoded on its own, with a little padding, cut to at most MAX_CHUNK_SECONDS at
-its quietest point, and its word times are shifted back onto the video's timeline (as faster-whisper does with its
-VAD chunks). Skipping what is not speech matters for more than speed: pocketsphinx 5.1.1 "hears" words in digital
-silence ("dog" in 30 s of zeros) and spends about 1 s of CPU per second on faint noise. The words are then grouped
-into segments of at most `segment_seconds`, a new segment starting at each pause.
+A long track is never decoded as one utterance. pocketsphinx's endpointer (a WebRTC-style voice activity detector) finds
+the stretches of speech; each is decoded on its own, with a little padding, cut to at most MAX_CHUNK_SECONDS at its
+quietest point, and its word times are shifted back onto the video's timeline (as faster-whisper does with its VAD
+chunks); Whisper decodes the same spans. Skipping what is not speech matters for more than speed: pocketsphinx 5.1.1
+"hears" words in digital silence ("dog" in 30 s of zeros) and spends about 1 s of CPU per second on faint noise.
+pocketsphinx's words are then grouped into segments of at most `segment_seconds`, a new segment starting at each pause.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +27,7 @@ from ingest.experts.base import AudioInput, Expert, ExpertUnavailable, TextSegme
 if TYPE_CHECKING:
     from pocketsphinx import Decoder
 
+    from ingest.experts.whisper import WhisperRecognizer
     from schema.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,25 +139,55 @@ def _segment(words: list[Word]) -> TextSegment:
 
 
 class SpeechExpert(Expert):
-    """What is said: pocketsphinx's English transcript, in segments of at most `segment_seconds`."""
+    """What is said, in segments of at most `segment_seconds`: Whisper's transcript (multilingual) when `asr` picks it
+    and its checkpoint loads, else pocketsphinx's (English, inside its wheel). Both land in the same collection."""
 
     name = "speech"
-    depends_on = ("pocketsphinx",)
+    depends_on = ("pocketsphinx",)  # the voice detector, whichever recogniser decodes
 
-    def __init__(self, segment_seconds: float = 5.0) -> None:
+    def __init__(self, segment_seconds: float = 5.0, *, asr: str = "pocketsphinx", asr_model: str | None = None,
+                 asr_model_revision: str | None = None, asr_batch_size: int = 4, device: str = "auto",
+                 hash_cache: str | None = None) -> None:
         super().__init__()
         self.segment_seconds = segment_seconds
-        self.decoder: Decoder | None = None  # loaded on first use
+        self.asr, self.asr_model, self.asr_model_revision = asr, asr_model, asr_model_revision
+        self.asr_batch_size, self.device, self.hash_cache = asr_batch_size, device, hash_cache
+        self.decoder: Decoder | None = None  # pocketsphinx, loaded on first use
+        self.whisper: WhisperRecognizer | None = None
+        self._missing: str | None = None  # why Whisper, asked for by name, could not be loaded
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeechExpert:
-        return cls(segment_seconds=settings.speech_segment_seconds)
+        return cls(segment_seconds=settings.speech_segment_seconds, asr=settings.asr, asr_model=settings.asr_model,
+                   asr_model_revision=settings.asr_model_revision, asr_batch_size=settings.asr_batch_size,
+                   device=settings.device, hash_cache=str(settings.checkpoint_hashes_file))
 
     @property
     def needs(self) -> AudioInput:
         return AudioInput(rate=RATE)
 
+    @property
+    def backend(self) -> str | None:
+        """The recogniser in use once loaded: "whisper" or "pocketsphinx"."""
+        return "whisper" if self.whisper is not None else "pocketsphinx" if self.decoder is not None else None
+
     def load(self) -> None:
+        if self._missing is not None:
+            raise ExpertUnavailable(self._missing)
+        if self.asr in ("auto", "whisper") and self.asr_model:
+            from ingest.experts.whisper import WhisperUnavailable, load_whisper
+
+            try:
+                self.whisper = load_whisper(self.asr_model, self.asr_model_revision, self.device,
+                                            hash_cache=Path(self.hash_cache) if self.hash_cache else None)
+                log.info("speech recogniser: Whisper %s (VIDSEARCH_ASR=%s)", self.asr_model, self.asr)
+                return
+            except WhisperUnavailable as exc:
+                if self.asr == "whisper":  # asked for by name: no silent fallback, every video says why
+                    self._missing = f"no Whisper checkpoint is available here: {exc}"
+                    log.warning("the speech expert is unavailable: %s", exc)
+                    raise ExpertUnavailable(self._missing) from exc
+                log.info("speech recogniser: pocketsphinx, English (VIDSEARCH_ASR=auto; Whisper not loaded: %s)", exc)
         from pocketsphinx import Decoder
 
         # The default config points at the model inside the wheel (hmm, lm, dict). 5.1.1 logs at WARN by default,
@@ -164,13 +197,42 @@ class SpeechExpert(Expert):
     def transcribe(self, data: Audio) -> list[TextSegment]:
         if data.rate != RATE:
             raise ValueError(f"the speech expert reads {RATE} Hz audio, got {data.rate} Hz")
-        if self.decoder is None:
+        if self.backend is None:
             self.load()
         began = time.process_time()
         spans = speech_spans(data.samples, data.rate)
+        if self.whisper is not None:
+            segments = self.whisper.transcribe(data.samples, spans, self.asr_batch_size)
+            log.info("speech (Whisper): %d segments in %d stretches (%.0f s of %.0f s) in %.1f s CPU", len(segments),
+                     len(spans), sum(b - a for a, b in spans) / data.rate, data.duration, time.process_time() - began)
+            if not segments:
+                raise ExpertUnavailable("no speech was recognised in the audio track")
+            return segments
         words = decode_words(self.decoder, data.samples, spans, data.rate)
         log.info("speech: %d words in %d stretches (%.0f s of %.0f s) in %.1f s CPU", len(words), len(spans),
                  sum(b - a for a, b in spans) / data.rate, data.duration, time.process_time() - began)
         if not words:
             raise ExpertUnavailable("no speech was recognised in the audio track")
         return group_words(words, self.segment_seconds)
+
+
+def describe_asr(settings: Settings) -> str:
+    """Which recogniser the speech expert will use, for `vidsearch status`, decided without loading a model: Whisper
+    when VIDSEARCH_ASR allows it and its checkpoint is a folder or in the hub cache (or the hub can be reached)."""
+    from huggingface_hub import is_offline_mode
+
+    from ingest.checkpoint import cached_hub_snapshot
+    from ingest.encoder import _is_local
+
+    if settings.asr == "pocketsphinx":
+        return "pocketsphinx (English)"
+    model = settings.asr_model
+    if _is_local(model):
+        have = (Path(model).expanduser() / "config.json").is_file()
+    else:
+        have = not is_offline_mode() or cached_hub_snapshot(model, settings.asr_model_revision) is not None
+    if have:
+        return f"Whisper {model}" + ("" if settings.asr == "whisper" else " (else pocketsphinx, English)")
+    if settings.asr == "whisper":
+        return f"Whisper {model}: not available here (the speech expert is unavailable)"
+    return f"pocketsphinx (English; Whisper {model} is not available here)"

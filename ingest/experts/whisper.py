@@ -1,0 +1,135 @@
+"""Whisper as the speech expert's recogniser (transformers' WhisperForConditionalGeneration): multilingual, far better
+than pocketsphinx, and heavier.
+
+Long audio is never given to Whisper whole. The same voice-activity spans as pocketsphinx's (speech.py
+`speech_spans`, at most 30 s each: Whisper's window) are cut out, decoded in batches, and each segment's times, which
+Whisper gives relative to its chunk, are shifted by the chunk's offset and clipped to it (faster-whisper's way with its
+VAD chunks). Language is detected per chunk and stored with each of its segments.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ingest.experts.base import TextSegment
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 30.0  # Whisper reads 30 s of log-mel features at a time; shorter chunks are padded to it
+
+
+class WhisperUnavailable(Exception):
+    """The Whisper checkpoint cannot be loaded here; str(e) says why and how to provide one."""
+
+
+@dataclass
+class WhisperRecognizer:
+    """A loaded Whisper checkpoint with its processor, on one device."""
+
+    model: object
+    processor: object
+    device: torch.device
+    source: str
+    snapshot: str
+
+    @property
+    def rate(self) -> int:
+        return int(self.processor.feature_extractor.sampling_rate)
+
+    def transcribe(self, samples: np.ndarray, spans: list[tuple[int, int]], batch_size: int) -> list[TextSegment]:
+        """Segments of every span (sample ranges of at most 30 s), `batch_size` spans per forward pass, on the
+        track's timeline."""
+        segments: list[TextSegment] = []
+        for at in range(0, len(spans), batch_size):
+            batch = spans[at : at + batch_size]
+            for (a, b), found in zip(batch, self._decode([samples[a:b] for a, b in batch]), strict=True):
+                segments.extend(place(found, a / self.rate, (b - a) / self.rate))
+        return segments
+
+    def _decode(self, chunks: list[np.ndarray]) -> list[list[tuple[float, float, str, str | None]]]:
+        """Per chunk, its (start, end, text, language) segments with times relative to the chunk."""
+        import torch
+
+        features = self.processor(chunks, sampling_rate=self.rate, return_tensors="pt").input_features
+        features = features.to(self.device, self.model.dtype)
+        with torch.inference_mode():
+            language_ids = self.model.detect_language(features)
+            languages = [_code(self.processor.tokenizer.convert_ids_to_tokens(int(i))) for i in language_ids]
+            out = self.model.generate(features, language=[code or "en" for code in languages], task="transcribe",
+                                      return_timestamps=True, return_segments=True)
+        begin = int(self.model.generation_config.no_timestamps_token_id) + 1  # first timestamp token
+        found = []
+        for language, pieces in zip(languages, out["segments"], strict=True):
+            chunk = []
+            for piece in pieces:
+                tokens = [int(t) for t in piece["tokens"] if int(t) < begin]
+                text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                if text:
+                    chunk.append((float(piece["start"]), float(piece["end"]), text, language))
+            found.append(chunk)
+        return found
+
+
+def _code(token: str) -> str | None:
+    """"<|de|>" -> "de"."""
+    return token[2:-2] if token.startswith("<|") and token.endswith("|>") and len(token) > 4 else None
+
+
+def place(found: list[tuple[float, float, str, str | None]], offset: float, length: float) -> list[TextSegment]:
+    """Segments of one chunk, Whisper's chunk-relative times mapped onto the track: shifted by the chunk's `offset`
+    (seconds) and clipped to the chunk's `length` (Whisper can predict a time in the padding past the audio; a segment
+    that starts there has nothing to hear and is dropped)."""
+    placed = []
+    for start, end, text, language in found:
+        if start >= length:
+            continue
+        start, end = min(max(start, 0.0), length), min(max(end, 0.0), length)
+        placed.append(TextSegment(round(offset + start, 2), round(offset + max(start, end), 2), text, language))
+    return placed
+
+
+def _unavailable(model: str, exc: Exception) -> WhisperUnavailable:
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return WhisperUnavailable(
+        f"could not load the Whisper model {model!r}: {exc.__class__.__name__}: {detail}. Allow access to the Hugging "
+        "Face Hub once (the checkpoint is then cached), or set VIDSEARCH_ASR_MODEL to a local folder holding a "
+        "Whisper checkpoint."
+    )
+
+
+def load_whisper(model: str, revision: str | None = None, device: str = "auto", *, hash_cache: Path | None = None,
+                 cache_dir: Path | None = None) -> WhisperRecognizer:
+    """Load a Whisper checkpoint (hub id at a revision, or a local folder) in fp32 (fp16 on CUDA)."""
+    import torch
+    from huggingface_hub.errors import RevisionResolutionError
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from ingest.checkpoint import folder_snapshot, hub_revision
+    from ingest.encoder import _is_local, pick_device
+
+    local = _is_local(model)
+    source = str(Path(model).expanduser().resolve()) if local else model
+    hub_dir = None if local else cache_dir
+    target = pick_device(device)
+    try:
+        rev = None if local else hub_revision(model, revision, hub_dir)
+        dtype = torch.float16 if target.type == "cuda" else torch.float32
+        whisper = WhisperForConditionalGeneration.from_pretrained(source, revision=rev, cache_dir=hub_dir,
+                                                                  dtype=dtype).eval().to(target)
+        processor = WhisperProcessor.from_pretrained(source, revision=rev, cache_dir=hub_dir)
+        snapshot = folder_snapshot(Path(source), hash_cache) if local else rev.resolved
+    except (OSError, ValueError, RevisionResolutionError) as exc:
+        raise _unavailable(model, exc) from exc
+    if not hasattr(whisper.generation_config, "no_timestamps_token_id"):
+        raise WhisperUnavailable(f"{model}: its generation config has no timestamp tokens; the speech expert needs "
+                                 "segment times (use an openai/whisper-* checkpoint or one derived from it)")
+    log.info("loaded Whisper %s (snapshot %s) on %s", source, snapshot, target)
+    return WhisperRecognizer(whisper, processor, target, source, snapshot)
