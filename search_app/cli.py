@@ -382,15 +382,20 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
                 for j, v in runtime.catalog.failed_jobs()]
     experts = runtime.catalog.expert_counts()
     store = _vector_store_health(runtime)
+    from ingest.experts.speech import describe_asr
+
+    asr = describe_asr(runtime.settings) if "speech" in runtime.settings.expert_names else None
     runtime.close()
     if as_json:
-        _out({"jobs": counts, "failed": failures, "experts": experts, "vector_store": store})
+        _out({"jobs": counts, "failed": failures, "experts": experts, "speech_recognizer": asr, "vector_store": store})
         return
     typer.echo("  ".join(f"{state}: {n}" for state, n in counts.items()))
     for f in failures:
         typer.echo(f"  failed: video {f['video_id']} {f['title']}: {f['error']}")
     for name, states in experts.items():
         typer.echo(f"{name}: " + "  ".join(f"{state}: {n}" for state, n in states.items()))
+    if asr is not None:
+        typer.echo(f"speech recognizer: {asr}")
     if store["reachable"]:
         typer.echo(f"vector store: reachable ({store['endpoint']}), {store['vectors']} vectors")
     else:
@@ -445,8 +450,9 @@ def reindex(
                                                                   "speech,text,audio) on the videos already "
                                                                   "indexed, leaving the appearance vectors "
                                                                   "alone.")] = None,
-    again: Annotated[bool, typer.Option("--again", help="With --experts: also redo videos they are done with (audio: "
-                                        "its collection is rebuilt, e.g. after changing VIDSEARCH_AUDIO_MODEL).")
+    again: Annotated[bool, typer.Option("--again", help="With --experts: also redo videos they are done with "
+                                        "(audio: its collection is rebuilt, e.g. after changing VIDSEARCH_AUDIO_MODEL; "
+                                        "speech: after changing VIDSEARCH_ASR).")
                      ] = False,
 ) -> None:
     """Drop all vectors and queue every video again (after changing VIDSEARCH_MODEL); or, with --experts, fill the

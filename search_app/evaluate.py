@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.experts.speech import describe_asr
 from schema.settings import Settings
 from search_app import fusion
 from search_app.eval_corpus import (
@@ -556,6 +557,7 @@ def run(settings: Settings, plan: Plan, *, out: Path | None = None,
                 raise RuntimeError(f"ingest failed on the evaluation corpus: {failed[:3]}")
             appearance_s = last_job[0] - start
             ingest = ingest_cost(rt.catalog, clips, appearance_s, ingest_s)
+            ingest["speech_recognizer"] = describe_asr(s)  # the speech figures depend on it (VIDSEARCH_ASR)
 
             names = {clip.video_id: clip.name for clip in clips}
             experts = rt.store.lexical_existing()
@@ -691,7 +693,8 @@ def format_table(report: dict) -> Iterator[str]:
     ing = report["ingest"]
     yield ("ingest    s per video-minute: " + ", ".join(f"{e} {ing[e]['s_per_video_minute']:.1f}"
                                                        for e in ("appearance", "speech", "text"))
-           + f" ({ing['video_minutes']:.1f} min, wall {ing['wall_s']:.0f} s)")
+           + f" ({ing['video_minutes']:.1f} min, wall {ing['wall_s']:.0f} s; speech: "
+              f"{ing.get('speech_recognizer', 'pocketsphinx')})")
     lat = report["latency"]
     yield (f"latency   appearance only p50 {lat['appearance_only']['p50_ms']:.1f} ms p95 "
            f"{lat['appearance_only']['p95_ms']:.1f} ms; with experts p50 {lat['with_experts']['p50_ms']:.1f} ms "

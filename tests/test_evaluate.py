@@ -58,6 +58,7 @@ def test_evaluate_reports_every_figure(tmp_path, tiny_model):
     assert 0 <= tuning["chosen"]["mixed_r1"] <= 1 and 0 <= tuning["defaults"]["mixed_r1"] <= 1
     ingest = report["ingest"]
     assert ingest["video_minutes"] > 0
+    assert ingest["speech_recognizer"].startswith("pocketsphinx (English")  # offline: no Whisper to load
     for expert in ("appearance", "speech", "text"):
         assert ingest[expert]["s_per_video_minute"] > 0, expert
     assert ingest["speech"]["runs"].get("done", 0) == report["corpus"]["with_speech"]
