@@ -127,6 +127,86 @@ def measure_audio_cost(settings: Settings, workdir: Path, minutes: float = 1.0) 
             "seconds_per_video_minute": round(seconds / minutes, 2)}
 
 
+# whisper-base (the speech expert's default): 80 mel bins, 6+6 layers of width 512; its tokenizer's 50257 text
+# tokens, then the control tokens, 99 languages and 1501 timestamps (0.00 .. 30.00 s): 51865 ids.
+WHISPER_BASE = {"d_model": 512, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 8,
+                "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048, "num_mel_bins": 80}
+WHISPER_TEXT_TOKENS = 50257
+# Tokens Whisper emits per second of speech: ~150 words a minute at ~1.3 BPE tokens a word, plus a timestamp pair
+# every few seconds. A random model decodes for as long as it likes, so the bench makes it decode this many.
+WHISPER_TOKENS_PER_SECOND = 3.7
+
+
+def build_random_whisper(path: Path, chunk_seconds: float = 30.0) -> Path:
+    """Random weights, whisper-base's architecture and vocabulary size, with a real tokenizer and generation config
+    (language, task and timestamp tokens) so the speech expert's loader and decoding run unchanged; generation is
+    pinned to WHISPER_TOKENS_PER_SECOND of a `chunk_seconds` chunk (speed depends on tokens, not on weight values)."""
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+    for ch in bytes_to_unicode().values():
+        vocab.setdefault(ch, len(vocab))
+    while len(vocab) < WHISPER_TEXT_TOKENS:  # stand-ins for the merged tokens: never produced as text here
+        vocab[f"tok{len(vocab)}"] = len(vocab)
+    languages = [f"<|{code}|>" for code in list(LANGUAGES)[:99]]
+    control = ["<|endoftext|>", "<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>",
+               "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    for token in (*control, *(f"<|{i * 0.02:.2f}|>" for i in range(1501))):
+        vocab[token] = len(vocab)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = WhisperTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), unk_token="<|endoftext|>",
+                                 bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": control[1:]})
+    tokenizer.save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=WHISPER_BASE["num_mel_bins"]).save_pretrained(path)
+    end, start = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
+    model = WhisperForConditionalGeneration(WhisperConfig(
+        vocab_size=len(vocab), pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=start,
+        **WHISPER_BASE))
+    tokens = round(WHISPER_TOKENS_PER_SECOND * chunk_seconds)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=start, bos_token_id=end, eos_token_id=end, pad_token_id=end,
+        min_new_tokens=tokens, max_new_tokens=tokens, is_multilingual=True,
+        lang_to_id={token: vocab[token] for token in languages},
+        task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]},
+        no_timestamps_token_id=vocab["<|notimestamps|>"], prev_sot_token_id=vocab["<|startofprev|>"],
+        max_initial_timestamp_index=50, begin_suppress_tokens=[end], suppress_tokens=[], forced_decoder_ids=None)
+    model.save_pretrained(path)
+    return path
+
+
+def measure_speech_cost(settings: Settings, workdir: Path, minutes: float = 1.0) -> dict:
+    """Seconds Whisper takes per video-minute of continuous speech: a random-init model of whisper-base's size, loaded
+    by the speech expert's loader and run by its recogniser on 30 s chunks (the most a voice-activity chunk holds),
+    `asr_batch_size` at a time, each decoding a talker's worth of tokens. Silence costs nothing (never decoded)."""
+    from ingest.experts.speech import RATE
+    from ingest.experts.whisper import load_whisper
+
+    chunk = 30.0
+    recognizer = load_whisper(str(build_random_whisper(workdir / "random-whisper", chunk)), device=settings.device)
+    n = int(minutes * 60 * RATE)
+    samples = (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+    step = int(chunk * RATE)
+    spans = [(a, min(n, a + step)) for a in range(0, n, step)]
+    started = time.perf_counter()
+    recognizer.transcribe(samples, spans, settings.asr_batch_size)
+    seconds = time.perf_counter() - started
+    return {"model": "random-init Whisper of openai/whisper-base's size",
+            "parameters_m": round(sum(p.numel() for p in recognizer.model.parameters()) / 1e6, 1),
+            "device": str(recognizer.device), "tokens_per_second_of_speech": WHISPER_TOKENS_PER_SECOND,
+            "batch_size": settings.asr_batch_size, "seconds_per_video_minute": round(seconds / minutes, 2)}
+
+
 def bench_model(settings: Settings, model: str | None, workdir: Path) -> tuple[ClipEncoder, str]:
     """(the configured backend's encoder, the model's name in the report): the configured or asked-for
     checkpoint, else a random ViT-B/32 of the real size (speed does not depend on weight values)."""
@@ -805,7 +885,8 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
         ceiling = measure_gemm_ceiling(cpu_threads(settings.inference_threads)) if on_cpu else None
 
         progress("experts' cost")
-        experts = {"audio": measure_audio_cost(settings, work)}
+        experts = {"speech_whisper": measure_speech_cost(settings, work, minutes=0.5 if quick else 1.0),
+                   "audio": measure_audio_cost(settings, work)}
 
         progress("search")
         search = [measure_search(home_settings, encoder.dim, n, plan.queries, rng) for n in plan.search_sizes]

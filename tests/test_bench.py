@@ -96,4 +96,6 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     audio = report["experts"]["audio"]  # the audio expert's cost, on a random CLAP of the default's real size
     assert audio["windows_per_minute"] == 23  # 5 s windows every 2.5 s over 60 s: every one embedded
     assert audio["seconds_per_video_minute"] > 0 and 140 < audio["parameters_m"] < 170
+    whisper = report["experts"]["speech_whisper"]  # Whisper's, on a random whisper-base through the real loader
+    assert whisper["seconds_per_video_minute"] > 0 and 70 < whisper["parameters_m"] < 75, whisper
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())  # worked in a temp dir
