@@ -227,6 +227,7 @@ def _interrupt(*_args: object) -> None:
 def worker() -> None:
     """Process queued jobs until interrupted (Ctrl-C requeues the job in progress)."""
     from ingest.worker import JobResult, Worker
+    from search_app.present import experts_summary
 
     _service_logging()
     runtime = _runtime()
@@ -240,7 +241,8 @@ def worker() -> None:
     # SIGTERM behaves like Ctrl-C so service managers get the same clean requeue.
     signal.signal(signal.SIGTERM, _interrupt)
     runtime.store.milvus()  # connect, and refuse another model's collection, before saying ready
-    typer.echo(f"worker ready (model {runtime.encoder.key}); Ctrl-C to stop", err=True)
+    typer.echo(f"worker ready (model {runtime.encoder.key}; experts: {experts_summary(runtime.settings)}); Ctrl-C to "
+               "stop", err=True)
     try:
         w.run_forever(stop, report)
     except KeyboardInterrupt:

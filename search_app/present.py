@@ -7,11 +7,19 @@ import math
 from pathlib import Path
 
 from ingest import thumbnails
+from ingest.experts.speech import describe_asr
 from ingest.runtime import Runtime
+from schema.settings import Settings
 from schema.units import clock
 
 MEDIA_ROUTE = "/media"
 THUMBS_ROUTE = "/thumbnails"
+
+def experts_summary(settings: Settings) -> str:
+    """The experts a worker runs besides appearance, speech with its recogniser: for start-up logs."""
+    names = [f"speech ({describe_asr(settings)})" if n == "speech" else n for n in settings.expert_names]
+    return ", ".join(names) or "none"
+
 
 def media_url(runtime: Runtime, stored_path: str) -> str | None:
     """URL of a stored video under /media, or None for files kept outside the data folder (--link)."""

@@ -21,7 +21,7 @@ from search_app.api import build_api
 from search_app.audio_query import expert_sources
 from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
 from search_app.page import CSS, build_ui
-from search_app.present import MEDIA_ROUTE, THUMBS_ROUTE
+from search_app.present import MEDIA_ROUTE, THUMBS_ROUTE, experts_summary
 from search_app.slots import ModelSlots
 from search_app.timeline import TimelineService
 
@@ -109,6 +109,8 @@ def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True,
     log.info("model %s (dim %d) on %s; vector store: %s%s; catalog: %s; data folder: %s; worker: %s", encoder.key,
              encoder.dim, encoder.device, endpoint, " (Milvus Lite)" if runtime.store.is_lite else "",
              s.catalog_url.split("@")[-1], s.home_dir, "on" if with_worker else "off")
+    if with_worker:
+        log.info("experts: %s", experts_summary(s))
     if on_ready is not None:
         on_ready()
     # SIGTERM (a service manager, `docker stop`) ends like Ctrl-C: uvicorn shuts down, then re-raises the signal into

@@ -295,6 +295,7 @@ def test_serve_logs_what_it_started_and_each_video_it_finished(tmp_path, tiny_mo
     assert f"(dim {dim}) on cpu" in started and "(Milvus Lite)" in started and "data folder" in started, text
     assert text.index("INFO search_app.web: model") < text.index("vidsearch: http://")  # announced once ready
     assert "INFO search_app.web: video 1 ready: red_circle.mp4" in text, text
+    assert "INFO search_app.web: experts: none" in text, text  # cli_env turns the experts off
     # Stopped with Ctrl-C: the decode processes and their queues are closed, nothing left to multiprocessing's tracker.
     assert "resource_tracker" not in text and "leaked" not in text, text[-3000:]
 

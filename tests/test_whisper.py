@@ -103,6 +103,11 @@ def test_settings_pick_the_recognizer_and_status_tells_which(tiny_whisper, tmp_p
     assert describe_asr(Settings(home=tmp_path)) == \
         "pocketsphinx (English; Whisper openai/whisper-base is not available here)"
     assert describe_asr(Settings(home=tmp_path, asr="pocketsphinx")) == "pocketsphinx (English)"
+    from search_app.present import experts_summary  # what serve and worker log at start-up
+
+    assert experts_summary(Settings(home=tmp_path, experts="text,speech", asr_model=str(tiny_whisper))) == \
+        f"text, speech (Whisper {tiny_whisper} (else pocketsphinx, English))"
+    assert experts_summary(Settings(home=tmp_path, experts="")) == "none"
 
 
 @needs_festival
