@@ -156,6 +156,10 @@ class Settings(BaseSettings):
         DEFAULT_MODEL_REVISION, description="Hub revision of the Whisper checkpoint; ignored for folders."
     )
     asr_batch_size: int = Field(4, ge=1, le=64, description="Speech chunks (up to 30 s each) Whisper decodes at once.")
+    asr_word_times: bool = Field(
+        False, description="Whisper: align words and split its segments at them into pieces of at most "
+        "speech_segment_seconds (finer moments; about doubles Whisper's CPU time). pocketsphinx always has word times."
+    )
     audio_model: str = Field(DEFAULT_AUDIO_MODEL, description="Hugging Face CLAP checkpoint id or local folder.")
     audio_model_revision: str | None = Field(
         DEFAULT_MODEL_REVISION, description="Hub revision of the CLAP checkpoint; ignored for folders."

@@ -16,7 +16,7 @@ from ingest.expert_input import read_input
 from ingest.experts import expert_class
 from ingest.experts.base import ExpertUnavailable, TextSegment
 from ingest.experts.speech import RATE, SpeechExpert, describe_asr, speech_spans
-from ingest.experts.whisper import load_whisper, place
+from ingest.experts.whisper import Piece, _words, load_whisper, place, place_words
 from schema.settings import Settings
 from tests.conftest import cli_env
 from tests.procs import vidsearch_cmd
@@ -48,9 +48,37 @@ def test_chunk_relative_times_are_shifted_by_the_chunk_offset_and_clipped_to_it(
     assert place([(1.0, 6.0, "x", None)], 12.3, 4.0) == [TextSegment(13.3, 16.3, "x", None)]
 
 
+def test_words_are_shifted_clipped_and_grouped_into_segments_of_at_most_max_seconds():
+    words = ((0.2, 0.6, "the"), (0.6, 1.4, "snow"), (1.4, 2.1, "fell"), (4.0, 4.5, "softly"), (9.5, 10.4, "now"),
+             (10.5, 11.0, "late"))
+    piece = Piece(0.0, 11.0, "the snow fell softly now late", "de", words)
+    # A 10 s chunk at 20 s: a pause over 0.7 s or a segment past 1.5 s starts another; "now" runs past
+    # the chunk's end and is clipped to it, "late" starts past it and is dropped.
+    assert place_words(piece, 20.0, 10.0, 1.5) == [TextSegment(20.2, 21.4, "the snow", "de"),
+                                                   TextSegment(21.4, 22.1, "fell", "de"),
+                                                   TextSegment(24.0, 24.5, "softly", "de"),
+                                                   TextSegment(29.5, 30.0, "now", "de")]  # clipped to the chunk
+
+
+def test_a_word_is_its_tokens_from_a_space_to_the_next_with_the_next_tokens_time(tiny_whisper):
+    from transformers import WhisperTokenizer
+
+    tokenizer = WhisperTokenizer.from_pretrained(tiny_whisper)
+    space = tokenizer.convert_ids_to_tokens(tokenizer.encode(" ", add_special_tokens=False))[0]
+    stamp = tokenizer.convert_tokens_to_ids("<|1.00|>")
+    tokens = [stamp, *tokenizer.convert_tokens_to_ids([space, "a", "b", space, "c", "d"]), stamp]
+    times = [0.0, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.9]
+    assert _words(tokenizer, tokens, times, 1.0, tokenizer.eos_token_id) == ((0.1, 0.5, "ab"), (0.5, 0.9, "cd"))
+    assert _words(tokenizer, tokens[:-1], times[:-1], 1.0, tokenizer.eos_token_id)[-1] == (0.5, 1.0, "cd")
+
+
 @needs_festival
-def test_every_segment_lies_in_the_speech_it_came_from_with_its_language(tiny_whisper, long_clip):
-    expert = SpeechExpert(asr="whisper", asr_model=str(tiny_whisper), asr_batch_size=2)
+@pytest.mark.parametrize("aligned", [True, False], ids=["word-times", "segment-times"])
+def test_every_segment_lies_in_the_speech_it_came_from_with_its_language(tiny_whisper, long_clip, aligned):
+    expert = SpeechExpert(asr="whisper", asr_model=str(tiny_whisper), asr_batch_size=2, segment_seconds=1.0,
+                          asr_word_times=aligned)
+    expert.load()
+    assert expert.whisper.can_align  # the tiny checkpoint names alignment heads, as OpenAI's do
     audio = read_input(long_clip, expert.needs)
     spans = [(a / RATE, b / RATE) for a, b in speech_spans(audio.samples, RATE)]
     # The voice detector finds the two phrases and nothing in the silence between them.
@@ -62,6 +90,10 @@ def test_every_segment_lies_in_the_speech_it_came_from_with_its_language(tiny_wh
     # offset, would put it near 0 s or in the silence), and both phrases gave some.
     assert all(any(a - 0.01 <= s.start <= s.end <= b + 0.01 for a, b in spans) for s in segments), (spans, segments)
     assert {next(i for i, (a, b) in enumerate(spans) if a - 0.01 <= s.start <= b) for s in segments} == {0, 1}
+    # Segments run in time order within each chunk; with word times none is longer than segment_seconds.
+    assert [s.start for s in segments] == sorted(s.start for s in segments)
+    if aligned:
+        assert all(s.end - s.start <= 1.0 + 0.01 for s in segments), segments
 
 
 @needs_festival
@@ -98,6 +130,10 @@ def test_settings_pick_the_recognizer_and_status_tells_which(tiny_whisper, tmp_p
     expert = expert_class("speech").from_settings(settings)
     assert (expert.asr, expert.asr_model, expert.asr_batch_size) == ("whisper", str(tiny_whisper), 3)
     assert describe_asr(settings) == f"Whisper {tiny_whisper}"
+    assert expert.asr_word_times is False  # opt-in: the alignment about doubles Whisper's cost
+    worded = Settings(home=tmp_path, asr="whisper", asr_model=str(tiny_whisper), asr_word_times=True)
+    assert expert_class("speech").from_settings(worded).asr_word_times is True
+    assert describe_asr(worded) == f"Whisper {tiny_whisper}, word times"
     auto = Settings(home=tmp_path, asr_model=str(tiny_whisper))
     assert describe_asr(auto) == f"Whisper {tiny_whisper} (else pocketsphinx, English)"
     assert describe_asr(Settings(home=tmp_path)) == \

@@ -61,6 +61,7 @@ def build_whisper(path: Path, seed: int = 0) -> Path:
         task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
         no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
         max_initial_timestamp_index=50, begin_suppress_tokens=[ids["<|endoftext|>"]],
+        alignment_heads=[[0, 0], [0, 1]],  # cross-attention heads for word times (OpenAI's checkpoints name theirs)
         suppress_tokens=[], forced_decoder_ids=None,
     )
     model.save_pretrained(path)

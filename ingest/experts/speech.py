@@ -146,12 +146,13 @@ class SpeechExpert(Expert):
     depends_on = ("pocketsphinx",)  # the voice detector, whichever recogniser decodes
 
     def __init__(self, segment_seconds: float = 5.0, *, asr: str = "pocketsphinx", asr_model: str | None = None,
-                 asr_model_revision: str | None = None, asr_batch_size: int = 4, device: str = "auto",
-                 hash_cache: str | None = None) -> None:
+                 asr_model_revision: str | None = None, asr_batch_size: int = 4, asr_word_times: bool = False,
+                 device: str = "auto", hash_cache: str | None = None) -> None:
         super().__init__()
         self.segment_seconds = segment_seconds
         self.asr, self.asr_model, self.asr_model_revision = asr, asr_model, asr_model_revision
-        self.asr_batch_size, self.device, self.hash_cache = asr_batch_size, device, hash_cache
+        self.asr_batch_size, self.asr_word_times = asr_batch_size, asr_word_times
+        self.device, self.hash_cache = device, hash_cache
         self.decoder: Decoder | None = None  # pocketsphinx, loaded on first use
         self.whisper: WhisperRecognizer | None = None
         self._missing: str | None = None  # why Whisper, asked for by name, could not be loaded
@@ -160,7 +161,8 @@ class SpeechExpert(Expert):
     def from_settings(cls, settings: Settings) -> SpeechExpert:
         return cls(segment_seconds=settings.speech_segment_seconds, asr=settings.asr, asr_model=settings.asr_model,
                    asr_model_revision=settings.asr_model_revision, asr_batch_size=settings.asr_batch_size,
-                   device=settings.device, hash_cache=str(settings.checkpoint_hashes_file))
+                   asr_word_times=settings.asr_word_times, device=settings.device,
+                   hash_cache=str(settings.checkpoint_hashes_file))
 
     @property
     def needs(self) -> AudioInput:
@@ -202,7 +204,8 @@ class SpeechExpert(Expert):
         began = time.process_time()
         spans = speech_spans(data.samples, data.rate)
         if self.whisper is not None:
-            segments = self.whisper.transcribe(data.samples, spans, self.asr_batch_size)
+            segments = self.whisper.transcribe(data.samples, spans, self.asr_batch_size,
+                                             self.segment_seconds if self.asr_word_times else None)
             log.info("speech (Whisper): %d segments in %d stretches (%.0f s of %.0f s) in %.1f s CPU", len(segments),
                      len(spans), sum(b - a for a, b in spans) / data.rate, data.duration, time.process_time() - began)
             if not segments:
@@ -232,7 +235,8 @@ def describe_asr(settings: Settings) -> str:
     else:
         have = not is_offline_mode() or cached_hub_snapshot(model, settings.asr_model_revision) is not None
     if have:
-        return f"Whisper {model}" + ("" if settings.asr == "whisper" else " (else pocketsphinx, English)")
+        words = ", word times" if settings.asr_word_times else ""
+        return f"Whisper {model}{words}" + ("" if settings.asr == "whisper" else " (else pocketsphinx, English)")
     if settings.asr == "whisper":
         return f"Whisper {model}: not available here (the speech expert is unavailable)"
     return f"pocketsphinx (English; Whisper {model} is not available here)"

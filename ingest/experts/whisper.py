@@ -4,7 +4,9 @@ than pocketsphinx, and heavier.
 Long audio is never given to Whisper whole. The same voice-activity spans as pocketsphinx's (speech.py
 `speech_spans`, at most 30 s each: Whisper's window) are cut out, decoded in batches, and each segment's times, which
 Whisper gives relative to its chunk, are shifted by the chunk's offset and clipped to it (faster-whisper's way with its
-VAD chunks). Language is detected per chunk and stored with each of its segments.
+VAD chunks). Language is detected per chunk and stored with each of its segments. On request (VIDSEARCH_ASR_WORD_TIMES)
+word times come from the cross-attention alignment (the checkpoint's `alignment_heads`) and a long segment is split
+at its words into pieces of at most `segment_seconds`, as pocketsphinx's words are grouped.
 """
 
 from __future__ import annotations
@@ -44,38 +46,109 @@ class WhisperRecognizer:
     def rate(self) -> int:
         return int(self.processor.feature_extractor.sampling_rate)
 
-    def transcribe(self, samples: np.ndarray, spans: list[tuple[int, int]], batch_size: int) -> list[TextSegment]:
+    def transcribe(self, samples: np.ndarray, spans: list[tuple[int, int]], batch_size: int,
+                   split_seconds: float | None = None) -> list[TextSegment]:
         """Segments of every span (sample ranges of at most 30 s), `batch_size` spans per forward pass, on the
-        track's timeline."""
+        track's timeline. With `split_seconds` and a checkpoint that can align words (alignment heads, as OpenAI's
+        have), a segment is split at its word times into pieces of at most that long, as pocketsphinx's words are
+        grouped; the alignment costs about as much again as the decoding (the bench measures both)."""
+        align = split_seconds is not None and self.can_align
         segments: list[TextSegment] = []
         for at in range(0, len(spans), batch_size):
             batch = spans[at : at + batch_size]
-            for (a, b), found in zip(batch, self._decode([samples[a:b] for a, b in batch]), strict=True):
-                segments.extend(place(found, a / self.rate, (b - a) / self.rate))
+            for (a, b), found in zip(batch, self._decode([samples[a:b] for a, b in batch], align), strict=True):
+                offset, length = a / self.rate, (b - a) / self.rate
+                for piece in found:
+                    if piece.words:
+                        segments.extend(place_words(piece, offset, length, split_seconds))
+                    else:
+                        segments.extend(place([(piece.start, piece.end, piece.text, piece.language)], offset, length))
         return segments
 
-    def _decode(self, chunks: list[np.ndarray]) -> list[list[tuple[float, float, str, str | None]]]:
-        """Per chunk, its (start, end, text, language) segments with times relative to the chunk."""
+    @property
+    def can_align(self) -> bool:
+        """Whether word times can be had: cross-attention alignment needs the checkpoint's alignment heads."""
+        return bool(getattr(self.model.generation_config, "alignment_heads", None))
+
+    def _decode(self, chunks: list[np.ndarray], align: bool = False) -> list[list[Piece]]:
+        """Per chunk, its segments with times relative to the chunk, with word times when `align`."""
         import torch
 
-        features = self.processor(chunks, sampling_rate=self.rate, return_tensors="pt").input_features
-        features = features.to(self.device, self.model.dtype)
+        inputs = self.processor(chunks, sampling_rate=self.rate, return_tensors="pt", return_attention_mask=True)
+        features = inputs.input_features.to(self.device, self.model.dtype)
+        # The mask gives each chunk's real length (chunks are padded to 30 s): decoding stops at the chunk's end
+        # instead of seeking on through the padding, and the alignment reads only real frames.
+        mask = inputs.attention_mask.to(self.device)
         with torch.inference_mode():
             language_ids = self.model.detect_language(features)
             languages = [_code(self.processor.tokenizer.convert_ids_to_tokens(int(i))) for i in language_ids]
-            out = self.model.generate(features, language=[code or "en" for code in languages], task="transcribe",
-                                      return_timestamps=True, return_segments=True)
-        begin = int(self.model.generation_config.no_timestamps_token_id) + 1  # first timestamp token
+            out = self.model.generate(features, attention_mask=mask, language=[code or "en" for code in languages],
+                                      task="transcribe", return_timestamps=True, return_segments=True,
+                                      return_token_timestamps=align)
+        text_below = int(self.processor.tokenizer.eos_token_id)  # Whisper's text tokens come before its specials
         found = []
         for language, pieces in zip(languages, out["segments"], strict=True):
             chunk = []
             for piece in pieces:
-                tokens = [int(t) for t in piece["tokens"] if int(t) < begin]
-                text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                if text:
-                    chunk.append((float(piece["start"]), float(piece["end"]), text, language))
+                tokens = [int(t) for t in piece["tokens"]]
+                text = self.processor.tokenizer.decode([t for t in tokens if t < text_below],
+                                                       skip_special_tokens=True).strip()
+                if not text:
+                    continue
+                times = piece.get("token_timestamps")
+                words = (_words(self.processor.tokenizer, tokens, [float(t) for t in times], float(piece["end"]),
+                                text_below) if times is not None and len(times) == len(tokens) else ())
+                chunk.append(Piece(float(piece["start"]), float(piece["end"]), text, language, words))
             found.append(chunk)
         return found
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One Whisper segment of a chunk, times relative to the chunk; `words` (start, end, text) when aligned."""
+
+    start: float
+    end: float
+    text: str
+    language: str | None
+    words: tuple[tuple[float, float, str], ...] = ()
+
+
+def _words(tokenizer, tokens: list[int], times: list[float], end: float, text_below: int
+           ) -> tuple[tuple[float, float, str], ...]:
+    """A segment's words from its tokens and their aligned times: a token whose text starts with a space begins a
+    word (byte-level BPE); a word's tokens are decoded together (a character can span tokens), and it lasts until the
+    next token's time. Scripts written without spaces come out as one word per segment."""
+    groups: list[list[int]] = []  # indices into tokens
+    for i, token in enumerate(tokens):
+        if token >= text_below:
+            continue
+        piece = tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token)])
+        if not groups or piece[:1].isspace() or groups[-1][-1] != i - 1:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    words = []
+    for group in groups:
+        text = tokenizer.decode([tokens[i] for i in group], skip_special_tokens=True).strip()
+        after = group[-1] + 1
+        if text:
+            words.append((times[group[0]], times[after] if after < len(times) else end, text))
+    return tuple(words)
+
+
+def place_words(piece: Piece, offset: float, length: float, max_seconds: float) -> list[TextSegment]:
+    """A segment's words on the track (shifted by the chunk's `offset`, clipped to its `length`; a word that starts
+    past the chunk's end is dropped), grouped into segments of at most `max_seconds` with the segment's language."""
+    from ingest.experts.speech import Word, group_words
+
+    kept = []
+    for start, end, text in piece.words:
+        if start >= length:
+            continue
+        start, end = min(max(start, 0.0), length), min(max(end, start, 0.0), length)
+        kept.append(Word(round(offset + start, 2), round(offset + end, 2), text))
+    return [TextSegment(s.start, s.end, s.text, piece.language) for s in group_words(kept, max_seconds)]
 
 
 def _code(token: str) -> str | None:
