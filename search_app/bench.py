@@ -132,6 +132,8 @@ def measure_audio_cost(settings: Settings, workdir: Path, minutes: float = 1.0) 
 WHISPER_BASE = {"d_model": 512, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 8,
                 "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048, "num_mel_bins": 80}
 WHISPER_TEXT_TOKENS = 50257
+# openai/whisper-base's generation_config.alignment_heads (layer, head): the cross-attention its word times read.
+WHISPER_BASE_ALIGNMENT_HEADS = [[3, 1], [4, 2], [4, 3], [4, 7], [5, 1], [5, 2], [5, 4], [5, 6]]
 # Tokens Whisper emits per second of speech: ~150 words a minute at ~1.3 BPE tokens a word, plus a timestamp pair
 # every few seconds. A random model decodes for as long as it likes, so the bench makes it decode this many.
 WHISPER_TOKENS_PER_SECOND = 3.7
@@ -180,15 +182,17 @@ def build_random_whisper(path: Path, chunk_seconds: float = 30.0) -> Path:
         lang_to_id={token: vocab[token] for token in languages},
         task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]},
         no_timestamps_token_id=vocab["<|notimestamps|>"], prev_sot_token_id=vocab["<|startofprev|>"],
-        max_initial_timestamp_index=50, begin_suppress_tokens=[end], suppress_tokens=[], forced_decoder_ids=None)
+        max_initial_timestamp_index=50, begin_suppress_tokens=[end], suppress_tokens=[], forced_decoder_ids=None,
+        alignment_heads=WHISPER_BASE_ALIGNMENT_HEADS)  # word times cost a DTW per segment: measured as users get it
     model.save_pretrained(path)
     return path
 
 
 def measure_speech_cost(settings: Settings, workdir: Path, minutes: float = 1.0) -> dict:
-    """Seconds Whisper takes per video-minute of continuous speech: a random-init model of whisper-base's size, loaded
-    by the speech expert's loader and run by its recogniser on 30 s chunks (the most a voice-activity chunk holds),
-    `asr_batch_size` at a time, each decoding a talker's worth of tokens. Silence costs nothing (never decoded)."""
+    """Seconds Whisper takes per video-minute of continuous speech, without and with word times: a random-init model
+    of whisper-base's size (and alignment heads), loaded by the speech expert's loader and run by its recogniser on
+    30 s chunks (the most a voice-activity chunk holds), `asr_batch_size` at a time, each decoding a talker's worth
+    of tokens. Silence costs nothing (never decoded)."""
     from ingest.experts.speech import RATE
     from ingest.experts.whisper import load_whisper
 
@@ -198,13 +202,17 @@ def measure_speech_cost(settings: Settings, workdir: Path, minutes: float = 1.0)
     samples = (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
     step = int(chunk * RATE)
     spans = [(a, min(n, a + step)) for a in range(0, n, step)]
-    started = time.perf_counter()
-    recognizer.transcribe(samples, spans, settings.asr_batch_size)
-    seconds = time.perf_counter() - started
+    seconds = {}
+    for name, split in (("segments", None), ("word_times", settings.speech_segment_seconds)):
+        started = time.perf_counter()
+        recognizer.transcribe(samples, spans, settings.asr_batch_size, split)
+        seconds[name] = time.perf_counter() - started
     return {"model": "random-init Whisper of openai/whisper-base's size",
             "parameters_m": round(sum(p.numel() for p in recognizer.model.parameters()) / 1e6, 1),
             "device": str(recognizer.device), "tokens_per_second_of_speech": WHISPER_TOKENS_PER_SECOND,
-            "batch_size": settings.asr_batch_size, "seconds_per_video_minute": round(seconds / minutes, 2)}
+            "batch_size": settings.asr_batch_size, "seconds_per_video_minute": round(seconds["segments"] / minutes, 2),
+            "seconds_per_video_minute_word_times": round(seconds["word_times"] / minutes, 2),
+            "word_times_ratio": round(seconds["word_times"] / seconds["segments"], 2)}
 
 
 def bench_model(settings: Settings, model: str | None, workdir: Path) -> tuple[ClipEncoder, str]:
@@ -1015,5 +1023,7 @@ def format_runtimes(report: dict) -> Iterator[str]:
         bound = f"; the issue's {t['issue_target']} is above this CPU's ceiling" if "issue_target" in t else ""
         yield f"target    {name:<24} {t['value']} (target {t['target']}{bound}): {verdict}"
     for name, cost in (report.get("experts") or {}).items():
-        yield (f"expert    {name:<10} {cost['seconds_per_video_minute']} s per video-minute on {cost['device']} "
+        words = (f", {cost['seconds_per_video_minute_word_times']} s with word times"
+                 if "seconds_per_video_minute_word_times" in cost else "")
+        yield (f"expert    {name:<10} {cost['seconds_per_video_minute']} s per video-minute{words} on {cost['device']} "
                f"({cost['model']}, {cost['parameters_m']}M parameters)")

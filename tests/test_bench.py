@@ -70,7 +70,7 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
             assert key == ("openvino", "bf16") and "native bf16" in row["error"]
             continue
         assert row["model_fps"] > 0 and row["text_p50_ms"] > 0 and row["ratio_vs_torch"] > 0, key
-        assert row["min_cosine_vs_torch"] == min(row["min_cosine_images"], row["min_cosine_texts"])
+        assert row["min_cosine_vs_torch"] == min(row["min_cosine_images"], row["min_cosine_texts"]), (key, row)
     for key in (("onnx", "fp32"), ("openvino", "fp32")):  # exact backends agree to float precision
         assert rows[key]["min_cosine_vs_torch"] >= 0.99999 and rows[key]["precision_class"] == "exact"
     assert rows[("onnx", "int8")]["precision_class"] == "int8"
@@ -98,4 +98,6 @@ def test_quick_bench_reports_every_figure(tmp_path, tiny_model):
     assert audio["seconds_per_video_minute"] > 0 and 140 < audio["parameters_m"] < 170
     whisper = report["experts"]["speech_whisper"]  # Whisper's, on a random whisper-base through the real loader
     assert whisper["seconds_per_video_minute"] > 0 and 70 < whisper["parameters_m"] < 75, whisper
+    assert whisper["seconds_per_video_minute_word_times"] > 0 and whisper["word_times_ratio"] == pytest.approx(
+        whisper["seconds_per_video_minute_word_times"] / whisper["seconds_per_video_minute"], rel=0.05), whisper
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())  # worked in a temp dir
