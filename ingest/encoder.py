@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ingest.backends import (
     Choice,
     ModelUnavailableError,
+    NonFiniteEmbeddingError,
     TorchTowersForExport,
     Towers,
     cpu_threads,
@@ -200,8 +201,18 @@ class ClipEncoder:
             chunk = pixel_values[start : start + self.batch_size]
             if chunk.dtype == torch.uint8:
                 chunk = normalize_pixels(chunk, self.prep)
-            out.append(l2_normalize(self.towers.image_embeds(chunk).float()))
+            out.append(l2_normalize(self._finite(self.towers.image_embeds(chunk).float(), "images")))
         return torch.cat(out) if out else torch.empty(0, self.dim)
+
+    def _finite(self, embeds: torch.Tensor, what: str) -> torch.Tensor:
+        """`embeds` if every value is finite. A NaN row would normalise to NaN and poison a search (every distance to
+        it is NaN), so a backend that produces one fails loudly instead."""
+        if bool(torch.isfinite(embeds).all()):
+            return embeds
+        bad = int((~torch.isfinite(embeds)).any(dim=-1).sum())
+        raise NonFiniteEmbeddingError(
+            f"{self.choice.label} returned NaN or infinite embeddings for {bad} of {len(embeds)} {what}; nothing was "
+            "stored. Try VIDSEARCH_PRECISION=fp32, or VIDSEARCH_INFERENCE=torch.")
 
     def embed_videos(self, videos: Sequence[torch.Tensor]) -> np.ndarray:
         """CLIP4Clip mean-pooling: per video (n_i,3,H,W) frames -> normalised mean of normalised frame embeds.
@@ -222,7 +233,7 @@ class ClipEncoder:
         inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_length,
                                 return_tensors="pt")
         embeds = self.towers.text_embeds(inputs["input_ids"], inputs["attention_mask"])
-        return l2_normalize(embeds.float()).cpu().numpy().astype(np.float32)
+        return l2_normalize(self._finite(embeds.float(), "queries")).cpu().numpy().astype(np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Queries -> (N,dim) L2-normalised text embeddings; long queries are truncated to the model's limit.

@@ -18,7 +18,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from ingest.backends import SUPPORTED, ModelUnavailableError, resolve
+from ingest.backends import SUPPORTED, ModelUnavailableError, NonFiniteEmbeddingError, resolve
 from ingest.backends.base import cpu_has_bf16
 from ingest.backends.export import MANIFEST, snapshot_folder
 from ingest.checkpoint import folder_snapshot
@@ -73,6 +73,43 @@ def test_every_cpu_backend_loads_and_agrees_with_torch_fp32(backend, precision, 
     if backend != "torch":
         folder = snapshot_folder(tmp_path / "models", encoder.snapshot)
         assert (folder / ("onnx-int8" if precision == "int8" else "onnx-fp32") / MANIFEST).is_file()
+
+
+def test_openvino_precisions_sharing_one_data_folder_each_run_their_own(random_model, torch_reference, tmp_path):
+    """fp32, then bf16, then fp32 again from one models folder: each agrees with torch within its own floor. OpenVINO's
+    compiled-model cache key leaves the precision hint out, so one shared cache made bf16 run the fp32 blob (NaN on an
+    AMX CPU) and fp32 the bf16 one."""
+    images = _images(3, torch_reference.prep.crop_hw[0], seed=3)
+    want = torch_reference.embed_pixels(images).numpy()
+    precisions = ["fp32", "bf16", "fp32"] if cpu_has_bf16() else ["fp32", "fp32"]
+    for precision in precisions:
+        encoder = load_encoder(str(random_model), device="cpu", inference="openvino", precision=precision,
+                               models_dir=tmp_path / "models")
+        got = encoder.embed_pixels(images).numpy()
+        assert np.isfinite(got).all(), precision
+        assert _min_cos(got, want) >= FLOORS[precision][0], precision
+        assert _min_cos(encoder.embed_texts(TEXTS), torch_reference.embed_texts(TEXTS)) >= FLOORS[precision][1]
+
+
+def test_a_backend_that_returns_nan_fails_with_what_to_do_and_returns_nothing(random_model):
+    encoder = load_encoder(str(random_model), device="cpu", inference="torch")
+    real = encoder.towers
+
+    class Broken:  # one NaN value in the second image's embedding, as a miscompiled graph gives
+        def image_embeds(self, pixels):
+            out = real.image_embeds(pixels).clone()
+            out[1, 0] = float("nan")
+            return out
+
+        def text_embeds(self, input_ids, attention_mask):
+            return torch.full_like(real.text_embeds(input_ids, attention_mask), float("inf"))
+
+    encoder.towers = Broken()
+    with pytest.raises(NonFiniteEmbeddingError, match=r"NaN or infinite embeddings for 1 of 3 images.*PRECISION=fp32"):
+        encoder.embed_pixels(_images(3, encoder.prep.crop_hw[0]))
+    with pytest.raises(NonFiniteEmbeddingError, match="for 1 of 1 queries"):
+        encoder.embed_text("a red circle")
+    assert not encoder._queries  # a failed query is not cached
 
 
 def _caption_rankings(encoder) -> list[list[int]]:

@@ -10,6 +10,7 @@ from ingest.backends.base import (
     SUPPORTED,
     Choice,
     ModelUnavailableError,
+    NonFiniteEmbeddingError,
     Towers,
     cpu_threads,
     installed,
@@ -19,8 +20,8 @@ from ingest.backends.export import Exported, TorchTowersForExport, ensure_export
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUPPORTED", "Choice", "ModelUnavailableError", "Towers", "cpu_threads", "installed", "open_towers",
-           "resolve", "TorchTowersForExport"]
+__all__ = ["SUPPORTED", "Choice", "ModelUnavailableError", "NonFiniteEmbeddingError", "Towers", "cpu_threads",
+           "installed", "open_towers", "resolve", "TorchTowersForExport"]
 
 
 def open_towers(choice: Choice, *, model: str, snapshot: str, models_dir: Path, threads: int,
@@ -54,4 +55,10 @@ def _open_exported(choice: Choice, exported: Exported, threads: int) -> Towers:
         return OnnxTowers(exported, choice.precision, threads)
     from ingest.backends.openvino_towers import OpenVinoTowers
 
-    return OpenVinoTowers(exported, choice.precision, threads, exported.folder.parent / "openvino-cache")
+    # One compiled-model cache per precision: OpenVINO's cache key leaves out INFERENCE_PRECISION_HINT (2026.4), so a
+    # bf16 compile would import an f32 blob from a shared folder and run it in bf16: NaN embeddings, seen on AMX.
+    shared = exported.folder.parent / "openvino-cache"
+    for stale in shared.glob("*.blob"):  # left at the top by versions that shared it: never read again
+        stale.unlink(missing_ok=True)
+    cache = shared / choice.precision
+    return OpenVinoTowers(exported, choice.precision, threads, cache)

@@ -45,6 +45,10 @@ class ModelUnavailableError(RuntimeError):
     """The configured checkpoint, backend or precision could not be loaded."""
 
 
+class NonFiniteEmbeddingError(ModelUnavailableError):
+    """A backend returned NaN or infinite embeddings: they are never normalised, stored or searched with."""
+
+
 class Towers(Protocol):
     """The CLIP vision and text towers with their projections, as one backend runs them."""
 
