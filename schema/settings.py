@@ -144,6 +144,17 @@ class Settings(BaseSettings):
     text_max_side: int = Field(
         1280, ge=64, le=8192, description="Longer side, in pixels, of the frames the text expert reads."
     )
+    live_threshold: float = Field(
+        0.27, ge=-1, le=1, description="vidsearch watch: a prompt's event opens when its smoothed cosine reaches this."
+    )
+    live_exit_threshold: float = Field(
+        0.24, ge=-1, le=1, description="vidsearch watch: an open event closes when the smoothed cosine falls below "
+        "this."
+    )
+    live_min_seconds: float = Field(
+        1.0, ge=0, le=3600, description="vidsearch watch: an event stays open at least this long (seconds)."
+    )
+    live_fps: float = Field(2.0, gt=0, le=60, description="vidsearch watch: frames scored per second of each source.")
     speech_segment_seconds: float = Field(
         5.0, ge=1, le=60, description="Longest stretch of transcript stored as one speech segment (split at pauses)."
     )
@@ -217,6 +228,11 @@ class Settings(BaseSettings):
     @property
     def thumbnails_dir(self) -> Path:
         return self.home_dir / "thumbnails"
+
+    @property
+    def live_dir(self) -> Path:
+        """Live watching: the peak frame of every event, per source (live/<source>/...jpg)."""
+        return self.home_dir / "live"
 
     @property
     def milvus_lite_dir(self) -> Path:

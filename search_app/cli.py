@@ -338,6 +338,88 @@ def search(
                 typer.echo(f"{'':>30}{verb} at {clock(m.start)}: {m.text}")
 
 
+@app.command()
+def watch(
+    source: Annotated[str, typer.Argument(help="What FFmpeg opens: rtsp://, rtmp://, srt://, udp://, an HLS or "
+                                                "MJPEG http(s) URL, a V4L2 device (/dev/video0) or a file.")],
+    prompts: Annotated[list[str], typer.Option("--prompt", "-p", help="What to look for (repeatable).")],
+    name: Annotated[str | None, typer.Option(help="The source's name in events (default: from the URL, without "
+                                                  "credentials).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="An event opens when a prompt's smoothed cosine reaches "
+                                                         "this (default VIDSEARCH_LIVE_THRESHOLD).")] = None,
+    exit_threshold: Annotated[float | None, typer.Option(help="It closes when the score falls below this (default "
+                                                              "VIDSEARCH_LIVE_EXIT_THRESHOLD).")] = None,
+    min_seconds: Annotated[float | None, typer.Option(help="An event stays open at least this long (default "
+                                                           "VIDSEARCH_LIVE_MIN_SECONDS).")] = None,
+    fps: Annotated[float | None, typer.Option(help="Frames scored per second (default VIDSEARCH_LIVE_FPS).")] = None,
+    realtime: Annotated[bool, typer.Option("--realtime", help="Play a file at its own pace, as a camera would "
+                                                              "(default: as fast as the model goes).")] = False,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per finished event, a line each, "
+                                                         "and nothing else on stdout.")] = False,
+) -> None:
+    """Watch a live source and report when a prompt is seen, as events with a start, an end and a thumbnail.
+
+    Examples:
+      vidsearch watch rtsp://user:pass@192.168.1.20/stream1 --prompt "a person at the door" --prompt "a delivery van"
+      vidsearch watch doorbell.mp4 --realtime --prompt "a dog" --json
+
+    A network source that drops is retried with backoff; times stay monotonic across reconnects. Ctrl-C, the end
+    of a file or --max-seconds stop it, and an event still open is closed and reported.
+    """
+    from ingest.live import Event, LiveError, Source, Thresholds, Watched, Watcher, watch_prompts
+
+    settings = Settings()
+    try:
+        enter = settings.live_threshold if threshold is None else threshold
+        if exit_threshold is None:  # the configured gap, under whichever threshold applies
+            exit_threshold = enter - (settings.live_threshold - settings.live_exit_threshold)
+        thresholds = Thresholds(enter, exit_threshold,
+                                settings.live_min_seconds if min_seconds is None else min_seconds)
+        rate = settings.live_fps if fps is None else fps
+        if max_seconds is not None and max_seconds <= 0:
+            raise LiveError("--max-seconds must be above 0")
+        runtime = _runtime()
+        encoder = runtime.encoder
+        stop = threading.Event()
+
+        def report(kind: str, event: Event) -> None:
+            if as_json:
+                if kind == "end":
+                    sys.stdout.write(json.dumps(event.as_json(), ensure_ascii=False) + "\n")
+                    sys.stdout.flush()
+                return
+            if kind == "start":
+                typer.echo(f"{event.name}: \"{event.prompt}\" seen at {event.start:.1f} s ({event.peak_score:.3f})")
+            else:
+                typer.echo(f"{event.name}: \"{event.prompt}\" {event.start:.1f}-{event.end:.1f} s, peak "
+                           f"{event.peak_score:.3f}, {event.thumbnail}")
+
+        watcher = Watcher(encoder, settings.live_dir, on_event=report)
+        feed = Source(source, fps=rate, decode_size=encoder.decode_size, realtime=realtime, stop=stop, name=name)
+        watched = watcher.add(Watched(feed, watch_prompts(prompts), thresholds))
+    except LiveError as exc:
+        raise UserError(str(exc)) from exc
+
+    def _stop(*_args: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    typer.echo(f"watching {feed.shown} as {feed.name!r} for {len(watched.prompts)} prompt(s) at {rate:g} frames/s "
+               f"(threshold {thresholds.enter:g}, exit {thresholds.leave:g}, at least {thresholds.min_seconds:g} s); "
+               "Ctrl-C to stop", err=True)
+    try:
+        events = watcher.run(stop, max_seconds)
+    finally:
+        runtime.close()
+    stats = feed.stats
+    typer.echo(f"stopped: {len(events)} event(s); {stats.frames} frames read, {stats.dropped} dropped, "
+               f"{stats.reconnects} reconnect(s)", err=True)
+    if stats.state == "failed":
+        raise UserError(stats.reason or "the source failed")
+
+
 @app.command("list")
 def list_videos(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
