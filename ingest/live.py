@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -44,30 +44,64 @@ class LiveError(Exception):
     """A source that cannot be watched at all (a file that does not open, a bad prompt); str(e) says why."""
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SECRET_KEYS = re.compile(r"(?i)^(pass|pwd|token|key|secret|auth|sig|apikey|api_key|access_token)")
+
+
+def _scheme(url: str) -> str:
+    found = _SCHEME.match(url)
+    return found.group(1).lower() if found else ""
+
+
 def redact(url: str) -> str:
-    """`url` with any password (and user) replaced: safe to log, show and use as a name."""
+    """`url` with its user and password (everything before the last @ ahead of the query, as a password may hold an
+    unescaped / or :) and secret-looking query values (password=, token=, key=, ...) replaced: safe to log and show."""
+    found = _SCHEME.match(url)
+    if not found:
+        return url
+    head, rest = url[: found.end()], url[found.end():]
+    base, sep, query = rest.partition("?")
+    if "@" in base:
+        base = "***@" + base.rsplit("@", 1)[1]
+    if sep:
+        query = "&".join(f"{k}=***" if _SECRET_KEYS.match(k) and v else f"{k}{eq}{v}"
+                         for k, eq, v in (item.partition("=") for item in query.split("&")))
+    return head + base + sep + query
+
+def check_network_url(url: str) -> str:
+    """`url` if it is a network source anyone may add through the web app or the API: rtsp(s), rtmp, srt, udp, http(s)
+    with a host. Files, devices and FFmpeg's own protocols (file:, concat:, subfile:, pipe:, ...) would read the
+    server's disk: those are for `vidsearch watch` on the command line only."""
+    url = url.strip()
+    if not url or any(c.isspace() or ord(c) < 32 for c in url):
+        raise LiveError("the URL is empty or contains spaces or control characters")
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if not parts.scheme or "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+        host = parts.hostname
+    except ValueError as exc:
+        raise LiveError(f"not a URL: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in NETWORK_SCHEMES:
+        raise LiveError(f"only network streams can be added here ({', '.join(NETWORK_SCHEMES)}); "
+                        f"{scheme + ':' if scheme else 'a path'} is not one: files and devices are for "
+                        "`vidsearch watch` on the command line")
+    if not host:
+        raise LiveError(f"the {scheme} URL has no host")
+    return url
 
 
 def is_network(url: str) -> bool:
-    return urlsplit(url).scheme.lower() in NETWORK_SCHEMES
-
+    """A live source: anything with a network scheme, or a capture device. Files and the rest are read to the end."""
+    scheme = _scheme(url)
+    return (scheme in NETWORK_SCHEMES or scheme in ("tcp", "rtp", "rist", "tls", "mmsh", "mmst", "rtmps", "rtmpt")
+            or url.startswith("/dev/"))
 
 def default_name(url: str) -> str:
-    """A short name for a source: a file's stem, else host and path, never credentials."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in NETWORK_SCHEMES:
-        return Path(parts.path or url).stem or "source"
-    host = parts.hostname or "stream"
-    return (host + (f":{parts.port}" if parts.port else "") + parts.path.rstrip("/")) or "stream"
-
+    """A short name for a source: a file's stem, else the host, port and path (no credentials, no query)."""
+    if not _scheme(url):
+        return Path(url).stem or "source"
+    base = redact(url)[len(_scheme(url)) + 3:].partition("?")[0].partition("#")[0]
+    return base.rsplit("@", 1)[-1].rstrip("/")[:128] or "stream"
 
 def slug(name: str) -> str:
     """A name as a folder name: letters, digits, dot, dash and underscore."""
@@ -104,9 +138,11 @@ class Event:
     started_at: str  # ISO 8601, UTC
     ended_at: str | None
     thumbnail: str | None = None  # path of the peak frame's JPEG, under the data folder
+    key: int | None = field(default=None, repr=False)  # the stream's catalog id, when `serve` watches it
 
     def as_json(self) -> dict:
         out = asdict(self)
+        del out["key"]
         out["start"], out["peak_score"] = round(self.start, 2), round(self.peak_score, 4)
         out["end"] = None if self.end is None else round(self.end, 2)
         out["peak_softmax"] = round(self.peak_softmax, 4)
@@ -160,7 +196,7 @@ class PromptTracker:
 @dataclass
 class Frame:
     t: float  # seconds since the source's first frame
-    rgb: np.ndarray  # HxWx3 uint8, at the model's decode size
+    rgb: np.ndarray | None  # HxWx3 uint8 at the model's decode size; None marks where the source was lost
 
 
 @dataclass
@@ -226,8 +262,8 @@ class Source:
                     self._retry(_reason(exc), attempt)
                     attempt += 1
                     continue
-                if not self.network or self.stop.is_set():  # a file ended, or asked to stop
-                    break
+                if not self.network or self.stop.is_set() or _scheme(self.url) in ("http", "https"):
+                    break  # a file, a finished playlist or a file over http ended, or asked to stop
                 self._retry("the stream ended", attempt)
                 attempt += 1
             if self.stats.state != "failed":
@@ -237,6 +273,8 @@ class Source:
 
     def _retry(self, reason: str, attempt: int) -> None:
         wait = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
+        if self._last is not None and attempt == 0:  # what was open ends where the picture was lost, not after
+            self._put_marker(Frame(self._last, None))
         self.stats.state, self.stats.reason = "retrying", reason
         self.stats.reconnects += 1
         log.warning("%s (%s): %s; reconnecting in %.1f s", self.name, self.shown, reason, wait)
@@ -246,7 +284,9 @@ class Source:
         import av
 
         self.stats.state, self.stats.reason = "connecting", None
-        options = {"timeout": str(int(READ_SECONDS * 1e6))} if self.network else {}
+        microseconds = str(int(READ_SECONDS * 1e6))
+        # udp's own read timeout; elsewhere the generic one (rtmp's "timeout" would make it listen for a publisher)
+        options = {} if not self.network else {"timeout" if _scheme(self.url) == "udp" else "rw_timeout": microseconds}
         try:
             container = av.open(self.url, options=options, timeout=(CONNECT_SECONDS, READ_SECONDS))
         except av.error.FileNotFoundError as exc:
@@ -257,6 +297,12 @@ class Source:
             if self.network:
                 raise
             raise LiveError(f"cannot open {self.shown}: not a video FFmpeg can read") from exc
+        except av.error.HTTPClientError as exc:  # 401, 403, 404: asking again will not help
+            raise LiveError(f"cannot open {self.shown}: the server refused it ({exc.strerror})") from exc
+        except OSError as exc:
+            if self.network:
+                raise
+            raise LiveError(f"cannot open {self.shown}: {exc.strerror or exc}") from exc
         with container:
             if not container.streams.video:
                 raise LiveError(f"{self.shown} has no video stream")
@@ -282,7 +328,7 @@ class Source:
                     # clock wrapped): carry on from the last time plus the gap a wall clock saw.
                     gap = time.monotonic() - (self._last_wall or time.monotonic())
                     self._offset, first = self._last + max(gap, 1.0 / self.fps), own
-                    next_t = self._offset
+                    next_t, wall0 = self._offset, time.monotonic()
                     log.info("%s: the stream's timestamps jumped by %.1f s; times continue from %.1f s", self.name,
                              own - previous, self._offset)
                 previous = own
@@ -317,12 +363,15 @@ class Source:
         self.stats.max_queue = max(self.stats.max_queue, self.frames.qsize())
 
     def _put_end(self) -> None:
-        while True:  # the end marker must get in: a file waits for room, a live source (or a stop) makes room
+        self._put_marker(None)
+
+    def _put_marker(self, marker: Frame | None) -> None:
+        while True:  # a marker must get in: a file waits for room, a live source (or a stop) makes room
             try:
                 if self.network or self.realtime or self.stop.is_set():
-                    self.frames.put_nowait(None)
+                    self.frames.put_nowait(marker)
                 else:
-                    self.frames.put(None, timeout=0.2)
+                    self.frames.put(marker, timeout=0.2)
                 return
             except queue.Full:
                 if not (self.network or self.realtime or self.stop.is_set()):
@@ -353,6 +402,7 @@ class Watched:
     source: Source
     prompts: list[str]
     thresholds: Thresholds
+    key: int | None = None  # the catalog's stream id, for a stream `serve` watches
     trackers: list[PromptTracker] = field(default_factory=list)
     vectors: np.ndarray | None = None  # (prompts, dim)
     ended: bool = False
@@ -381,6 +431,25 @@ class Watcher:
         watched.source.start()
         return watched
 
+    def remove(self, watched: Watched) -> None:
+        """Stop watching a source: its open events are closed and reported, its reader stops."""
+        watched.source.stop.set()
+        self._close_all(watched)
+        watched.ended = True
+        self.watched.remove(watched)
+        watched.source.join(CONNECT_SECONDS + READ_SECONDS)
+
+    def step(self, wait: float = 0.02) -> int:
+        """Score what the sources queued (one batch); waits `wait` when nothing was. The frames scored."""
+        batch, closing = self._collect()
+        if batch:
+            self._score(batch)
+        for w in closing:
+            self._close_all(w)
+        if not batch and not closing:
+            time.sleep(wait)
+        return len(batch)
+
     def run(self, stop: threading.Event, max_seconds: float | None = None) -> list[Event]:
         """Score until every source ended, `stop` is set or `max_seconds` passed; open events are closed."""
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
@@ -388,34 +457,37 @@ class Watcher:
             while not stop.is_set() and not all(w.ended for w in self.watched):
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                batch = self._collect()
-                if batch:
-                    self._score(batch)
-                else:
-                    stop.wait(0.02)
+                self.step()
         finally:
-            for w in self.watched:
-                w.source.stop.set()
-            for w in self.watched:
-                self._close_all(w)
-            for w in self.watched:
-                w.source.join(CONNECT_SECONDS + READ_SECONDS)
+            self.close()
         return self.events
 
-    def _collect(self) -> list[tuple[Watched, Frame]]:
+    def close(self) -> None:
+        """Stop every source; open events are closed and reported."""
+        for w in self.watched:
+            w.source.stop.set()
+        for w in self.watched:
+            self._close_all(w)
+        for w in self.watched:
+            w.source.join(CONNECT_SECONDS + READ_SECONDS)
+
+    def _collect(self) -> tuple[list[tuple[Watched, Frame]], list[Watched]]:
+        """(frames to score, sources whose open events close once those are scored: ended, or lost for a while).
+        A source's frames after its marker wait for the next batch, so they never reopen what the marker closes."""
         batch: list[tuple[Watched, Frame]] = []
+        closing: list[Watched] = []
         for w in self.watched:
             while not w.ended and len(batch) < self.batch_size:
                 try:
                     frame = w.source.frames.get_nowait()
                 except queue.Empty:
                     break
-                if frame is None:
-                    w.ended = True
-                    self._close_all(w)
-                else:
-                    batch.append((w, frame))
-        return batch
+                if frame is None or frame.rgb is None:
+                    w.ended = frame is None
+                    closing.append(w)
+                    break
+                batch.append((w, frame))
+        return batch, closing
 
     def _score(self, batch: list[tuple[Watched, Frame]]) -> None:
         import torch
@@ -439,7 +511,7 @@ class Watcher:
 
     def _new_event(self, w: Watched, prompt: str, t: float, score: float, softmax: float) -> Event:
         return Event(source=w.source.shown, name=w.source.name, prompt=prompt, start=t, end=None, peak_score=score,
-                     peak_softmax=softmax, started_at=_now(), ended_at=None)
+                     peak_softmax=softmax, started_at=_now(), ended_at=None, key=w.key)
 
     def _close_all(self, w: Watched) -> None:
         t = self.last_t.get(id(w), 0.0)

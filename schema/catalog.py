@@ -156,6 +156,49 @@ class ExpertRun(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
 
+class Stream(Base):
+    """A live source watched by `serve`'s watcher process (added through the API or the page): its URL (as given, with
+    any credentials: shown only redacted), prompts, thresholds, and the state the watcher last reported."""
+
+    __tablename__ = "streams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(String(128))
+    prompts: Mapped[str] = mapped_column(Text)  # JSON list of strings
+    threshold: Mapped[float] = mapped_column(Float)
+    exit_threshold: Mapped[float] = mapped_column(Float)
+    min_seconds: Mapped[float] = mapped_column(Float)
+    fps: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting, connecting, live, retrying, failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    dropped: Mapped[int] = mapped_column(Integer, default=0)
+    reconnects: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class LiveEvent(Base):
+    """A prompt seen on a stream: written when it starts (`end` empty) and again when it ends."""
+
+    __tablename__ = "live_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stream_id: Mapped[int | None] = mapped_column(ForeignKey("streams.id", ondelete="SET NULL"), index=True)
+    source: Mapped[str] = mapped_column(Text)  # redacted URL
+    name: Mapped[str] = mapped_column(String(128))
+    prompt: Mapped[str] = mapped_column(Text)
+    start: Mapped[float] = mapped_column(Float)  # seconds since the watcher's first frame of the stream
+    end: Mapped[float | None] = mapped_column(Float)
+    peak_score: Mapped[float] = mapped_column(Float)
+    peak_softmax: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    thumbnail: Mapped[str | None] = mapped_column(Text)  # path under the data folder's live/ folder
+    seq: Mapped[int] = mapped_column(Integer, default=0, index=True)  # bumped on every write: what SSE follows
+
+
 class Counter(Base):
     """Named counters. `ready` changes whenever the set of ready videos (or their vectors) may have changed, so a
     search process can tell with one primary-key read whether its in-memory copy of the vectors is current. Its row
@@ -630,6 +673,83 @@ class Catalog:
             )
             return [(job, video) for job, video in rows]
 
+
+    # --- live streams and their events ------------------------------------------------------------------------------
+    def add_stream(self, **fields) -> Stream:
+        with self.sessions.begin() as s:
+            stream = Stream(state="waiting", frames=0, dropped=0, reconnects=0, **fields)  # for the watcher process
+            s.add(stream)
+            s.flush()
+            return stream
+
+    def list_streams(self) -> list[Stream]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Stream).order_by(Stream.id)))
+
+    def get_stream(self, stream_id: int) -> Stream | None:
+        with self.sessions() as s:
+            return s.get(Stream, stream_id)
+
+    def delete_stream(self, stream_id: int) -> Stream | None:
+        """Remove a stream; its events stay (their stream_id becomes empty), with their thumbnails."""
+        with self.sessions.begin() as s:
+            stream = s.get(Stream, stream_id)
+            if stream is not None:
+                s.execute(update(LiveEvent).where(LiveEvent.stream_id == stream_id).values(stream_id=None))
+                s.delete(stream)
+            return stream
+
+    def report_stream(self, stream_id: int, *, state: str, reason: str | None, frames: int, dropped: int,
+                      reconnects: int) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(Stream).where(Stream.id == stream_id).values(
+                state=state, reason=reason, frames=frames, dropped=dropped, reconnects=reconnects, updated_at=utcnow()))
+
+    def start_event(self, **fields) -> int:
+        """Record an event as it starts (no end yet); its id."""
+        with self.sessions.begin() as s:
+            event_row = LiveEvent(seq=_next_seq(s), **fields)
+            s.add(event_row)
+            s.flush()
+            return event_row.id
+
+    def end_event(self, event_id: int, **fields) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(LiveEvent).where(LiveEvent.id == event_id).values(seq=_next_seq(s), **fields))
+
+    def live_events(self, *, since: datetime | None = None, stream_id: int | None = None, after_seq: int | None = None,
+                    limit: int = 1000) -> list[LiveEvent]:
+        """Events that started at or after `since` (newest first), or, with `after_seq`, every event written since
+        (started or ended), in the order they were written."""
+        with self.sessions() as s:
+            query = select(LiveEvent)
+            if since is not None:
+                query = query.where(LiveEvent.started_at >= since)
+            if stream_id is not None:
+                query = query.where(LiveEvent.stream_id == stream_id)
+            if after_seq is not None:
+                query = query.where(LiveEvent.seq > after_seq).order_by(LiveEvent.seq)
+            else:
+                query = query.order_by(LiveEvent.started_at.desc(), LiveEvent.id.desc())
+            return list(s.scalars(query.limit(limit)))
+
+    def live_seq(self) -> int:
+        """The newest event write: where a follower starts."""
+        with self.sessions() as s:
+            return int(s.scalar(select(func.max(LiveEvent.seq))) or 0)
+
+    def remove_live_events(self, before: datetime) -> list[LiveEvent]:
+        """Delete the events that ended before `before` (retention); the removed rows, for their thumbnails."""
+        with self.sessions.begin() as s:
+            rows = list(s.scalars(select(LiveEvent).where(LiveEvent.ended_at.is_not(None),
+                                                          LiveEvent.ended_at < before)))
+            for row in rows:
+                s.delete(row)
+            return rows
+
+
+def _next_seq(s) -> int:
+    return int(s.scalar(select(func.max(LiveEvent.seq))) or 0) + 1
 
 def _worker_gone(lease_seconds: float):
     """A test of (worker name, last renewal) -> whether that worker is gone: its pid is dead on this host, or its

@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     live_min_seconds: float = Field(
         1.0, ge=0, le=3600, description="vidsearch watch: an event stays open at least this long (seconds)."
     )
+    live_retention_days: float = Field(
+        30.0, gt=0, description="Events of the streams serve watches, and their thumbnails, are removed this many days "
+        "after they ended."
+    )
     live_fps: float = Field(2.0, gt=0, le=60, description="vidsearch watch: frames scored per second of each source.")
     speech_segment_seconds: float = Field(
         5.0, ge=1, le=60, description="Longest stretch of transcript stored as one speech segment (split at pauses)."

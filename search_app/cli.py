@@ -402,6 +402,9 @@ def watch(
         raise UserError(str(exc)) from exc
 
     def _stop(*_args: object) -> None:
+        if stop.is_set():  # asked twice: do not wait for a source stuck in a read
+            raise KeyboardInterrupt
+        typer.echo("stopping (open events are closed and reported; Ctrl-C again to quit at once)", err=True)
         stop.set()
 
     signal.signal(signal.SIGINT, _stop)

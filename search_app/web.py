@@ -15,11 +15,13 @@ import gradio as gr
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from ingest.live_service import LiveSupervisor
 from ingest.runtime import Runtime
 from ingest.worker import JobResult, Worker
 from search_app.api import build_api
 from search_app.audio_query import expert_sources
 from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
+from search_app.live_api import LIVE_ROUTE, build_live_api
 from search_app.page import CSS, build_ui
 from search_app.present import MEDIA_ROUTE, THUMBS_ROUTE, experts_summary
 from search_app.slots import ModelSlots
@@ -56,8 +58,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     runtime.settings.thumbnails_dir.mkdir(parents=True, exist_ok=True)
     app.mount(THUMBS_ROUTE, MediaFiles(directory=runtime.settings.thumbnails_dir, follow_symlink=False),
               name="thumbnails")
+    # ... and the peak frames of live events (JPEGs under the data folder's live/).
+    runtime.settings.live_dir.mkdir(parents=True, exist_ok=True)
+    app.mount(LIVE_ROUTE, MediaFiles(directory=runtime.settings.live_dir, follow_symlink=False), name="live")
     # The JSON API under /api, before the Gradio mount at "" takes the rest.
     app.include_router(build_api(runtime, slots, timelines))
+    app.include_router(build_live_api(runtime))
     demo = build_ui(runtime, slots, timelines)
     demo.queue(default_concurrency_limit=4)
     # Gradio's own file routes (/gradio_api/file=...) must never serve anything of the data folder.
@@ -103,6 +109,8 @@ def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True,
     runtime.store.warm()
     stop = threading.Event()
     thread = start_worker_thread(runtime, stop) if with_worker else None
+    # Streams added through the API run in a watcher process of their own, started while there are any.
+    live = LiveSupervisor(runtime.catalog).start()
     app = create_app(runtime)
     s, encoder = runtime.settings, runtime.encoder
     endpoint = s.milvus_uri or f"embedded Milvus Lite in {s.milvus_lite_dir}"
@@ -123,5 +131,6 @@ def serve(runtime: Runtime, host: str, port: int, with_worker: bool = True,
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
     finally:
         stop.set()
+        live.close()
         if thread:
             thread.join(timeout=30)

@@ -120,7 +120,8 @@ def test_the_publisher_restarting_mid_stream_keeps_times_monotonic_and_events_co
     first = start_publisher(port, 4.0, [("red", "circle", 1.0, 3.0)])
     first.wait(timeout=60)
     time.sleep(7)  # longer than the watcher's read timeout: it gives up on the connection and reconnects
-    second = start_publisher(port, 4.0, [("red", "circle", 1.0, 3.0)])  # its clock starts at 0 again
+    # its clock starts at 0 again; the circle comes late enough that a slow start of this process loses nothing
+    second = start_publisher(port, 6.0, [("red", "circle", 2.5, 4.5)])
     second.wait(timeout=60)
     time.sleep(6)
     proc.send_signal(2)
@@ -171,6 +172,11 @@ def test_a_password_in_the_url_is_never_shown(tiny_model, tmp_path):
     assert redact("udp://127.0.0.1:5000") == "udp://127.0.0.1:5000" and redact("clip.mp4") == "clip.mp4"
     assert default_name("rtsp://admin:s3cret@10.0.0.2:554/stream1") == "10.0.0.2:554/stream1"
     assert default_name("/videos/door.mp4") == "door"
+    # a password with an unescaped / or :, a scheme not in the list, secrets in the query
+    assert redact("rtsp://admin:pa/ss:x@cam:554/s") == "rtsp://***@cam:554/s"
+    assert default_name("tcp://user:pass@10.0.0.2:1234") == "10.0.0.2:1234"
+    assert redact("https://cam/live.m3u8?user=me&password=hunter2&token=abc&q=1") == \
+        "https://cam/live.m3u8?user=me&password=***&token=***&q=1"
     # nothing answers here: the watcher retries, and says so, for as long as it runs
     proc = _watch(tmp_path / "home", tiny_model, f"udp://viewer:s3cret@127.0.0.1:{_port()}?timeout=1000000",
                   "--max-seconds", "4")
@@ -224,3 +230,22 @@ def test_a_file_is_read_whole_without_drops_and_times_follow_its_timestamps(tiny
         time.sleep(0.05)  # a slow model: a file waits for it
     assert source.stats.dropped == 0 and source.stats.state == "ended"
     assert times == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5], abs=0.06), times
+
+
+def test_a_file_that_ends_while_the_prompt_is_seen_gives_one_event_closed_at_its_end(tiny_model, thresholds,
+                                                                                      tmp_path):
+    from ingest.live import Watched, Watcher
+    from tests.videos import write_video
+
+    enter, leave = thresholds
+    frames = [render_frame("red", "circle", SIZE, jitter=i % 7) if i >= 10 else np.zeros((SIZE, SIZE, 3), np.uint8)
+              for i in range(40)]  # black for 1 s, then the circle until the end at 4 s
+    clip = write_video(tmp_path / "ends.mp4", frames, fps=10)
+    encoder = load_encoder(str(tiny_model), device="cpu", inference="torch")
+    watcher = Watcher(encoder, tmp_path / "live")
+    watcher.add(Watched(Source(str(clip), fps=10, decode_size=encoder.decode_size), [PROMPT],
+                        Thresholds(enter, leave, 0.5)))
+    events = watcher.run(threading.Event())
+    assert len(events) == 1, events
+    assert abs(events[0].start - 1.0) <= 0.5 and events[0].end == pytest.approx(3.9, abs=0.11), events
+    assert Path(events[0].thumbnail).is_file()

@@ -171,12 +171,13 @@ def test_catalog_that_gained_tag_by_hand_is_stamped_not_altered(db_url):
     finally:
         catalog.close()
     # Up to 0003 nothing was altered; later revisions only added what they add (0004: two columns of jobs; 0005:
-    # the expert_runs table).
+    # the expert_runs table; 0006: streams and live_events).
     after = layout(db_url)
     added = {("crashes", "INTEGER", False), ("suspect", "BOOLEAN", False)}
     assert set(after["jobs"][0]) - set(before_layout["jobs"][0]) == added
-    assert set(after) - set(before_layout) == {"expert_runs"}
-    same = {name: table for name, table in after.items() if name not in ("jobs", "expert_runs")}
+    assert set(after) - set(before_layout) == {"expert_runs", "streams", "live_events"}
+    same = {name: table for name, table in after.items() if name not in ("jobs", "expert_runs", "streams",
+                                                                         "live_events")}
     assert same == {name: table for name, table in before_layout.items() if name != "jobs"}
     assert after["jobs"][1] == before_layout["jobs"][1]
     assert rows(db_url) == before_rows
@@ -208,7 +209,7 @@ def test_fresh_catalog(db_url):
         assert catalog.ready_generation() == 0 and catalog.list_videos() == []
     finally:
         catalog.close()
-    assert set(layout(db_url)) == {"videos", "jobs", "counters", "expert_runs"}
+    assert set(layout(db_url)) == {"videos", "jobs", "counters", "expert_runs", "streams", "live_events"}
     assert ready_counter(db_url) == [0] and current(db_url) == head()
     again = Catalog(db_url)
     try:
