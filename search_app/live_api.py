@@ -22,6 +22,7 @@ from starlette.responses import StreamingResponse
 from ingest.live import LiveError, Thresholds, check_network_url, default_name, redact, watch_prompts
 from ingest.runtime import Runtime
 from schema.catalog import LiveEvent, Stream
+from search_app.api import _errors, _route_class
 
 LIVE_ROUTE = "/live-media"  # event thumbnails (the data folder's live/), served like /thumbnails
 POLL_SECONDS = 0.5  # how often an event stream looks for new writes
@@ -29,6 +30,7 @@ KEEPALIVE_SECONDS = 15.0
 MAX_PROMPTS = 16
 
 StreamId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+
 
 
 class StreamIn(BaseModel):
@@ -117,7 +119,9 @@ def _since(value: str | None) -> datetime | None:
 
 
 def build_live_api(runtime: Runtime) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["live"])
+    # The API's own route class: the same body limits, and every error as {"detail": one sentence}.
+    router = APIRouter(prefix="/api", tags=["live"], route_class=_route_class(runtime.settings.max_upload_mb),
+                       responses=_errors(422, 503))
     settings, catalog = runtime.settings, runtime.catalog
 
     @router.post("/streams", response_model=StreamOut, status_code=201, summary="Watch a live stream for prompts",
@@ -147,8 +151,8 @@ def build_live_api(runtime: Runtime) -> APIRouter:
     def list_streams() -> StreamList:
         return StreamList(streams=[stream_out(s) for s in catalog.list_streams()])
 
-    @router.delete("/streams/{stream_id}", response_model=StreamOut, summary="Stop watching a stream (its events "
-                   "stay)")
+    @router.delete("/streams/{stream_id}", response_model=StreamOut, responses=_errors(404),
+                   summary="Stop watching a stream (its events stay)")
     def delete_stream(stream_id: StreamId) -> StreamOut:
         stream = catalog.delete_stream(stream_id)
         if stream is None:
