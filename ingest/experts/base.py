@@ -35,6 +35,36 @@ class TextSegment:
     language: str | None = None
 
 
+PAUSE_SECONDS = 0.7  # a gap between spoken words longer than this starts a new segment
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognised word, `start` to `end` seconds on the video's timeline."""
+
+    start: float
+    end: float
+    text: str
+
+
+def group_words(words: list[Word], max_seconds: float, pause: float = PAUSE_SECONDS) -> list[TextSegment]:
+    """Consecutive words as segments of at most `max_seconds`, a new one after any pause longer than `pause`."""
+    segments: list[TextSegment] = []
+    current: list[Word] = []
+    for word in words:
+        if current and (word.start - current[-1].end > pause or word.end - current[0].start > max_seconds):
+            segments.append(_segment(current))
+            current = []
+        current.append(word)
+    if current:
+        segments.append(_segment(current))
+    return segments
+
+
+def _segment(words: list[Word]) -> TextSegment:
+    return TextSegment(words[0].start, words[-1].end, " ".join(w.text for w in words))
+
+
 @dataclass(frozen=True)
 class VectorSegment:
     """What a dense expert (audio) found in one stretch of the video: an L2-normalised embedding of `start` to

@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ingest.audio import Audio, pcm16
-from ingest.experts.base import AudioInput, Expert, ExpertUnavailable, TextSegment
+from ingest.experts.base import AudioInput, Expert, ExpertUnavailable, TextSegment, Word, group_words
 
 if TYPE_CHECKING:
     from pocketsphinx import Decoder
@@ -36,19 +35,10 @@ RATE = 16000  # the rate the wheel's acoustic model was trained at
 FRAMES_PER_SECOND = 100  # pocketsphinx's default -frate: seg() times are in 10 ms frames
 PAD_SECONDS = 0.3  # decoded either side of a speech stretch: the endpointer's edges can clip a word's onset or tail
 MAX_CHUNK_SECONDS = 30.0  # the longest stretch decoded as one utterance (search cost and memory grow with it)
-PAUSE_SECONDS = 0.7  # a gap between words longer than this starts a new segment
 VAD_BLOCK_SECONDS = 60.0  # audio converted to PCM for the endpointer a block at a time, not the whole track at once
 _NOT_WORDS = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+)$")  # <s>, </s>, <sil>, [NOISE], ++NOISE++: fillers, not speech
 _ALTERNATE = re.compile(r"\(\d+\)$")  # "on(2)": the dictionary's second pronunciation of "on"
 
-
-@dataclass(frozen=True)
-class Word:
-    """One recognised word, `start` to `end` seconds on the video's timeline."""
-
-    start: float
-    end: float
-    text: str
 
 
 def speech_spans(samples: np.ndarray, rate: int = RATE, *, pad: float = PAD_SECONDS,
@@ -118,24 +108,6 @@ def decode_words(decoder: Decoder, samples: np.ndarray, spans: list[tuple[int, i
             start, end = offset + seg.start_frame / FRAMES_PER_SECOND, offset + (seg.end_frame + 1) / FRAMES_PER_SECOND
             words.append(Word(round(start, 2), round(end, 2), _ALTERNATE.sub("", seg.word)))
     return words
-
-
-def group_words(words: list[Word], max_seconds: float, pause: float = PAUSE_SECONDS) -> list[TextSegment]:
-    """Consecutive words as segments of at most `max_seconds`, a new one after any pause longer than `pause`."""
-    segments: list[TextSegment] = []
-    current: list[Word] = []
-    for word in words:
-        if current and (word.start - current[-1].end > pause or word.end - current[0].start > max_seconds):
-            segments.append(_segment(current))
-            current = []
-        current.append(word)
-    if current:
-        segments.append(_segment(current))
-    return segments
-
-
-def _segment(words: list[Word]) -> TextSegment:
-    return TextSegment(words[0].start, words[-1].end, " ".join(w.text for w in words))
 
 
 class SpeechExpert(Expert):

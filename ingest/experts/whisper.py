@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.experts.base import TextSegment
+from ingest.experts.base import TextSegment, Word, group_words
 
 if TYPE_CHECKING:
     import torch
@@ -140,8 +140,6 @@ def _words(tokenizer, tokens: list[int], times: list[float], end: float, text_be
 def place_words(piece: Piece, offset: float, length: float, max_seconds: float) -> list[TextSegment]:
     """A segment's words on the track (shifted by the chunk's `offset`, clipped to its `length`; a word that starts
     past the chunk's end is dropped), grouped into segments of at most `max_seconds` with the segment's language."""
-    from ingest.experts.speech import Word, group_words
-
     kept = []
     for start, end, text in piece.words:
         if start >= length:
