@@ -20,6 +20,7 @@ from schema.units import clock
 from schema.vectors import VectorStoreError
 from search_app import fusion
 from search_app.audio_query import expert_sources
+from search_app.live_page import LIVE_CSS, build_live_tab
 from search_app.moments import Moment, Timeline
 from search_app.present import fragment, media_url, span, thumbnail_url
 from search_app.search import QueryError, SearchResult, search_text
@@ -73,6 +74,7 @@ EXPERT_BANDS = {"appearance": "#93c5fd", "speech": "#c4b5fd", "text": "#5eead4",
 # Timeline: a top moment is a wide translucent band behind its line, so the line stays visible.
 CSS += ", ".join(f'#timeline-plot .mark-line path[stroke="{c}"]' for c in [*MOMENT_COLORS, *EXPERT_BANDS.values()]
                  ) + " { stroke-width: 10px; stroke-opacity: 0.35; }\n"
+CSS += LIVE_CSS
 # Clicking a moment plays the card's (or the timeline's) player from that moment: the src gets a media fragment
 # (#t=start,end), which every browser honours. One delegated listener per HTML component, installed once.
 MOMENT_CLICK_JS = """
@@ -713,16 +715,21 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
                 state = {"video_id": video.id, "moments": [vars(m) for m in moments],
                          "y_lim": timeline_y_range(timeline.scores), "colors": timeline_colors(len(moments)),
                          "y_title": "similarity", "label": "Similarity over time", "query": text}
-            return (gr.update(value=timeline_frame(timeline), visible=True),
-                    timeline_player(runtime, video, moments, query=text), state)
+            frame = timeline_frame(timeline)
+            state["rows"] = frame.to_dict("records")
+            return (gr.update(value=frame, visible=True), timeline_player(runtime, video, moments, query=text), state)
 
         def plot_axes(state):
             """The plot's y range and colors, set after its data: Gradio 6's plot, given both at once, redraws with
-            the old data (the new spec's redraw races the in-place data update)."""
+            the old data (the new spec's redraw races the in-place data update). The data is sent again with them:
+            whichever of the two lands last, the plot has this data and these colours (under load the colours were
+            seen lost when only the axes came second)."""
             if not state:
                 return gr.skip()
-            return gr.update(y_lim=state["y_lim"], color_map=state["colors"], y_title=state["y_title"],
-                             label=state["label"])
+            import pandas as pd
+
+            return gr.update(value=pd.DataFrame(state["rows"]), y_lim=state["y_lim"], color_map=state["colors"],
+                             y_title=state["y_title"], label=state["label"])
 
         def do_plot_select(state, evt: gr.SelectData):
             """A drag across the plot selects a time range: play it."""
@@ -732,6 +739,9 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
             start, end = sorted(max(0.0, float(x)) for x in evt.index[:2])
             return timeline_player(runtime, video, [Moment(**m) for m in state["moments"]], start, end,
                                    state.get("query", ""))
+
+        with gr.Tab("Live"):
+            build_live_tab(runtime, slots)
 
         # Gradio's queue limits only bound how many of the page's events are in flight (and show the others their
         # place in the queue); the model work inside them takes the app's ModelSlots, shared with the API.
