@@ -138,6 +138,7 @@ class Event:
     started_at: str  # ISO 8601, UTC
     ended_at: str | None
     thumbnail: str | None = None  # path of the peak frame's JPEG, under the data folder
+    clip: str | None = None  # with recording: the clip's file (it enters the library once written)
     key: int | None = field(default=None, repr=False)  # the stream's catalog id, when `serve` watches it
 
     def as_json(self) -> dict:
@@ -197,6 +198,7 @@ class PromptTracker:
 class Frame:
     t: float  # seconds since the source's first frame
     rgb: np.ndarray | None  # HxWx3 uint8 at the model's decode size; None marks where the source was lost
+    wall: float = 0.0  # time.monotonic() when it was decoded: how long it waited is measured from here
 
 
 @dataclass
@@ -214,10 +216,11 @@ class Source:
 
     def __init__(self, url: str, *, fps: float, decode_size: Callable[[int, int], tuple[int, int]],
                  realtime: bool = False, stop: threading.Event | None = None, name: str | None = None,
-                 queue_frames: int = QUEUE_FRAMES) -> None:
+                 queue_frames: int = QUEUE_FRAMES, recorder=None) -> None:
         if fps <= 0:
             raise LiveError("--fps must be above 0")
         self.url, self.fps, self.decode_size, self.realtime = url, fps, decode_size, realtime
+        self.recorder = recorder  # ingest.live_record.Recorder: event clips from the packets
         self.shown = redact(url)
         self.name = name or default_name(url)
         self.network = is_network(url)
@@ -315,7 +318,9 @@ class Source:
                 self._offset = self._last + max(gap, 1.0 / self.fps)
             next_t = self._offset
             previous: float | None = None
-            for decoded in container.decode(stream):
+            if self.recorder is not None:
+                self.recorder.connect(stream)
+            for decoded in self._decoded(container, stream):
                 if self.stop.is_set():
                     return
                 own = decoded.time if decoded.time is not None else time.monotonic() - wall0
@@ -343,7 +348,20 @@ class Source:
                 h, w = self.decode_size(decoded.height, decoded.width)
                 rgb = decoded.to_ndarray(format="rgb24", width=w, height=h)
                 self._last, self._last_wall = t, time.monotonic()
-                yield Frame(t, rgb)
+                yield Frame(t, rgb, self._last_wall)
+
+    def _decoded(self, container, stream) -> Iterator:
+        """The stream's frames; with a recorder, each packet is handed to it once decoded (muxing consumes it)."""
+        if self.recorder is None:
+            yield from container.decode(stream)
+            return
+        try:
+            for packet in container.demux(stream):
+                frames = packet.decode()
+                self.recorder.packet(packet)
+                yield from frames
+        finally:
+            self.recorder.close()
 
     def _hand_over(self, frame: Frame) -> None:
         if self.network or self.realtime:
@@ -418,7 +436,7 @@ class Watcher:
 
     def __init__(self, encoder, thumbnails: Path, *, batch_size: int = 16,
                  on_event: Callable[[str, Event], None] | None = None,
-                 on_scores: Callable[[Watched, float, np.ndarray], None] | None = None) -> None:
+                 on_scores: Callable[[Watched, Frame, np.ndarray], None] | None = None) -> None:
         self.encoder, self.thumbnails, self.batch_size = encoder, thumbnails, batch_size
         self.on_event, self.on_scores = on_event, on_scores
         self.watched: list[Watched] = []
@@ -500,14 +518,17 @@ class Watcher:
             softmax = np.exp(logits) / np.exp(logits).sum()
             self.last_t[id(w)] = frame.t
             if self.on_scores is not None:
-                self.on_scores(w, frame.t, scores)
+                self.on_scores(w, frame, scores)
             for tracker, score, share in zip(w.trackers, scores, softmax, strict=True):
                 started, ended = tracker.update(frame.t, float(score), float(share), frame.rgb,
                                                 lambda p, t, s, sm, w=w: self._new_event(w, p, t, s, sm))
-                if started is not None and self.on_event is not None:
-                    self.on_event("start", started)
+                if started is not None:
+                    if w.source.recorder is not None:
+                        started.clip = str(w.source.recorder.start())
+                    if self.on_event is not None:
+                        self.on_event("start", started)
                 if ended is not None:
-                    self._finish(ended)
+                    self._finish(ended, w)
 
     def _new_event(self, w: Watched, prompt: str, t: float, score: float, softmax: float) -> Event:
         return Event(source=w.source.shown, name=w.source.name, prompt=prompt, start=t, end=None, peak_score=score,
@@ -517,9 +538,9 @@ class Watcher:
         t = self.last_t.get(id(w), 0.0)
         for tracker in w.trackers:
             if (done := tracker.close(t)) is not None:
-                self._finish(done)
+                self._finish(done, w)
 
-    def _finish(self, done: _Open) -> None:
+    def _finish(self, done: _Open, w: Watched) -> None:
         from ingest.thumbnails import jpeg_thumbnail
 
         event = done.event
@@ -529,6 +550,8 @@ class Watcher:
         path = folder / f"{event.started_at[:19].replace(':', '')}-{uuid.uuid4().hex[:8]}.jpg"
         path.write_bytes(jpeg_thumbnail(done.peak_frame))
         event.thumbnail = str(path)
+        if w.source.recorder is not None and event.clip is not None:
+            w.source.recorder.stop()
         self.events.append(event)
         if self.on_event is not None:
             self.on_event("end", event)

@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import threading
 import time
+from collections import deque
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ingest.live import Event, Source, Thresholds, Watched, Watcher
+import numpy as np
+
+from ingest.live import Event, Frame, Source, Thresholds, Watched, Watcher
 from schema.catalog import Catalog, Stream, utcnow
 from schema.settings import Settings
 
@@ -22,10 +26,59 @@ log = logging.getLogger(__name__)
 SYNC_SECONDS = 1.0  # how often the process reads the catalog's streams and writes their state
 RETENTION_CHECK_SECONDS = 3600.0
 RESTART_SECONDS = (1.0, 5.0, 30.0)  # between restarts of a watcher process that died
+SCORE_SECONDS = 180.0  # how much of each stream's score history the page's chart gets
+
+
+def scores_path(settings: Settings, stream_id: int) -> Path:
+    """Where the watcher process leaves a stream's recent scores for the page (rewritten every second)."""
+    return settings.live_dir / "scores" / f"{int(stream_id)}.json"
+
+
+def read_scores(settings: Settings, stream_id: int) -> dict | None:
+    """{"prompts", "threshold", "exit_threshold", "points": [[t, [score per prompt]], ...]}, or None."""
+    try:
+        return json.loads(scores_path(settings, stream_id).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
+
+
+def add_stream(catalog: Catalog, settings: Settings, url: str, prompts: list[str], *, name: str | None = None,
+               threshold: float | None = None, exit_threshold: float | None = None, min_seconds: float | None = None,
+               fps: float | None = None, record: bool = False) -> Stream:
+    """A stream for the watcher process, as the API and the page add it: a network URL only, prompts cleaned, the
+    settings' defaults for what is not given (an exit threshold keeps the configured gap under a new threshold).
+    Raises LiveError with what is wrong."""
+    from ingest.live import LiveError, check_network_url, default_name, watch_prompts
+
+    url = check_network_url(url)
+    prompts = [p for p in watch_prompts(prompts) if p]
+    if not prompts:
+        raise LiveError("give at least one prompt")
+    enter = settings.live_threshold if threshold is None else threshold
+    leave = enter - (settings.live_threshold - settings.live_exit_threshold) if exit_threshold is None \
+        else exit_threshold
+    th = Thresholds(enter, leave, settings.live_min_seconds if min_seconds is None else min_seconds)
+    return catalog.add_stream(url=url, name=(name or "").strip() or default_name(url), prompts=json.dumps(prompts),
+                              threshold=th.enter, exit_threshold=th.leave, min_seconds=th.min_seconds,
+                              fps=settings.live_fps if fps is None else fps, record=record)
+
+
+def clip_recorder(catalog: Catalog, settings: Settings, name: str):
+    """A Recorder whose clips enter the library through the normal ingest path, tagged with the source's name."""
+    from ingest.library import enqueue_file
+    from ingest.live import slug
+    from ingest.live_record import Recorder
+
+    tag = slug(name)[:64]
+
+    def add(path: Path) -> None:
+        enqueue_file(catalog, settings, path, title=f"{name} {path.stem}", tag=tag, move=True)
+
+    return Recorder(settings.live_dir / slug(name) / "clips", add)
 
 
 class LiveService:
@@ -33,8 +86,9 @@ class LiveService:
 
     def __init__(self, settings: Settings, catalog: Catalog, encoder) -> None:
         self.settings, self.catalog = settings, catalog
-        self.watcher = Watcher(encoder, settings.live_dir, on_event=self._on_event)
+        self.watcher = Watcher(encoder, settings.live_dir, on_event=self._on_event, on_scores=self._on_scores)
         self.running: dict[int, Watched] = {}
+        self.history: dict[int, deque] = {}  # stream id -> (t, scores) of the last SCORE_SECONDS
         self._ids: dict[int, int] = {}  # id(Event) -> its catalog row
         self._last_retention = 0.0
 
@@ -44,6 +98,8 @@ class LiveService:
         for key in [k for k in self.running if k not in streams]:
             log.info("stream %d removed: stopping it", key)
             self.watcher.remove(self.running.pop(key))
+            self.history.pop(key, None)
+            scores_path(self.settings, key).unlink(missing_ok=True)
         for key, stream in streams.items():
             if key not in self.running:
                 self.running[key] = self.watcher.add(self._watched(stream))
@@ -51,7 +107,9 @@ class LiveService:
                          len(self.running[key].prompts))
 
     def _watched(self, stream: Stream) -> Watched:
-        source = Source(stream.url, fps=stream.fps, decode_size=self.watcher.encoder.decode_size, name=stream.name)
+        recorder = clip_recorder(self.catalog, self.settings, stream.name) if stream.record else None
+        source = Source(stream.url, fps=stream.fps, decode_size=self.watcher.encoder.decode_size, name=stream.name,
+                        recorder=recorder)
         return Watched(source, json.loads(stream.prompts),
                        Thresholds(stream.threshold, stream.exit_threshold, stream.min_seconds), key=stream.id)
 
@@ -60,6 +118,24 @@ class LiveService:
             st = w.source.stats
             self.catalog.report_stream(key, state=st.state, reason=st.reason, frames=st.frames, dropped=st.dropped,
                                        reconnects=st.reconnects)
+            self._write_scores(key, w)
+
+    def _on_scores(self, w: Watched, frame: Frame, scores: np.ndarray) -> None:
+        if w.key is None:
+            return
+        t = frame.t
+        points = self.history.setdefault(w.key, deque())
+        points.append((round(t, 2), [round(float(x), 4) for x in scores]))
+        while points and points[0][0] < t - SCORE_SECONDS:
+            points.popleft()
+
+    def _write_scores(self, key: int, w: Watched) -> None:
+        path = scores_path(self.settings, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"prompts": w.prompts, "threshold": w.thresholds.enter,
+                                   "exit_threshold": w.thresholds.leave, "points": list(self.history.get(key, ()))}))
+        tmp.replace(path)  # the page never reads half a file
 
     def _on_event(self, kind: str, event: Event) -> None:
         if kind == "start":

@@ -170,6 +170,7 @@ class Stream(Base):
     exit_threshold: Mapped[float] = mapped_column(Float)
     min_seconds: Mapped[float] = mapped_column(Float)
     fps: Mapped[float] = mapped_column(Float)
+    record: Mapped[bool] = mapped_column(Boolean, default=False)  # each event's clip goes into the library
     state: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting, connecting, live, retrying, failed
     reason: Mapped[str | None] = mapped_column(Text)
     frames: Mapped[int] = mapped_column(Integer, default=0)

@@ -355,6 +355,9 @@ def watch(
     realtime: Annotated[bool, typer.Option("--realtime", help="Play a file at its own pace, as a camera would "
                                                               "(default: as fast as the model goes).")] = False,
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    record: Annotated[bool, typer.Option("--record", help="Keep each event as a clip (from 5 s before to 3 s "
+                                                          "after, remuxed, not re-encoded) and add it to the "
+                                                          "library, tagged with the source's name.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per finished event, a line each, "
                                                          "and nothing else on stdout.")] = False,
 ) -> None:
@@ -367,7 +370,8 @@ def watch(
     A network source that drops is retried with backoff; times stay monotonic across reconnects. Ctrl-C, the end
     of a file or --max-seconds stop it, and an event still open is closed and reported.
     """
-    from ingest.live import Event, LiveError, Source, Thresholds, Watched, Watcher, watch_prompts
+    from ingest.live import Event, LiveError, Source, Thresholds, Watched, Watcher, default_name, slug, watch_prompts
+    from ingest.live_service import clip_recorder
 
     settings = Settings()
     try:
@@ -396,7 +400,9 @@ def watch(
                            f"{event.peak_score:.3f}, {event.thumbnail}")
 
         watcher = Watcher(encoder, settings.live_dir, on_event=report)
-        feed = Source(source, fps=rate, decode_size=encoder.decode_size, realtime=realtime, stop=stop, name=name)
+        recorder = clip_recorder(runtime.catalog, settings, name or default_name(source)) if record else None
+        feed = Source(source, fps=rate, decode_size=encoder.decode_size, realtime=realtime, stop=stop, name=name,
+                      recorder=recorder)
         watched = watcher.add(Watched(feed, watch_prompts(prompts), thresholds))
     except LiveError as exc:
         raise UserError(str(exc)) from exc
@@ -419,6 +425,9 @@ def watch(
     stats = feed.stats
     typer.echo(f"stopped: {len(events)} event(s); {stats.frames} frames read, {stats.dropped} dropped, "
                f"{stats.reconnects} reconnect(s)", err=True)
+    if recorder is not None:
+        typer.echo(f"{len(recorder.clips)} clip(s) queued for the library, tagged {slug(feed.name)[:64]!r} (a "
+                   "running `vidsearch serve` or `vidsearch worker` ingests them)", err=True)
     if stats.state == "failed":
         raise UserError(stats.reason or "the source failed")
 
@@ -642,6 +651,9 @@ def bench(
     folder: Annotated[Path | None, typer.Option(help="Measure on these videos instead of a generated corpus.")] = None,
     search_only: Annotated[str | None, typer.Option(
         "--search-only", help="Only the search step, at these comma-separated sizes (e.g. 100000,1000000).")] = None,
+    live: Annotated[bool, typer.Option("--live", help="Only live watching: UDP streams on 127.0.0.1, 1 and 4 at "
+                                                      "once, and one fed too fast for 10 minutes (1 with --quick).")
+                    ] = False,
 ) -> None:
     """Measure ingestion and search against a naive baseline and ceilings, all in the same run.
 
@@ -649,6 +661,17 @@ def bench(
     """
     from search_app.bench import format_search, format_table, run, run_search_only
 
+    if live:
+        from search_app.bench_live import format_live, run_live
+
+        report = run_live(Settings(), quick=quick, model=model,
+                          progress=lambda msg: typer.echo(f"[bench] {msg}", err=True))
+        if as_json:
+            _out(report)
+        else:
+            for line in format_live(report):
+                typer.echo(line)
+        return
     if search_only:
         try:
             sizes = tuple(int(n) for n in search_only.split(","))

@@ -19,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from ingest.live import LiveError, Thresholds, check_network_url, default_name, redact, watch_prompts
+from ingest.live import LiveError, redact
+from ingest.live_service import add_stream
 from ingest.runtime import Runtime
 from schema.catalog import LiveEvent, Stream
 from search_app.api import _errors, _route_class
@@ -43,6 +44,7 @@ class StreamIn(BaseModel):
                                          "configured gap.")
     min_seconds: float | None = Field(None, ge=0, le=3600)
     fps: float | None = Field(None, gt=0, le=30)
+    record: bool = Field(False, description="Keep each event as a clip in the library, tagged with the name.")
 
 
 class StreamOut(BaseModel):
@@ -54,6 +56,7 @@ class StreamOut(BaseModel):
     exit_threshold: float
     min_seconds: float
     fps: float
+    record: bool
     state: str = Field(description="waiting (for the watcher process), connecting, live, retrying (with the reason), "
                        "failed (with the reason) or ended.")
     reason: str | None
@@ -93,8 +96,8 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def stream_out(s: Stream) -> StreamOut:
     return StreamOut(id=s.id, url=redact(s.url), name=s.name, prompts=json.loads(s.prompts), threshold=s.threshold,
-                     exit_threshold=s.exit_threshold, min_seconds=s.min_seconds, fps=s.fps, state=s.state,
-                     reason=s.reason, frames=s.frames, dropped=s.dropped, reconnects=s.reconnects,
+                     exit_threshold=s.exit_threshold, min_seconds=s.min_seconds, fps=s.fps, record=s.record,
+                     state=s.state, reason=s.reason, frames=s.frames, dropped=s.dropped, reconnects=s.reconnects,
                      created_at=_utc(s.created_at), updated_at=_utc(s.updated_at))
 
 
@@ -127,24 +130,13 @@ def build_live_api(runtime: Runtime) -> APIRouter:
     @router.post("/streams", response_model=StreamOut, status_code=201, summary="Watch a live stream for prompts",
                  description="serve's watcher process starts on it within a second. Only network URLs; a file, a "
                  "device or an FFmpeg protocol such as concat: is a 422 (they are for `vidsearch watch`).")
-    def add_stream(body: StreamIn) -> StreamOut:
+    def add_stream_route(body: StreamIn) -> StreamOut:
         try:
-            url = check_network_url(body.url)
-            enter = settings.live_threshold if body.threshold is None else body.threshold
-            leave = body.exit_threshold
-            if leave is None:
-                leave = enter - (settings.live_threshold - settings.live_exit_threshold)
-            thresholds = Thresholds(enter, leave, settings.live_min_seconds if body.min_seconds is None
-                                    else body.min_seconds)
+            stream = add_stream(catalog, settings, body.url, body.prompts, name=body.name, threshold=body.threshold,
+                                exit_threshold=body.exit_threshold, min_seconds=body.min_seconds, fps=body.fps,
+                                record=body.record)
         except LiveError as exc:
             raise HTTPException(422, str(exc)) from None
-        prompts = watch_prompts(body.prompts)
-        if any(not p for p in prompts):
-            raise HTTPException(422, "a prompt is empty")
-        stream = catalog.add_stream(url=url, name=body.name or default_name(url), prompts=json.dumps(prompts),
-                                    threshold=thresholds.enter, exit_threshold=thresholds.leave,
-                                    min_seconds=thresholds.min_seconds,
-                                    fps=settings.live_fps if body.fps is None else body.fps)
         return stream_out(stream)
 
     @router.get("/streams", response_model=StreamList, summary="The streams watched, with their state")

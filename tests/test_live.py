@@ -84,7 +84,8 @@ def test_a_shape_seen_from_4_to_8_s_on_a_udp_stream_is_one_event_with_its_times(
     assert len(events) == 1, (events, err)
     event = events[0]
     assert set(event) == {"source", "name", "prompt", "start", "end", "peak_score", "peak_softmax", "started_at",
-                          "ended_at", "thumbnail"}
+                          "ended_at", "thumbnail", "clip"}
+    assert event["clip"] is None  # no --record
     # seconds since the watcher's first decoded frame: the publisher's 0 s, give or take its first keyframe
     assert abs(event["start"] - 4.0) <= 1.0 and abs(event["end"] - 8.0) <= 1.0, event
     assert event["peak_score"] >= enter and event["prompt"] == PROMPT and event["name"] == f"127.0.0.1:{port}"
@@ -249,3 +250,43 @@ def test_a_file_that_ends_while_the_prompt_is_seen_gives_one_event_closed_at_its
     assert len(events) == 1, events
     assert abs(events[0].start - 1.0) <= 0.5 and events[0].end == pytest.approx(3.9, abs=0.11), events
     assert Path(events[0].thumbnail).is_file()
+
+
+@pytest.mark.slow
+def test_record_puts_the_events_clip_into_the_library_where_search_finds_it(tiny_model, thresholds, tmp_path):
+    from ingest.runtime import Runtime
+    from ingest.worker import Worker
+    from schema.settings import Settings
+
+    enter, leave = thresholds
+    home, port = tmp_path / "home", _port()
+    proc = subprocess.Popen([*vidsearch_cmd(), "watch", _url(port), "--prompt", PROMPT, "--json", "--record",
+                             "--name", "porch", "--fps", "5", "--threshold", f"{enter:.4f}", "--exit-threshold",
+                             f"{leave:.4f}", "--min-seconds", "0.5", "--max-seconds", "30"],
+                            env=cli_env(home, tiny_model), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_watching(proc)
+    time.sleep(0.5)
+    start_publisher(port, 14.0, [("red", "circle", 4.0, 8.0)]).wait(timeout=60)
+    proc.send_signal(2)
+    events, err = _finish(proc)
+    assert len(events) == 1 and events[0]["clip"], (events, err)
+    assert "1 clip(s) queued for the library, tagged 'porch'" in err, err
+
+    env = cli_env(home, tiny_model)
+    settings = Settings(home=home, model=str(tiny_model), frames=int(env["VIDSEARCH_FRAMES"]), experts="")
+    runtime = Runtime(settings)
+    try:
+        (video,) = runtime.catalog.list_videos()
+        assert video.tag == "porch" and video.title.startswith("porch ")
+        with Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, settings) as worker:
+            results = worker.run_until_empty()
+        assert [r.ok for r in results] == [True], [r.error for r in results]
+        video = runtime.catalog.get_video(video.id)
+        # from up to 5 s before the start (the keyframe before) to 3 s after the end: 4-8 s seen -> about 7-12 s
+        assert 6.0 <= video.duration <= 13.0, video.duration
+    finally:
+        runtime.close()
+    found = subprocess.run([*vidsearch_cmd(), "search", PROMPT, "--tag", "porch", "--json"], env=env,
+                           capture_output=True, text=True, timeout=180)
+    assert found.returncode == 0, found.stderr
+    assert [r["video_id"] for r in json.loads(found.stdout)] == [video.id]

@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("exit_threshold", sa.Float(), nullable=False),
         sa.Column("min_seconds", sa.Float(), nullable=False),
         sa.Column("fps", sa.Float(), nullable=False),
+        sa.Column("record", sa.Boolean(), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("frames", sa.Integer(), nullable=False),
