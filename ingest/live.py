@@ -224,6 +224,8 @@ class Source:
         self.shown = redact(url)
         self.name = name or default_name(url)
         self.network = is_network(url)
+        # http(s) that is not a playlist is a file on a server: its end is the end, not a reason to start over
+        self._http_file = _scheme(url) in ("http", "https") and ".m3u8" not in url.lower()
         self.stop = stop or threading.Event()
         self.frames: queue.Queue[Frame | None] = queue.Queue(maxsize=queue_frames)
         self.stats = SourceStats()
@@ -265,8 +267,8 @@ class Source:
                     self._retry(_reason(exc), attempt)
                     attempt += 1
                     continue
-                if not self.network or self.stop.is_set() or _scheme(self.url) in ("http", "https"):
-                    break  # a file, a finished playlist or a file over http ended, or asked to stop
+                if not self.network or self.stop.is_set() or self._http_file:
+                    break  # a file, or a file over http, ended, or asked to stop; a playlist or stream may come back
                 self._retry("the stream ended", attempt)
                 attempt += 1
             if self.stats.state != "failed":
@@ -300,7 +302,7 @@ class Source:
             if self.network:
                 raise
             raise LiveError(f"cannot open {self.shown}: not a video FFmpeg can read") from exc
-        except av.error.HTTPClientError as exc:  # 401, 403, 404: asking again will not help
+        except (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError) as exc:  # asking again will not help
             raise LiveError(f"cannot open {self.shown}: the server refused it ({exc.strerror})") from exc
         except OSError as exc:
             if self.network:

@@ -9,10 +9,12 @@ Between FROM and TO seconds (of this publisher's own clock, from 0) the frame sh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,51 @@ def publish(port: int, seconds: float, shows: list[tuple[str, str, float, float]
     for packet in stream.encode():
         out.mux(packet)
     out.close()
+
+
+def publish_hls(folder: Path, seconds: float, shows: list[tuple[str, str, float, float]], fps: int = 10) -> None:
+    """The same picture as a live HLS playlist in `folder` (1 s segments, the last 6 listed, no end tag), written at
+    real-time pace, as a camera's HLS output is."""
+    import av
+
+    out = av.open(str(folder / "live.m3u8"), "w", format="hls",
+                  options={"hls_time": "1", "hls_list_size": "6", "hls_flags": "delete_segments+omit_endlist"})
+    stream = out.add_stream("libx264", rate=fps)
+    stream.width = stream.height = SIZE
+    stream.pix_fmt = "yuv420p"
+    stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(fps)}
+    began = time.monotonic()
+    for i in range(round(seconds * fps)):
+        time.sleep(max(0.0, began + i / fps - time.monotonic()))
+        frame = av.VideoFrame.from_ndarray(frame_at(i / fps, shows), format="rgb24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+
+
+@contextlib.contextmanager
+def http_folder(folder: Path) -> Iterator[str]:
+    """`folder` served over HTTP on 127.0.0.1 (a thread); its base URL."""
+    import functools
+    import http.server
+    import socketserver
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def start_publisher(port: int, seconds: float, shows: list[tuple[str, str, float, float]], fps: int = 10

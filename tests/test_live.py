@@ -290,3 +290,25 @@ def test_record_puts_the_events_clip_into_the_library_where_search_finds_it(tiny
                            capture_output=True, text=True, timeout=180)
     assert found.returncode == 0, found.stderr
     assert [r["video_id"] for r in json.loads(found.stdout)] == [video.id]
+
+
+@pytest.mark.slow
+def test_a_live_hls_playlist_over_http_gives_its_event(tiny_model, thresholds, tmp_path):
+    from tests.streams import http_folder, publish_hls
+
+    enter, leave = thresholds
+    folder = tmp_path / "hls"
+    folder.mkdir()
+    with http_folder(folder) as base:
+        # started before the playlist exists: the first answers are 404s, retried until it is there
+        proc = _watch(tmp_path / "home", tiny_model, f"{base}/live.m3u8", "--fps", "5", "--threshold", f"{enter:.4f}",
+                      "--exit-threshold", f"{leave:.4f}", "--min-seconds", "0.5", "--max-seconds", "40")
+        _wait_watching(proc)
+        publisher = threading.Thread(target=publish_hls, args=(folder, 12.0, [("red", "circle", 4.0, 8.0)]))
+        publisher.start()
+        publisher.join(60)
+        time.sleep(3)
+        proc.send_signal(2)
+        events, err = _finish(proc)
+    assert len(events) == 1, (events, err)
+    assert abs(events[0]["start"] - 4.0) <= 1.0 and abs(events[0]["end"] - 8.0) <= 1.0, events
