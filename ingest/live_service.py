@@ -178,7 +178,10 @@ class LiveService:
                 self.watcher.step()
         finally:
             self.watcher.close()
-            self.report()
+            for key, w in self.running.items():  # watched again when serve starts again: waiting, not ended
+                st = w.source.stats
+                self.catalog.report_stream(key, state="waiting", reason="serve stopped", frames=st.frames,
+                                           dropped=st.dropped, reconnects=st.reconnects)
 
 
 def run_live_process(stop) -> None:

@@ -152,3 +152,29 @@ def test_events_past_their_retention_are_removed_with_their_thumbnails(tmp_path)
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # every write has its own place in order
     finally:
         catalog.close()
+
+
+@pytest.mark.slow
+def test_serve_resumes_its_streams_after_a_restart(tiny_model, tmp_path):
+    home, log_path = tmp_path / "home", tmp_path / "serve.log"
+
+    def picked_up(client: httpx.Client, after: str = "") -> dict:
+        deadline = time.monotonic() + 120
+        while True:
+            row = client.get("/api/streams").json()["streams"][0]
+            if row["state"] in ("connecting", "retrying", "live") and row["updated_at"] > after:
+                return row
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+
+    with running_server(home, tiny_model, log_path) as base, httpx.Client(base_url=base, timeout=60) as client:
+        added = client.post("/api/streams", json={"url": f"udp://127.0.0.1:{_port()}?timeout=1000000",
+                                                  "prompts": [PROMPT]})
+        assert added.status_code == 201, added.text
+        before = picked_up(client)
+    with running_server(home, tiny_model, log_path) as base, httpx.Client(base_url=base, timeout=60) as client:
+        (row,) = client.get("/api/streams").json()["streams"]
+        assert row["id"] == before["id"] and row["prompts"] == [PROMPT]
+        assert row["state"] == "waiting" and row["reason"] == "serve stopped", row  # as the first serve left it
+        picked_up(client, after=row["updated_at"])  # the new watcher process watches it again
+    assert log_path.read_text().count("live: watcher process") >= 1
