@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def read_scores(settings: Settings, stream_id: int) -> dict | None:
         return None
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
 
@@ -67,8 +75,10 @@ def add_stream(catalog: Catalog, settings: Settings, url: str, prompts: list[str
                               fps=settings.live_fps if fps is None else fps, record=record)
 
 
-def clip_recorder(catalog: Catalog, settings: Settings, name: str):
-    """A Recorder whose clips enter the library through the normal ingest path, tagged with the source's name."""
+def clip_recorder(catalog: Catalog, settings: Settings, name: str,
+                  added: Callable[[Path, int], None] | None = None):
+    """A Recorder whose clips enter the library through the normal ingest path, tagged with the source's name;
+    `added(path, video_id)` is told each one's library id."""
     from ingest.library import enqueue_file
     from ingest.live import slug
     from ingest.live_record import Recorder
@@ -76,7 +86,9 @@ def clip_recorder(catalog: Catalog, settings: Settings, name: str):
     tag = slug(name)[:64]
 
     def add(path: Path) -> None:
-        enqueue_file(catalog, settings, path, title=f"{name} {path.stem}", tag=tag, move=True)
+        done = enqueue_file(catalog, settings, path, title=f"{name} {path.stem}", tag=tag, move=True)
+        if added is not None and done.video_id is not None:
+            added(path, done.video_id)
 
     return Recorder(settings.live_dir / slug(name) / "clips", add)
 
@@ -84,8 +96,12 @@ def clip_recorder(catalog: Catalog, settings: Settings, name: str):
 class LiveService:
     """The catalog's streams on one Watcher (one encoder for all of them)."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, encoder) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, encoder,
+                 delete_video: Callable[[int], None] | None = None) -> None:
         self.settings, self.catalog = settings, catalog
+        self.delete_video = delete_video  # removes a clip from the library (vectors, row, file): retention
+        self._clip_events: dict[str, list[int]] = {}  # clip path -> the events it holds
+        self._clip_lock = threading.Lock()
         self.watcher = Watcher(encoder, settings.live_dir, on_event=self._on_event, on_scores=self._on_scores)
         self.running: dict[int, Watched] = {}
         self.history: dict[int, deque] = {}  # stream id -> (t, scores) of the last SCORE_SECONDS
@@ -107,7 +123,8 @@ class LiveService:
                          len(self.running[key].prompts))
 
     def _watched(self, stream: Stream) -> Watched:
-        recorder = clip_recorder(self.catalog, self.settings, stream.name) if stream.record else None
+        recorder = clip_recorder(self.catalog, self.settings, stream.name, self._clip_added) if stream.record \
+            else None
         source = Source(stream.url, fps=stream.fps, decode_size=self.watcher.encoder.decode_size, name=stream.name,
                         recorder=recorder)
         return Watched(source, json.loads(stream.prompts),
@@ -142,6 +159,9 @@ class LiveService:
             self._ids[id(event)] = self.catalog.start_event(
                 stream_id=event.key, source=event.source, name=event.name, prompt=event.prompt, start=event.start,
                 peak_score=event.peak_score, peak_softmax=event.peak_softmax, started_at=_iso(event.started_at))
+            if event.clip:
+                with self._clip_lock:
+                    self._clip_events.setdefault(event.clip, []).append(self._ids[id(event)])
             return
         row = self._ids.pop(id(event), None)
         if row is None:  # ended before its start was written (cannot happen: start is reported first)
@@ -152,13 +172,40 @@ class LiveService:
         self.catalog.end_event(row, end=event.end, peak_score=event.peak_score, peak_softmax=event.peak_softmax,
                                ended_at=_iso(event.ended_at) if event.ended_at else utcnow(), thumbnail=thumbnail)
 
+    def _clip_added(self, path: Path, video_id: int) -> None:
+        """A recorded clip is in the library: its events point at it; the clips' size cap is kept."""
+        with self._clip_lock:
+            events = self._clip_events.pop(str(path), [])
+        self.catalog.set_event_clip(events, video_id)
+        self.cap_clips()
+
+    def cap_clips(self) -> int:
+        """Delete the oldest recorded clips from the library while they take more than VIDSEARCH_LIVE_CLIPS_MAX_GB."""
+        if self.delete_video is None:
+            return 0
+        clips = self.catalog.clip_videos()
+        sizes = {v.id: _size(Path(v.stored_path)) for v in clips}
+        total, cap, removed = sum(sizes.values()), self.settings.live_clips_max_gb * 2**30, 0
+        for video in clips:
+            if total <= cap:
+                break
+            self.delete_video(video.id)
+            total -= sizes[video.id]
+            removed += 1
+        if removed:
+            log.info("removed %d recorded clip(s): the clips' cap is %g GB", removed, self.settings.live_clips_max_gb)
+        return removed
+
     def remove_expired(self, now: datetime | None = None) -> int:
-        """Events (and their thumbnails) that ended more than VIDSEARCH_LIVE_RETENTION_DAYS ago: removed."""
+        """Events (with their thumbnails and recorded clips) that ended more than VIDSEARCH_LIVE_RETENTION_DAYS ago:
+        removed."""
         before = (now or utcnow()) - timedelta(days=self.settings.live_retention_days)
         removed = self.catalog.remove_live_events(before)
         for row in removed:
             if row.thumbnail:
                 (self.settings.live_dir / row.thumbnail).unlink(missing_ok=True)
+            if row.clip_video_id is not None and self.delete_video is not None:
+                self.delete_video(row.clip_video_id)
         if removed:
             log.info("removed %d event(s) older than %g days", len(removed), self.settings.live_retention_days)
         return len(removed)
@@ -196,7 +243,12 @@ def run_live_process(stop) -> None:
     flag = threading.Event()
     threading.Thread(target=lambda: (stop.wait(), flag.set()), daemon=True).start()
     try:
-        LiveService(runtime.settings, runtime.catalog, runtime.encoder).run(flag)
+        from ingest.library import delete_video
+
+        def delete(video_id: int) -> None:
+            delete_video(runtime.catalog, runtime.store, video_id, runtime.settings.thumbnails_dir)
+
+        LiveService(runtime.settings, runtime.catalog, runtime.encoder, delete).run(flag)
     finally:
         runtime.close()
 

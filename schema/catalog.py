@@ -197,6 +197,7 @@ class LiveEvent(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime)
     thumbnail: Mapped[str | None] = mapped_column(Text)  # path under the data folder's live/ folder
+    clip_video_id: Mapped[int | None] = mapped_column(ForeignKey("videos.id", ondelete="SET NULL"))  # --record
     seq: Mapped[int] = mapped_column(Integer, default=0, index=True)  # bumped on every write: what SSE follows
 
 
@@ -733,6 +734,20 @@ class Catalog:
             else:
                 query = query.order_by(LiveEvent.started_at.desc(), LiveEvent.id.desc())
             return list(s.scalars(query.limit(limit)))
+
+    def set_event_clip(self, event_ids: Sequence[int], video_id: int) -> None:
+        """The recorded clip of these events is this library video (one clip can hold overlapping events)."""
+        if not event_ids:
+            return
+        with self.sessions.begin() as s:
+            s.execute(update(LiveEvent).where(LiveEvent.id.in_(list(event_ids)))
+                      .values(clip_video_id=video_id, seq=_next_seq(s)))
+
+    def clip_videos(self) -> list[Video]:
+        """Library videos that are recorded clips of events, oldest first."""
+        with self.sessions() as s:
+            ids = select(LiveEvent.clip_video_id).where(LiveEvent.clip_video_id.is_not(None))
+            return list(s.scalars(select(Video).where(Video.id.in_(ids)).order_by(Video.id)))
 
     def live_seq(self) -> int:
         """The newest event write: where a follower starts."""

@@ -158,6 +158,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Events of the streams serve watches, and their thumbnails, are removed this many days "
         "after they ended."
     )
+    live_clips_max_gb: float = Field(
+        20.0, gt=0, description="Recorded clips of live events kept in the library, in all: past this the oldest are "
+        "deleted (with their vectors)."
+    )
     live_fps: float = Field(2.0, gt=0, le=60, description="vidsearch watch: frames scored per second of each source.")
     speech_segment_seconds: float = Field(
         5.0, ge=1, le=60, description="Longest stretch of transcript stored as one speech segment (split at pauses)."

@@ -80,6 +80,8 @@ class EventOut(BaseModel):
     started_at: datetime
     ended_at: datetime | None
     thumbnail: str | None = Field(description="URL of the peak frame's JPEG.")
+    clip_video_id: int | None = Field(description="With recording: the library video holding the event's clip "
+                                      "(GET /api/videos/{id}).")
 
 
 class StreamList(BaseModel):
@@ -106,7 +108,7 @@ def event_out(e: LiveEvent) -> EventOut:
                     start=round(e.start, 2), end=None if e.end is None else round(e.end, 2),
                     peak_score=round(e.peak_score, 4), peak_softmax=round(e.peak_softmax, 4),
                     started_at=_utc(e.started_at), ended_at=_utc(e.ended_at),
-                    thumbnail=f"{LIVE_ROUTE}/{e.thumbnail}" if e.thumbnail else None)
+                    thumbnail=f"{LIVE_ROUTE}/{e.thumbnail}" if e.thumbnail else None, clip_video_id=e.clip_video_id)
 
 
 def _since(value: str | None) -> datetime | None:

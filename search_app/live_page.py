@@ -16,6 +16,7 @@ from ingest.runtime import Runtime
 from schema.catalog import LiveEvent
 from schema.units import clock
 from search_app.live_api import LIVE_ROUTE, stream_out
+from search_app.present import media_url
 
 STREAM_COLUMNS = ["Id", "Name", "URL", "State", "Frames", "Dropped", "Reconnects", "Reason"]
 EVENTS_SHOWN = 12
@@ -87,21 +88,25 @@ def webcam_scores(encoder, frame, prompt_text: str, state: dict | None, now: flo
     return _frame([(t, score, prompt) for t, prompt, score in state["points"]]), state
 
 
-def _event_card(e: LiveEvent) -> str:
+def _event_card(e: LiveEvent, clip_url: str | None = None) -> str:
     thumb = (f'<img src="{LIVE_ROUTE}/{html.escape(e.thumbnail)}" alt="" loading="lazy">' if e.thumbnail
              else '<div class="live-nothumb"></div>')
     span = f"{clock(e.start)}–{clock(e.end)}" if e.end is not None else f"{clock(e.start)}– (now)"
     when = e.started_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     return (f'<div class="live-event{" live-open" if e.end is None else ""}">{thumb}<div>'
             f'<b>{html.escape(e.prompt)}</b><br>{html.escape(e.name)} · {span} · peak {e.peak_score:.3f}'
-            f'<br><small>{when}</small></div></div>')
+            f'<br><small>{when}</small>'
+            + (f' · <a href="{html.escape(clip_url)}" target="_blank" rel="noopener">clip</a>' if clip_url else "")
+            + "</div></div>")
 
 
 def events_html(runtime: Runtime, limit: int = EVENTS_SHOWN) -> str:
     rows = runtime.catalog.live_events(limit=limit)
     if not rows:
         return '<p class="live-empty">No events yet: a prompt seen on a stream shows up here with its picture.</p>'
-    return '<div class="live-events">' + "".join(_event_card(e) for e in rows) + "</div>"
+    clips = runtime.catalog.videos_by_ids([e.clip_video_id for e in rows if e.clip_video_id])
+    urls = {i: media_url(runtime, v.stored_path) for i, v in clips.items()}
+    return '<div class="live-events">' + "".join(_event_card(e, urls.get(e.clip_video_id)) for e in rows) + "</div>"
 
 
 LIVE_CSS = """

@@ -68,7 +68,8 @@ def test_a_stream_added_through_the_api_gives_its_event_over_get_and_sse(tiny_mo
         listener = threading.Thread(target=_sse, args=(base + "/api/events/stream", messages, stop), daemon=True)
         listener.start()
         added = client.post("/api/streams", json={"url": secret_url, "prompts": [PROMPT], "threshold": enter,
-                                                  "exit_threshold": leave, "min_seconds": 0.5, "fps": 5})
+                                                  "exit_threshold": leave, "min_seconds": 0.5, "fps": 5,
+                                                  "record": True})
         assert added.status_code == 201, added.text
         stream = added.json()
         assert stream["url"] == f"udp://***@127.0.0.1:{port}?timeout=5000000"
@@ -90,7 +91,12 @@ def test_a_stream_added_through_the_api_gives_its_event_over_get_and_sse(tiny_mo
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.5)
         assert len(events) == 1, events
-        event = events[0]
+        # the event's clip (written 3 s after its end) enters the library, tagged with the stream's name
+        while (event := client.get("/api/events").json()["events"][0])["clip_video_id"] is None:
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        clip = client.get(f"/api/videos/{event['clip_video_id']}").json()
+        assert clip["tag"] == stream["name"].replace(":", "_"), clip
         assert event["stream_id"] == stream["id"] and event["prompt"] == PROMPT
         assert abs(event["start"] - 4.0) <= 1.0 and abs(event["end"] - 8.0) <= 1.0, event
         assert event["source"] == stream["url"]
@@ -98,6 +104,7 @@ def test_a_stream_added_through_the_api_gives_its_event_over_get_and_sse(tiny_mo
         assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
         # filters: by stream, and by start time
         assert client.get("/api/events", params={"stream": stream["id"]}).json()["events"] == [event]
+        assert stream["record"] is True
         later = event["started_at"].replace("Z", "+00:00")
         assert client.get("/api/events", params={"since": later}).json()["events"] == [event]
         assert client.get("/api/events", params={"since": "2999-01-01"}).json()["events"] == []
@@ -106,8 +113,10 @@ def test_a_stream_added_through_the_api_gives_its_event_over_get_and_sse(tiny_mo
         deadline = time.monotonic() + 10
         while len(messages) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert [(m["event"], m["type"], m["id"]) for m in messages] == [("start", "start", event["id"]),
-                                                                        ("end", "end", event["id"])], messages
+        kinds = [(m["event"], m["type"], m["id"]) for m in messages]
+        # start, end, and the end again once its clip is linked (every write is pushed)
+        assert kinds[:2] == [("start", "start", event["id"]), ("end", "end", event["id"])], messages
+        assert set(kinds[2:]) <= {("end", "end", event["id"])}, messages
         assert messages[0]["end"] is None and messages[1]["end"] == event["end"]
 
         state = client.get("/api/streams").json()["streams"][0]
@@ -178,3 +187,26 @@ def test_serve_resumes_its_streams_after_a_restart(tiny_model, tmp_path):
         assert row["state"] == "waiting" and row["reason"] == "serve stopped", row  # as the first serve left it
         picked_up(client, after=row["updated_at"])  # the new watcher process watches it again
     assert log_path.read_text().count("live: watcher process") >= 1
+
+
+def test_recorded_clips_past_their_size_cap_are_deleted_oldest_first(tmp_path):
+    settings = Settings(home=tmp_path / "home", live_clips_max_gb=2500 / 2**30)  # 2500 bytes of clips at most
+    settings.ensure_dirs()
+    catalog = Catalog(settings.catalog_url)
+    try:
+        videos = []
+        for i in range(3):  # three 1000-byte clips: the oldest must go
+            path = settings.videos_dir / f"clip{i}.mkv"
+            path.write_bytes(b"x" * 1000)
+            video, _job = catalog.add_video(sha256=f"{i:064x}", title=f"clip {i}", stored_path=str(path),
+                                            size_bytes=1000)
+            row = catalog.start_event(stream_id=None, source="udp://127.0.0.1:1", name="cam", prompt="a dog",
+                                      start=float(i), peak_score=0.4, peak_softmax=1.0, started_at=utcnow())
+            catalog.set_event_clip([row], video.id)
+            videos.append(video.id)
+        deleted = []
+        service = LiveService(settings, catalog, encoder=None, delete_video=deleted.append)
+        assert service.cap_clips() == 1 and deleted == [videos[0]]
+        assert [v.id for v in catalog.clip_videos()] == videos  # (the callback deletes; the fake one did not)
+    finally:
+        catalog.close()

@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(), nullable=False),
         sa.Column("ended_at", sa.DateTime(), nullable=True),
         sa.Column("thumbnail", sa.Text(), nullable=True),
+        sa.Column("clip_video_id", sa.Integer(), sa.ForeignKey("videos.id", ondelete="SET NULL"), nullable=True),
         sa.Column("seq", sa.Integer(), nullable=False),
     )
     op.create_index("ix_live_events_stream_id", "live_events", ["stream_id"])
