@@ -219,6 +219,8 @@ class Source:
                  queue_frames: int = QUEUE_FRAMES, recorder=None) -> None:
         if fps <= 0:
             raise LiveError("--fps must be above 0")
+        if queue_frames < 1:  # 0 would make queue.Queue unbounded
+            raise ValueError("a source's queue holds at least one frame")
         self.url, self.fps, self.decode_size, self.realtime = url, fps, decode_size, realtime
         self.recorder = recorder  # ingest.live_record.Recorder: event clips from the packets
         self.shown = redact(url)
