@@ -162,12 +162,12 @@ def build_live_tab(runtime: Runtime, slots) -> None:
                                         label="Webcam scores", elem_id="live-cam-chart")
         cam_state = gr.State({})
 
-    def picked(current):
+    def picked_stream(current):
         choices = stream_choices(runtime)
         ids = [i for _, i in choices]
         return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None))
 
-    def do_add(url_text, name_text, prompt_text, threshold_value, keep, current):
+    def do_add_stream(url_text, name_text, prompt_text, threshold_value, keep, current):
         try:
             stream = add_stream(runtime.catalog, settings, url_text or "", (prompt_text or "").splitlines(),
                                 name=name_text, threshold=threshold_value, record=bool(keep))
@@ -178,14 +178,14 @@ def build_live_tab(runtime: Runtime, slots) -> None:
         choices = stream_choices(runtime)
         return f"<p>{msg}</p>", stream_rows(runtime), gr.update(choices=choices, value=stream.id), ""
 
-    def do_stop(current):
+    def do_stop_stream(current):
         if current is None:
             return "<p>Pick a stream first.</p>", gr.skip(), gr.skip()
         gone = runtime.catalog.delete_stream(int(current))
         msg = f"Stopped watching “{html.escape(gone.name)}”; its events stay." if gone else "No such stream."
-        return f"<p>{msg}</p>", stream_rows(runtime), picked(None)
+        return f"<p>{msg}</p>", stream_rows(runtime), picked_stream(None)
 
-    def refresh(current):
+    def refresh_live(current):
         return (stream_rows(runtime), chart_update(score_frame(runtime, current), stream_prompts(runtime, current)),
                 events_html(runtime))
 
@@ -196,8 +196,8 @@ def build_live_tab(runtime: Runtime, slots) -> None:
 
     cam.stream(do_webcam, [cam, cam_prompts, cam_state], [cam_chart, cam_state], stream_every=0.5, time_limit=600,
                concurrency_limit=2, show_progress="hidden")
-    add_btn.click(do_add, [url, name, prompts, threshold, record, pick], [add_msg, streams, pick, url])
-    stop_btn.click(do_stop, pick, [add_msg, streams, pick])
+    add_btn.click(do_add_stream, [url, name, prompts, threshold, record, pick], [add_msg, streams, pick, url])
+    stop_btn.click(do_stop_stream, pick, [add_msg, streams, pick])
     pick.change(lambda current: chart_update(score_frame(runtime, current), stream_prompts(runtime, current)), pick,
                 chart, show_progress="hidden")
-    timer.tick(refresh, pick, [streams, chart, events], show_progress="hidden")
+    timer.tick(refresh_live, pick, [streams, chart, events], show_progress="hidden")
