@@ -59,9 +59,9 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
             finding.repaired = True
         findings.append(finding)
 
-    dead = [job.video_id for job in catalog.dead_jobs(lease_seconds)]
+    dead = [job.video_id for job in catalog.dead_jobs(lease_seconds, settings.worker_id)]
     found("dead_worker_jobs", "jobs left running by a worker that is gone: requeued", dead,
-          lambda: catalog.recover(lease_seconds, max_attempts=10**9))
+          lambda: catalog.recover(lease_seconds, max_attempts=10**9, identity=settings.worker_id))
 
     before = catalog.video_states()
     missing = [v for v, (status, path) in before.items()
@@ -119,7 +119,7 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
             store.flush()
 
     for expert, collection in (lexical or {}).items():
-        _examine_expert(catalog, expert, collection, lease_seconds, found)
+        _examine_expert(catalog, expert, collection, lease_seconds, found, settings.worker_id)
 
     # Thumbnails are written before a video is ready and removed with it; a folder whose content hash the catalog
     # does not know belongs to a deleted video (listed first: a video's row always precedes its thumbnails).
@@ -139,11 +139,12 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
     return findings
 
 
-def _examine_expert(catalog: Catalog, expert: str, collection: LexicalCounts, lease_seconds: float, found) -> None:
+def _examine_expert(catalog: Catalog, expert: str, collection: LexicalCounts, lease_seconds: float, found,
+                    identity: str | None) -> None:
     """An expert's collection against the catalog's record of its runs (rows are written before a run is done)."""
-    dead = catalog.dead_expert_runs(expert, lease_seconds)
+    dead = catalog.dead_expert_runs(expert, lease_seconds, identity)
     found(f"dead_{expert}_runs", f"{expert} runs left running by a worker that is gone: queued again", dead,
-          lambda: catalog.recover_expert_runs(lease_seconds))
+          lambda: catalog.recover_expert_runs(lease_seconds, identity))
     recorded_before = catalog.expert_segment_counts(expert)
     rows = collection.counts()
     states = catalog.video_states()

@@ -7,7 +7,8 @@ far longer than decoding 120 frames, so it must not share the decode timeout. An
 recorded "failed". Either way the video stays searchable by appearance and by its other experts.
 
 Write order: the video's old segments in that expert's collection are deleted, the new ones inserted and flushed,
-then the catalog records the run done. A run whose video was deleted meanwhile has its rows removed again.
+then the catalog records the run done. A run whose video was deleted meanwhile, or that another worker took over
+(this one's lease expired while it worked: see schema.catalog.Leases), has exactly the rows it wrote removed again.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ HEARTBEAT_SECONDS = 30.0
 class LexicalWriter(Protocol):
     """What the stage needs of one expert's collection (schema/lexical.py)."""
 
-    def add(self, video_id: int, segments: Sequence[TextSegment] | Sequence[VectorSegment]) -> None: ...
+    def add(self, video_id: int, segments: Sequence[TextSegment] | Sequence[VectorSegment]) -> list[int]: ...
     def delete(self, video_ids: Sequence[int]) -> None: ...
+    def delete_rows(self, pks: Sequence[int]) -> None: ...
     def flush(self) -> None: ...
 
 
@@ -103,7 +105,8 @@ class ExpertStage:
 
     def __init__(self, catalog: Catalog, lexical: Callable[[str], LexicalWriter], experts: Callable[[str], Expert],
                  *, workers: int = 1, claim_size: int = 4, timeout: float | None = 1800.0,
-                 limits: Limits = Limits(), max_attempts: int = MAX_EXPERT_ATTEMPTS) -> None:  # noqa: B008 (frozen)
+                 limits: Limits = Limits(), max_attempts: int = MAX_EXPERT_ATTEMPTS,  # noqa: B008 (frozen)
+                 lease_seconds: float = 600.0) -> None:
         self.catalog = catalog
         self.lexical = lexical  # expert name -> its collection
         self.experts = experts  # expert name -> a (not yet loaded) expert
@@ -112,6 +115,7 @@ class ExpertStage:
         self.timeout = timeout
         self.limits = limits
         self.max_attempts = max_attempts
+        self.renew_seconds = min(HEARTBEAT_SECONDS, lease_seconds / 3)  # a lease is renewed well before it ends
         self._pool = None
         self._lock = threading.Lock()
 
@@ -126,7 +130,8 @@ class ExpertStage:
             return cache[name]
 
         return cls(catalog, lexical, expert, claim_size=settings.expert_claim_size,
-                   timeout=settings.expert_timeout_seconds, limits=Limits.from_settings(settings))
+                   timeout=settings.expert_timeout_seconds, limits=Limits.from_settings(settings),
+                   lease_seconds=settings.lease_seconds)
 
     def pool(self):
         with self._lock:
@@ -177,8 +182,13 @@ class ExpertStage:
                 done, _ = wait(window, timeout=0.5, return_when=FIRST_COMPLETED)
                 if stop is not None and stop.is_set():
                     raise Stopped
-                if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
-                    self.catalog.heartbeat_experts([r.id for r in window.values()])
+                if time.monotonic() - last_beat > self.renew_seconds:
+                    held = self.catalog.renew_experts({r.id: r.lease for r in window.values()})
+                    for future in [f for f, r in window.items() if r.id not in held and f not in done]:
+                        lost = window.pop(future)  # another worker took it over: its result is not ours to write
+                        future.cancel()
+                        log.warning("video %d: the %s run was taken over by another worker (this one's lease "
+                                    "expired); dropping it", lost.video_id, lost.expert)
                     last_beat = time.monotonic()
                 for future in done:
                     run = window.pop(future)
@@ -186,7 +196,7 @@ class ExpertStage:
         except BaseException:
             for future in window:
                 future.cancel()
-            self.catalog.requeue_expert_runs([r.id for r in window.values()])
+            self.catalog.requeue_expert_runs([r.id for r in window.values()], {r.id: r.lease for r in window.values()})
             raise
         return results
 
@@ -201,7 +211,7 @@ class ExpertStage:
                                 on_result=on_result)
         except ProcessExpired as exc:
             reason = f"the {run.expert} expert's process died on this video (exit code {exc.exitcode})"
-            if self.catalog.retry_expert_run(run.id, reason, self.max_attempts):
+            if self.catalog.retry_expert_run(run.id, reason, self.max_attempts, run.lease):
                 log.warning("video %d: %s; the %s expert is recorded as failed for it", run.video_id, reason,
                             run.expert)
                 result = ExpertResult(run.id, run.video_id, run.expert, ExpertState.FAILED, reason)
@@ -223,18 +233,21 @@ class ExpertStage:
                 store.bind(outcome.model, len(outcome.segments[0].vector))
             except VectorStoreError as exc:
                 return self._record(run, ExpertState.FAILED, str(exc), on_result=on_result)
+        if not self.catalog.renew_experts({run.id: run.lease}):  # taken over or deleted: write nothing
+            return ExpertResult(run.id, run.video_id, run.expert, ExpertState.QUEUED, "taken over by another worker")
         store.delete([run.video_id])  # a run done again replaces what the last one stored
-        store.add(run.video_id, outcome.segments)
+        pks = store.add(run.video_id, outcome.segments)
         store.flush()
         result = self._record(run, ExpertState.DONE, None, segments=len(outcome.segments), seconds=outcome.seconds,
                               on_result=on_result)
-        if result.state != ExpertState.DONE:  # the video went away while the expert ran: take its rows back out
-            store.delete([run.video_id])
+        if result.state != ExpertState.DONE:  # the video went away, or another worker took the run: take ours out
+            store.delete_rows(pks)
         return result
 
     def _record(self, run: ExpertRun, state: ExpertState, reason: str | None, *, segments: int = 0,
                 seconds: float = 0.0, on_result=None) -> ExpertResult:
-        kept = self.catalog.finish_expert_run(run.id, state, reason=reason, segments=segments, seconds=seconds)
+        kept = self.catalog.finish_expert_run(run.id, state, reason=reason, segments=segments, seconds=seconds,
+                                              lease=run.lease)
         result = ExpertResult(run.id, run.video_id, run.expert, state if kept else ExpertState.QUEUED, reason,
                               segments, seconds)
         if state in (ExpertState.UNAVAILABLE, ExpertState.FAILED):

@@ -1,9 +1,16 @@
 """Claims queued jobs and runs decode -> embed -> store for them, recording each outcome in the catalog.
 
 Write order (so search never sees half a video): thumbnails are written (files keyed by content hash, overwritten by
-a retry), the video's vectors and segment vectors are deleted (a retried job may have left some), the segment vectors
-then the video vector are inserted, and only then is the catalog row marked ready. Search returns ready videos only,
-so a crash between the writes leaves nothing visible; the job is simply run again.
+a retry), the segment vectors then the video vector are inserted, and only then is the catalog row marked ready;
+last, the video's other rows (a crashed earlier attempt may have left some) are deleted. Search returns ready videos
+only, so a crash before the finish leaves nothing visible (the job is simply run again), and one after it a
+duplicate that the next attempt or `vidsearch doctor` removes.
+
+Many workers on many hosts (schema.catalog.Leases): a claimed batch's leases are renewed from a thread every third of
+the lease length, checked again just before its vectors are written, and the catalog marks a job done only under the
+lease it was claimed with. A worker that lost a job while it worked (paused past its lease, cut off from the
+database) writes nothing for it, or, lost between its write and its finish, deletes exactly the rows it wrote (their
+primary keys): the successor's copy stays the only one.
 """
 
 from __future__ import annotations
@@ -22,14 +29,58 @@ from ingest.decode_pool import DecodeMode, DecodePool, DecodeRequest
 from ingest.encoder import ClipEncoder
 from ingest.expert_stage import ExpertResult, ExpertStage
 from ingest.pipeline import Embedded, Stopped, embed_videos
-from schema.catalog import Catalog, Job, Video
+from schema.catalog import Catalog, Job, Leases, Video, worker_name
 from schema.vectors import Segments, VectorStore, VectorStoreError, VideoFields
 
 log = logging.getLogger(__name__)
 
-# A running job whose worker has not renewed it for this long is presumed dead and handed to another worker.
+# A running job whose worker has not renewed it for this long is presumed dead and handed to another worker
+# (VIDSEARCH_LEASE_SECONDS).
 LEASE_SECONDS = 600.0
 MAX_ATTEMPTS = 3
+
+
+class LeaseKeeper:
+    """Renews a claimed batch's leases from a thread, every third of the lease length, for as long as the batch is
+    processed (a decode or a model pass may take longer than the lease), and remembers the jobs found lost."""
+
+    def __init__(self, catalog: Catalog, leases: Leases, lease_seconds: float) -> None:
+        self.catalog = catalog
+        self.leases = dict(leases)
+        self.lost: set[int] = set()
+        self._every = lease_seconds / 3
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def renew(self, job_ids: list[int] | None = None) -> set[int]:
+        """Renew now (these jobs, or all the batch's still held); returns the ids still held."""
+        with self._lock:
+            asked = {j: self.leases[j] for j in (job_ids if job_ids is not None else self.leases)
+                     if j in self.leases and j not in self.lost}
+            held = self.catalog.renew(asked)
+            self.lost |= set(asked) - held
+            return held
+
+    def done(self, job_ids: list[int]) -> None:
+        with self._lock:
+            for j in job_ids:
+                self.leases.pop(j, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.renew()
+            except Exception as exc:  # the database is away for a moment: the next renewal may reach it
+                log.warning("could not renew the leases of running jobs: %s", exc)
 
 
 @dataclass(frozen=True)
@@ -66,7 +117,8 @@ class Worker:
                  write_batch: int = 32, decode_mode: DecodeMode = "process",
                  decode_timeout: float | None = 120.0, limits: Limits = Limits(),  # noqa: B008 (frozen)
                  sampling: Sampling | None = None, thumbnails_dir: Path | None = None, max_crashes: int = 2,
-                 experts: ExpertStage | None = None, expert_names: tuple[str, ...] = ()) -> None:
+                 experts: ExpertStage | None = None, expert_names: tuple[str, ...] = (),
+                 lease_seconds: float = LEASE_SECONDS, identity: str | None = None) -> None:
         self.catalog = catalog
         self.store = store
         self.encoder = encoder
@@ -83,6 +135,10 @@ class Worker:
         self.max_crashes = max_crashes
         self.experts = experts  # the expert stage: runs the experts on videos the appearance pipeline made ready
         self.expert_names = expert_names if experts is not None else ()  # queued for each video made ready
+        self.lease_seconds = lease_seconds
+        self.identity = identity  # this host's worker identity (VIDSEARCH_WORKER_ID), None: the host name
+        self.name = worker_name(identity)
+        self._keeper: LeaseKeeper | None = None  # the batch in progress's leases
         self._videos: dict[int, Video] = {}  # job id -> its catalog video, for the batch in progress
         self._pool: DecodePool | None = None  # started on first use, kept for the worker's life
         self._alone: DecodePool | None = None  # one decode process for suspect jobs when decoding in threads
@@ -103,7 +159,8 @@ class Worker:
                    decode_timeout=settings.decode_timeout_seconds,
                    limits=Limits.from_settings(settings), sampling=Sampling.from_settings(settings),
                    thumbnails_dir=settings.thumbnails_dir, max_crashes=settings.max_crashes,
-                   experts=stage, expert_names=settings.expert_names)
+                   experts=stage, expert_names=settings.expert_names, lease_seconds=settings.lease_seconds,
+                   identity=settings.worker_id)
 
     def _request(self) -> DecodeRequest:
         return DecodeRequest(self.encoder.prep, self.sampling, self.limits, thumbs=self.thumbnails_dir is not None)
@@ -140,8 +197,20 @@ class Worker:
         self.close()
 
     def process(self, jobs: list[Job], on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
-        """Run claimed jobs to completion. A broken file fails alone; storage errors propagate (unfinished jobs
-        stay running until the caller requeues them)."""
+        """Run claimed jobs to completion, keeping their leases renewed. A broken file fails alone; storage errors
+        propagate (unfinished jobs stay running until the caller requeues them)."""
+        with LeaseKeeper(self.catalog, {j.id: j.lease for j in jobs}, self.lease_seconds) as keeper:
+            self._keeper = keeper
+            try:
+                return self._process(jobs, on_result)
+            finally:
+                self._keeper = None
+
+    @property
+    def _leases(self) -> Leases:
+        return self._keeper.leases if self._keeper is not None else {}
+
+    def _process(self, jobs: list[Job], on_result: Callable[[JobResult], None] | None) -> list[JobResult]:
         by_id = {job.id: job for job in jobs}
         videos = self.catalog.videos_by_ids([job.video_id for job in jobs])
         titles = {job.id: videos[job.video_id].title if job.video_id in videos else "?" for job in jobs}
@@ -164,7 +233,6 @@ class Worker:
 
         for item in embed_videos(self.encoder, items, self.sampling, pool=self.pool_for(jobs),
                                  prefetch=max(2, 2 * self.decode_workers), stop=self._stop):
-            self.catalog.heartbeat([j.id for j in jobs])
             job = by_id[item.key]
             if item.error is not None:
                 if (result := self._decode_failed(job, titles[job.id], item.error)) is not None:
@@ -181,35 +249,67 @@ class Worker:
         return results
 
     def _write(self, done: list[Embedded], jobs: dict[int, Job], titles: dict[int, str]) -> list[JobResult]:
-        """Thumbnails and vectors first (replacing any a retried job left), then the catalog marks the videos ready."""
+        """Thumbnails and vectors first, then the catalog marks the videos ready (under this worker's leases), then
+        the videos' other rows (a crashed earlier attempt's) are removed."""
+        if not done:
+            return []
+        held = self._keeper.renew([d.key for d in done]) if self._keeper is not None else {d.key for d in done}
+        for d in [d for d in done if d.key not in held]:
+            log.warning("job %d (video %d) was taken over by another worker (this one's lease expired while it "
+                        "worked); its result is dropped", d.key, jobs[d.key].video_id)
+        done = [d for d in done if d.key in held]
         if not done:
             return []
         if self.thumbnails_dir is not None:
             for d in done:
                 if d.thumbs and d.key in self._videos:
                     thumbnails.write(self.thumbnails_dir, self._videos[d.key].sha256, d.thumbs, d.poster)
+        rows = self._insert(done, jobs)
+        finished = self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done], experts=self.expert_names,
+                                            leases=self._leases or None)
+        if self._keeper is not None:
+            self._keeper.done(list(finished))
+        kept = {jobs[d.key].video_id: rows[jobs[d.key].video_id] for d in done if d.key in finished}
+        lost = [rows[jobs[d.key].video_id] for d in done if d.key not in finished]
+        # Only a worker that finished may clear the other rows of its videos: one that lost its lease must not touch
+        # the successor's, so it deletes exactly its own (by primary key). A crash in between leaves a duplicate,
+        # never a gap, and `vidsearch doctor` removes it.
+        if kept:
+            self.store.delete_other_rows({v: [pk] for v, (pk, _) in kept.items()},
+                                         {v: segs for v, (_, segs) in kept.items()})
+        if lost:
+            self.store.delete_rows([pk for pk, _ in lost], [p for _, segs in lost for p in segs])
+            log.warning("%d job(s) were taken over by another worker while their vectors were written; this "
+                        "worker's rows of them are removed", len(lost))
+        return [JobResult(d.key, jobs[d.key].video_id, titles[d.key]) for d in done if d.key in finished]
+
+    def _insert(self, done: list[Embedded], jobs: dict[int, Job]) -> dict[int, tuple[int, list[int]]]:
+        """Insert the videos' segment vectors and vectors; returns video id -> (its vector's primary key, its
+        segments' primary keys)."""
         video_ids = [jobs[d.key].video_id for d in done]
-        self.store.delete(video_ids)
-        with_segments = [(jobs[d.key].video_id, segments_of(d)) for d in done]
-        with_segments = [(v, s) for v, s in with_segments if s is not None]
-        if with_segments:
-            self.store.add_segments([v for v, _ in with_segments], [s for _, s in with_segments])
+        with_segments = [(v, seg) for v, seg in zip(video_ids, map(segments_of, done), strict=True) if seg is not None]
+        segment_pks = (self.store.add_segments([v for v, _ in with_segments], [seg for _, seg in with_segments])
+                       if with_segments else [])
+        segments_of_video: dict[int, list[int]] = {}
+        at = 0
+        for video_id, seg in with_segments:  # the keys come back in row order, video after video
+            segments_of_video[video_id] = segment_pks[at : at + len(seg.starts)]
+            at += len(seg.starts)
         # Duration as decoded (the catalog learns it in the same step), ingest time and tag from the catalog.
         fields = [replace(VideoFields.of(self._videos[d.key]) if d.key in self._videos else VideoFields(),
                           duration=d.info.duration) for d in done]
-        self.store.add(video_ids, np.stack([d.vector for d in done]), fields)
-        self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done], experts=self.expert_names)
-        return [JobResult(d.key, jobs[d.key].video_id, titles[d.key]) for d in done]
+        pks = self.store.add(video_ids, np.stack([d.vector for d in done]), fields)
+        return {v: (pk, segments_of_video.get(v, [])) for v, pk in zip(video_ids, pks, strict=True)}
 
     def _decode_failed(self, job: Job, title: str, reason: str) -> JobResult | None:
         """A file's decoding failed: fail the job, or (a decoder that died on it, or was stopped from outside) put
         it back in the queue. Returns the failed job's result, None for a job requeued."""
         kind = getattr(reason, "kind", "error")
         if kind == "stopped":  # the service manager is stopping us all: not the file's doing
-            self.catalog.requeue_jobs([job.id], count_attempt=False)
+            self.catalog.requeue_jobs([job.id], count_attempt=False, leases=self._leases or None)
             return None
         if kind == "crash":
-            if self.catalog.crashed(job.id, reason, self.max_crashes):
+            if self.catalog.crashed(job.id, reason, self.max_crashes, self._leases or None):
                 failed = self.catalog.get_job(job.id)
                 log.warning("job %d (video %d) failed: %s", job.id, job.video_id, failed.error if failed else reason)
                 return JobResult(job.id, job.video_id, title, failed.error if failed else reason)
@@ -218,7 +318,7 @@ class Worker:
         return self._fail(job, title, reason)
 
     def _fail(self, job: Job, title: str, reason: str) -> JobResult:
-        self.catalog.finish_job(job.id, reason)
+        self.catalog.finish_job(job.id, reason, self._leases or None)
         log.warning("job %d (video %d) failed: %s", job.id, job.video_id, reason)
         return JobResult(job.id, job.video_id, title, reason)
 
@@ -227,37 +327,38 @@ class Worker:
         """Claim queued jobs and process them; when there are none, run the expert stage on one batch of queued
         expert runs (appearance first, so new videos become searchable soonest). Interrupted or failed storage:
         unfinished jobs are requeued."""
-        if requeued := self.catalog.recover(LEASE_SECONDS, MAX_ATTEMPTS):
+        if requeued := self.catalog.recover(self.lease_seconds, MAX_ATTEMPTS, self.identity):
             log.warning("%d job(s) of a worker that stopped unexpectedly are queued again, to be retried one at a "
                         "time", len(requeued))
-        jobs = self.catalog.claim_jobs(self.claim_size)
+        jobs = self.catalog.claim_jobs(self.claim_size, self.name)
         if not jobs:
             return list(self._run_experts(on_expert))
+        leases = {j.id: j.lease for j in jobs}
         try:
             return list(self.process(jobs, on_result))
         except Stopped:  # the service is stopping: what is not finished waits for the next start
-            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False)
+            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False, leases=leases)
             log.info("stopping: unfinished jobs put back in the queue")
             return []
         except KeyboardInterrupt:
-            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False)
+            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False, leases=leases)
             raise
         except VectorStoreError as exc:
             # Milvus is down or refused: not the videos' fault. They wait in the queue, saying why, and the caller
             # retries with backoff; nothing was marked ready, so nothing unsearchable is visible.
-            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False,
+            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False, leases=leases,
                                       reason=f"waiting for the vector store, will retry: {exc}")
             raise
         except BaseException:
             # The vector store went away (or a bug): the unfinished jobs go back to the queue, and the attempt
             # counts, so a batch that always fails ends as failed jobs rather than an endless retry loop.
-            self.catalog.requeue_jobs([j.id for j in jobs])
+            self.catalog.requeue_jobs([j.id for j in jobs], leases=leases)
             raise
 
     def _run_experts(self, on_expert: Callable[[ExpertResult], None] | None) -> list[ExpertResult]:
         if self.experts is None:
             return []
-        if requeued := self.catalog.recover_expert_runs(LEASE_SECONDS):
+        if requeued := self.catalog.recover_expert_runs(self.lease_seconds, self.identity):
             log.warning("%d expert run(s) of a worker that stopped unexpectedly are queued again", len(requeued))
         try:
             return self.experts.run_once(on_expert, self._stop)

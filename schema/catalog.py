@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (
@@ -26,6 +26,7 @@ from sqlalchemy import (
     false,
     func,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -37,6 +38,20 @@ from schema.migrations import MigrationResult, ensure_schema
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# Job (or expert run) id -> the fencing token (its `lease` column) its worker claimed it with. Every claim moves the
+# token on, so a worker whose lease expired while it still worked cannot finish, fail or requeue what another
+# worker now holds: its conditional UPDATEs match no row.
+Leases = Mapping[int, int]
+
+
+def db_now(s) -> datetime:
+    """The database's clock, naive UTC: leases written and judged by workers on many hosts use one clock, not each
+    host's. SQLite is a file on this host: its clock is this host's."""
+    if s.get_bind().dialect.name == "postgresql":
+        return s.scalar(select(func.timezone("UTC", func.now())))
+    return utcnow()
 
 
 class VideoStatus(str, enum.Enum):
@@ -112,6 +127,7 @@ class Job(Base):
     # so a file that kills what decodes it is told apart from its batch neighbours and from an outside kill.
     suspect: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # decoder deaths seen on this file
+    lease: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # fencing token (see Leases)
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -149,6 +165,7 @@ class ExpertRun(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     segments: Mapped[int] = mapped_column(Integer, default=0)  # rows stored in the expert's collection
     seconds: Mapped[float | None] = mapped_column(Float)  # what the last run cost (decode + model), for the README
+    lease: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # fencing token (see Leases)
     worker: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -347,68 +364,77 @@ class Catalog:
 
     # --- jobs ---------------------------------------------------------------------------------------------------
     def claim_jobs(self, limit: int, worker: str | None = None) -> list[Job]:
-        """Atomically move up to `limit` queued jobs to running; safe with many worker processes. A suspect job
-        (see Job.suspect) is claimed alone: its batch is just itself."""
+        """Atomically move up to `limit` queued jobs to running; safe with many worker processes on many hosts. A
+        suspect job (see Job.suspect) is claimed alone: its batch is just itself. Each claimed job's `lease` is its
+        new fencing token."""
         worker = worker or worker_name()
-        claimed: list[Job] = []
         with self.sessions.begin() as s:
-            now = utcnow()
-            suspect = self._claim_next(s, worker, now, suspect=True)
-            if suspect is not None:
-                return [suspect]
-            for _ in range(limit):
-                job = self._claim_next(s, worker, now, suspect=False)
-                if job is None:
-                    break
-                claimed.append(job)
-        return claimed
+            now = db_now(s)
+            return (self._claim(s, worker, now, 1, suspect=True)
+                    or self._claim(s, worker, now, limit, suspect=False))
 
     @staticmethod
-    def _claim_next(s, worker: str, now: datetime, *, suspect: bool) -> Job | None:
-        # One UPDATE ... WHERE state='queued' per job: a job another process claimed first simply matches no row
-        # here, so no two workers ever run the same job.
-        next_id = (select(Job.id).where(Job.state == JobState.QUEUED, Job.suspect == suspect)
-                   .order_by(Job.id).limit(1).scalar_subquery())
-        row = s.execute(
+    def _claim(s, worker: str, now: datetime, limit: int, *, suspect: bool) -> list[Job]:
+        # UPDATE ... WHERE id IN (the oldest queued ids) AND state='queued': a job another process claimed first
+        # matches no row, so no two workers ever run the same job.
+        oldest = (select(Job.id).where(Job.state == JobState.QUEUED, Job.suspect == suspect)
+                  .order_by(Job.id).limit(limit))
+        rows = s.execute(
             update(Job)
-            .where(Job.id == next_id, Job.state == JobState.QUEUED)
-            .values(state=JobState.RUNNING, worker=worker, started_at=now, updated_at=now, attempts=Job.attempts + 1)
+            .where(Job.id.in_(_pick(s, oldest)), Job.state == JobState.QUEUED)
+            .values(state=JobState.RUNNING, worker=worker, started_at=now, updated_at=now, attempts=Job.attempts + 1,
+                    lease=Job.lease + 1)
             .returning(Job.id, Job.video_id)
-        ).first()
-        if row is None:
-            return None
-        s.execute(update(Video).where(Video.id == row.video_id).values(status=VideoStatus.PROCESSING))
-        return s.get(Job, row.id)
+        ).all()
+        if not rows:
+            return []
+        s.execute(update(Video).where(Video.id.in_([r.video_id for r in rows])).values(status=VideoStatus.PROCESSING))
+        return [s.get(Job, job_id) for job_id in sorted(r.id for r in rows)]
 
-    def finish_job(self, job_id: int, error: str) -> None:
-        """Mark a job failed, and its video failed with the reason."""
-        with self.sessions.begin() as s:
-            job = s.get(Job, job_id)
-            if job is None:  # the video was deleted while it was being processed
-                return
-            job.state, job.error, job.finished_at = JobState.FAILED, error, utcnow()
-            video = s.get(Video, job.video_id)
-            if video is not None:
-                video.status, video.error = VideoStatus.FAILED, error
+    @staticmethod
+    def _held(job_id: int, leases: Leases | None):
+        """The condition that the job is running under the caller's lease (any running lease when none is given:
+        single-process callers such as tests and doctor)."""
+        held = (Job.id == job_id) & (Job.state == JobState.RUNNING)
+        return held if leases is None else held & (Job.lease == leases.get(job_id, -1))
 
-    def finish_jobs(self, done: Sequence[tuple[int, dict]], experts: Sequence[str] = ()) -> None:
-        """Mark many jobs done in one transaction, each with its video's probed metadata, and queue `experts` for
-        those videos (in the same transaction: a crash cannot leave a ready video that its experts never run on)."""
+    def finish_job(self, job_id: int, error: str, leases: Leases | None = None) -> bool:
+        """Mark a running job failed, and its video failed with the reason. False when the job is no longer the
+        caller's (deleted with its video, or its lease was taken over)."""
         with self.sessions.begin() as s:
-            now = utcnow()
+            row = s.execute(update(Job).where(self._held(job_id, leases))
+                            .values(state=JobState.FAILED, error=error, finished_at=db_now(s))
+                            .returning(Job.video_id)).first()
+            if row is None:
+                return False
+            s.execute(update(Video).where(Video.id == row.video_id).values(status=VideoStatus.FAILED, error=error))
+            return True
+
+    def finish_jobs(self, done: Sequence[tuple[int, dict]], experts: Sequence[str] = (),
+                    leases: Leases | None = None) -> set[int]:
+        """Mark many running jobs done in one transaction, each with its video's probed metadata, and queue `experts`
+        for those videos (in the same transaction: a crash cannot leave a ready video that its experts never run
+        on). Returns the ids finished; the others were no longer the caller's (see finish_job)."""
+        finished: set[int] = set()
+        with self.sessions.begin() as s:
+            now = db_now(s)
             for job_id, video_fields in done:
-                job = s.get(Job, job_id)
-                if job is None:  # deleted while being processed
+                row = s.execute(update(Job).where(self._held(job_id, leases))
+                                .values(state=JobState.DONE, error=None, finished_at=now)
+                                .returning(Job.video_id)).first()
+                if row is None:  # deleted while being processed, or taken over by another worker
                     continue
-                job.state, job.error, job.finished_at = JobState.DONE, None, now
-                video = s.get(Video, job.video_id)
+                finished.add(job_id)
+                video = s.get(Video, row.video_id)
                 if video is not None:
                     for name, value in video_fields.items():
                         setattr(video, name, value)
                     video.status, video.error = VideoStatus.READY, None
                     for expert in experts:  # what an expert found stays valid: the file (its hash) is the same
                         self._queue_expert(s, video.id, expert, keep_done=True)
-            _bump_ready(s)
+            if finished:
+                _bump_ready(s)
+        return finished
 
     # --- experts ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -447,52 +473,58 @@ class Catalog:
                 if s.get(Video, video_id) is not None:
                     self._queue_expert(s, video_id, expert)
 
-    def dead_expert_runs(self, expert: str, lease_seconds: float) -> list[int]:
+    def dead_expert_runs(self, expert: str, lease_seconds: float, identity: str | None = None) -> list[int]:
         """Videos whose `expert` run is left running by a worker that is gone."""
-        gone = _worker_gone(lease_seconds)
         with self.sessions() as s:
+            gone = _worker_gone(lease_seconds, db_now(s), identity)
             running = s.scalars(select(ExpertRun).where(ExpertRun.state == ExpertState.RUNNING,
                                                         ExpertRun.expert == expert))
             return [run.video_id for run in running if gone(run.worker, run.updated_at)]
 
     def claim_expert_runs(self, limit: int, worker: str | None = None) -> list[ExpertRun]:
-        """Atomically move up to `limit` queued expert runs of ready videos to running (oldest first)."""
+        """Atomically move up to `limit` queued expert runs of ready videos to running (oldest first), as
+        claim_jobs does; each claimed run's `lease` is its new fencing token."""
         worker = worker or worker_name()
-        claimed: list[ExpertRun] = []
         with self.sessions.begin() as s:
-            now = utcnow()
-            for _ in range(limit):
-                next_id = (select(ExpertRun.id).join(Video, Video.id == ExpertRun.video_id)
-                           .where(ExpertRun.state == ExpertState.QUEUED, Video.status == VideoStatus.READY)
-                           .order_by(ExpertRun.id).limit(1).scalar_subquery())
-                row = s.execute(
-                    update(ExpertRun).where(ExpertRun.id == next_id, ExpertRun.state == ExpertState.QUEUED)
-                    .values(state=ExpertState.RUNNING, worker=worker, started_at=now, updated_at=now,
-                            attempts=ExpertRun.attempts + 1)
-                    .returning(ExpertRun.id)).first()
-                if row is None:
-                    break
-                claimed.append(s.get(ExpertRun, row.id))
-        return claimed
+            now = db_now(s)
+            oldest = (select(ExpertRun.id).join(Video, Video.id == ExpertRun.video_id)
+                      .where(ExpertRun.state == ExpertState.QUEUED, Video.status == VideoStatus.READY)
+                      .order_by(ExpertRun.id).limit(limit))
+            rows = s.execute(
+                update(ExpertRun).where(ExpertRun.id.in_(_pick(s, oldest, ExpertRun)),
+                                        ExpertRun.state == ExpertState.QUEUED)
+                .values(state=ExpertState.RUNNING, worker=worker, started_at=now, updated_at=now,
+                        attempts=ExpertRun.attempts + 1, lease=ExpertRun.lease + 1)
+                .returning(ExpertRun.id)).all()
+            return [s.get(ExpertRun, run_id) for run_id in sorted(r.id for r in rows)]
+
+    @staticmethod
+    def _run_held(s, run_id: int, lease: int | None) -> ExpertRun | None:
+        """The run, locked, if it is running (under `lease`, when given)."""
+        query = select(ExpertRun).where(ExpertRun.id == run_id, ExpertRun.state == ExpertState.RUNNING)
+        if lease is not None:
+            query = query.where(ExpertRun.lease == lease)
+        return s.scalar(query.with_for_update())
 
     def finish_expert_run(self, run_id: int, state: ExpertState, *, reason: str | None = None, segments: int = 0,
-                          seconds: float | None = None) -> bool:
-        """Record a running expert's outcome. False when the run is gone (its video was deleted meanwhile) or was
-        taken back (the video was ingested again): the caller removes what it stored then."""
+                          seconds: float | None = None, lease: int | None = None) -> bool:
+        """Record a running expert's outcome. False when the run is gone (its video was deleted meanwhile), was
+        taken back (the video was ingested again) or was taken over (its lease expired and another worker claimed
+        it): the caller removes what it stored then."""
         with self.sessions.begin() as s:
-            run = s.get(ExpertRun, run_id)
-            if run is None or run.state != ExpertState.RUNNING:
+            run = self._run_held(s, run_id, lease)
+            if run is None:
                 return False
             run.state, run.reason, run.segments, run.seconds = state, reason, segments, seconds
-            run.finished_at, run.worker = utcnow(), None
+            run.finished_at, run.worker = db_now(s), None
             return True  # (the ready counter stays: the experts' segments are read live, not from the memory copy)
 
-    def retry_expert_run(self, run_id: int, reason: str, max_attempts: int) -> bool:
+    def retry_expert_run(self, run_id: int, reason: str, max_attempts: int, lease: int | None = None) -> bool:
         """The expert failed on this video (its process crashed): queue it again, or after `max_attempts` record
         it failed with `reason`. Returns True if it failed for good."""
         with self.sessions.begin() as s:
-            run = s.get(ExpertRun, run_id)
-            if run is None or run.state != ExpertState.RUNNING:
+            run = self._run_held(s, run_id, lease)
+            if run is None:
                 return False
             if run.attempts >= max_attempts:
                 times = f" ({run.attempts} times)" if run.attempts > 1 else ""
@@ -501,27 +533,43 @@ class Catalog:
             run.state, run.reason, run.worker, run.started_at = ExpertState.QUEUED, reason, None, None
             return False
 
-    def requeue_expert_runs(self, run_ids: Sequence[int]) -> None:
+    def requeue_expert_runs(self, run_ids: Sequence[int], leases: Leases | None = None) -> None:
         """Give running expert runs back to the queue without counting an attempt (a stop, an outage)."""
         if run_ids:
             with self.sessions.begin() as s:
-                for run in s.scalars(select(ExpertRun).where(ExpertRun.id.in_(list(run_ids)),
-                                                             ExpertRun.state == ExpertState.RUNNING)):
+                query = select(ExpertRun).where(ExpertRun.id.in_(list(run_ids)), ExpertRun.state == ExpertState.RUNNING)
+                if leases is not None:
+                    query = query.where(tuple_(ExpertRun.id, ExpertRun.lease).in_(
+                        [(i, leases[i]) for i in run_ids if i in leases]))
+                for run in s.scalars(query.with_for_update()):
                     run.state, run.worker, run.started_at = ExpertState.QUEUED, None, None
                     run.attempts = max(0, run.attempts - 1)
 
     def heartbeat_experts(self, run_ids: Sequence[int]) -> None:
+        """Renew running expert runs, whoever holds them (single-process callers; workers use renew_experts)."""
         if run_ids:
             with self.sessions.begin() as s:
                 s.execute(update(ExpertRun).where(ExpertRun.id.in_(list(run_ids)),
-                                                  ExpertRun.state == ExpertState.RUNNING).values(updated_at=utcnow()))
+                                                  ExpertRun.state == ExpertState.RUNNING).values(updated_at=db_now(s)))
 
-    def recover_expert_runs(self, lease_seconds: float) -> list[int]:
+    def renew_experts(self, leases: Leases) -> set[int]:
+        """As renew, for expert runs."""
+        if not leases:
+            return set()
+        with self.sessions.begin() as s:
+            rows = s.execute(update(ExpertRun)
+                             .where(tuple_(ExpertRun.id, ExpertRun.lease).in_(list(leases.items())),
+                                    ExpertRun.state == ExpertState.RUNNING)
+                             .values(updated_at=db_now(s)).returning(ExpertRun.id))
+            return {int(r.id) for r in rows}
+
+    def recover_expert_runs(self, lease_seconds: float, identity: str | None = None) -> list[int]:
         """Queue again the running expert runs whose worker died (as `recover` does for jobs)."""
-        gone = _worker_gone(lease_seconds)
         requeued = []
         with self.sessions.begin() as s:
-            for run in s.scalars(select(ExpertRun).where(ExpertRun.state == ExpertState.RUNNING)):
+            gone = _worker_gone(lease_seconds, db_now(s), identity)
+            for run in s.scalars(select(ExpertRun).where(ExpertRun.state == ExpertState.RUNNING)
+                                 .with_for_update(skip_locked=True)):
                 if gone(run.worker, run.updated_at):
                     run.state, run.worker, run.started_at = ExpertState.QUEUED, None, None
                     run.attempts = max(0, run.attempts - 1)
@@ -554,35 +602,51 @@ class Catalog:
                              .where(ExpertRun.expert == expert, ExpertRun.state == ExpertState.DONE))
             return {int(v): int(n) for v, n in rows}
 
-    def requeue_jobs(self, job_ids: Sequence[int], *, count_attempt: bool = True, reason: str | None = None
-                     ) -> None:
-        """Give running jobs back to the queue. An interruption (Ctrl-C) or an outage of the vector store does not
-        count as an attempt; a failure does, so a job that keeps failing is eventually given up instead of retried
-        forever. `reason` is shown on the job and its video until the next attempt succeeds."""
+    def requeue_jobs(self, job_ids: Sequence[int], *, count_attempt: bool = True, reason: str | None = None,
+                     leases: Leases | None = None) -> None:
+        """Give running jobs back to the queue (those still under `leases`, when given). An interruption (Ctrl-C) or
+        an outage of the vector store does not count as an attempt; a failure does, so a job that keeps failing is
+        eventually given up instead of retried forever. `reason` is shown on the job and its video until the next
+        attempt succeeds."""
         if not job_ids:
             return
         with self.sessions.begin() as s:
-            jobs = list(s.scalars(select(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.RUNNING)))
-            for job in jobs:
+            query = select(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.RUNNING)
+            if leases is not None:
+                query = query.where(tuple_(Job.id, Job.lease).in_([(i, leases[i]) for i in job_ids if i in leases]))
+            for job in s.scalars(query.with_for_update()):
                 job.state, job.worker, job.started_at, job.error = JobState.QUEUED, None, None, reason
                 if not count_attempt:
                     job.attempts = max(0, job.attempts - 1)
                 s.execute(update(Video).where(Video.id == job.video_id)
                           .values(status=VideoStatus.QUEUED, error=reason))
 
+    def renew(self, leases: Leases) -> set[int]:
+        """Renew the leases of running jobs (a worker that stops renewing is presumed dead after the lease length).
+        Returns the ids still held: one missing was taken back (its lease expired and another worker claimed it,
+        or its video was deleted), and its worker must drop it without writing anything."""
+        if not leases:
+            return set()
+        with self.sessions.begin() as s:
+            rows = s.execute(update(Job)
+                             .where(tuple_(Job.id, Job.lease).in_(list(leases.items())), Job.state == JobState.RUNNING)
+                             .values(updated_at=db_now(s)).returning(Job.id))
+            return {int(r.id) for r in rows}
+
     def heartbeat(self, job_ids: Sequence[int]) -> None:
-        """Renew the lease of running jobs: a worker that stops renewing is presumed dead."""
+        """Renew the lease of running jobs, whoever holds them (single-process callers; workers use renew)."""
         if job_ids:
             with self.sessions.begin() as s:
                 s.execute(update(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.RUNNING)
-                          .values(updated_at=utcnow()))
+                          .values(updated_at=db_now(s)))
 
-    def recover(self, lease_seconds: float, max_attempts: int) -> list[int]:
-        """Requeue running jobs whose worker died (its pid is gone on this host, or its lease expired), and give up
-        on queued jobs that already failed `max_attempts` times. Returns the requeued job ids."""
+    def recover(self, lease_seconds: float, max_attempts: int, identity: str | None = None) -> list[int]:
+        """Requeue running jobs whose worker died (its pid is gone on this host, or its lease expired by the
+        database's clock), and give up on queued jobs that already failed `max_attempts` times. Returns the
+        requeued job ids. `identity`: this host's worker identity (see worker_name)."""
         requeued = []
         with self.sessions.begin() as s:
-            for job in self._dead_jobs(s, lease_seconds):
+            for job in self._dead_jobs(s, lease_seconds, identity, lock=True):
                 # A worker's death (SIGKILL, a reboot, the OOM killer, or a file that crashed a decoder running in
                 # a thread) cannot be pinned on one file from here, so it fails none: the attempt is given back and
                 # each of its jobs is retried alone, decoded in a process of its own, where a crash is seen and
@@ -591,19 +655,20 @@ class Catalog:
                 job.attempts = max(0, job.attempts - 1)
                 s.execute(update(Video).where(Video.id == job.video_id).values(status=VideoStatus.QUEUED))
                 requeued.append(job.id)
-            for job in s.scalars(select(Job).where(Job.state == JobState.QUEUED, Job.attempts >= max_attempts)):
+            for job in s.scalars(select(Job).where(Job.state == JobState.QUEUED, Job.attempts >= max_attempts)
+                                 .with_for_update(skip_locked=True)):
                 reason = f"gave up after {job.attempts} attempts (the worker failed each time; see its log)"
                 job.state, job.error, job.finished_at = JobState.FAILED, reason, utcnow()
                 s.execute(update(Video).where(Video.id == job.video_id)
                           .values(status=VideoStatus.FAILED, error=reason))
         return requeued
 
-    def crashed(self, job_id: int, reason: str, max_crashes: int) -> bool:
+    def crashed(self, job_id: int, reason: str, max_crashes: int, leases: Leases | None = None) -> bool:
         """The process decoding a running job's file died (a crash, the OOM killer). The job fails once that has
         happened `max_crashes` times, with `reason`; before that it is retried alone. Returns True if it failed."""
         with self.sessions.begin() as s:
-            job = s.get(Job, job_id)
-            if job is None or job.state != JobState.RUNNING:
+            job = s.scalar(select(Job).where(self._held(job_id, leases)).with_for_update())
+            if job is None:
                 return False
             job.crashes += 1
             video = s.get(Video, job.video_id)
@@ -621,16 +686,18 @@ class Catalog:
                 video.status, video.error = VideoStatus.QUEUED, error
             return False
 
-    def dead_jobs(self, lease_seconds: float) -> list[Job]:
+    def dead_jobs(self, lease_seconds: float, identity: str | None = None) -> list[Job]:
         """Running jobs whose worker is gone (see `recover`)."""
         with self.sessions() as s:
-            return self._dead_jobs(s, lease_seconds)
+            return self._dead_jobs(s, lease_seconds, identity)
 
     @staticmethod
-    def _dead_jobs(s, lease_seconds: float) -> list[Job]:
-        gone = _worker_gone(lease_seconds)
-        return [job for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING))
-                if gone(job.worker, job.updated_at)]
+    def _dead_jobs(s, lease_seconds: float, identity: str | None, *, lock: bool = False) -> list[Job]:
+        gone = _worker_gone(lease_seconds, db_now(s), identity)
+        query = select(Job).where(Job.state == JobState.RUNNING)
+        if lock:  # PostgreSQL: two recovering workers never both requeue (and both un-count) one job
+            query = query.with_for_update(skip_locked=True)
+        return [job for job in s.scalars(query) if gone(job.worker, job.updated_at)]
 
     def fail_video(self, video_id: int, reason: str) -> None:
         """Mark a video failed (and its unfinished jobs), e.g. when its stored file has disappeared."""
@@ -764,22 +831,35 @@ class Catalog:
             return rows
 
 
+def _pick(s, oldest, table=Job):
+    """The ids a claim takes: on PostgreSQL selected first, FOR UPDATE SKIP LOCKED, so concurrent claimers take
+    different rows instead of queueing behind each other's row locks and coming back empty. (Not as a subquery of
+    the UPDATE: PostgreSQL may evaluate that again per row, each time skipping the rows it just locked, and claim
+    more than the limit: seen here.) SQLite has one writer at a time: the subquery runs inside the UPDATE."""
+    if s.get_bind().dialect.name == "postgresql":
+        return list(s.scalars(oldest.with_for_update(skip_locked=True, of=table)))
+    return oldest
+
+
 def _next_seq(s) -> int:
     return int(s.scalar(select(func.max(LiveEvent.seq))) or 0) + 1
 
-def _worker_gone(lease_seconds: float):
-    """A test of (worker name, last renewal) -> whether that worker is gone: its pid is dead on this host, or its
-    lease expired. For jobs and expert runs alike."""
-    host = socket.gethostname()
-    stale_before = utcnow() - timedelta(seconds=lease_seconds)
+def _worker_gone(lease_seconds: float, now: datetime, identity: str | None = None):
+    """A test of (worker name, last renewal) -> whether that worker is gone: its lease expired by the database's
+    clock `now`, or it has this host's identity and its pid is dead here (seen at once, no lease to wait out).
+    For jobs and expert runs alike."""
+    mine = identity or socket.gethostname()
+    stale_before = now - timedelta(seconds=lease_seconds)
 
     def gone(worker: str | None, updated_at: datetime) -> bool:
         name, _, pid = (worker or "").rpartition(":")
-        return (name == host and pid.isdigit() and not pid_alive(int(pid))) or updated_at < stale_before
+        return (name == mine and pid.isdigit() and not pid_alive(int(pid))) or updated_at < stale_before
 
     return gone
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(identity: str | None = None) -> str:
+    """`<identity>:<pid>`. The identity is the host name unless set (VIDSEARCH_WORKER_ID): containers that share a
+    host name, or pid namespaces, need one each, since a dead pid is only judged on the identity's own host."""
+    return f"{identity or socket.gethostname()}:{os.getpid()}"
 

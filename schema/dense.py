@@ -150,10 +150,11 @@ class DenseSegmentStore:
             raise VectorStoreError(f"Milvus {what} failed: {exc}") from exc
 
     # --- the LexicalWriter protocol of the expert stage -----------------------------------------------------------
-    def add(self, video_id: int, segments: Sequence[VectorSegmentLike]) -> int:
-        """Insert one video's windows (call `bind` first, and `delete` when replacing)."""
+    def add(self, video_id: int, segments: Sequence[VectorSegmentLike]) -> list[int]:
+        """Insert one video's windows (call `bind` first, and `delete` when replacing). Returns the rows' primary
+        keys."""
         if not segments:
-            return 0
+            return []
         if self.dim is None:
             raise VectorStoreError(f"the collection '{self.name}' was not bound to a model before writing")
         rows = []
@@ -163,10 +164,18 @@ class DenseSegmentStore:
                 raise DenseModelMismatch(f"a {vec.shape[0]}-dimensional vector for '{self.name}' ({self.dim})")
             rows.append({"video_id": int(video_id), "start_s": float(seg.start), "end_s": float(seg.end),
                          "vector": vec.tolist()})
+        pks: list[int] = []
         for start in range(0, len(rows), INSERT_ROWS):
             chunk = rows[start : start + INSERT_ROWS]
-            self._call("insert", lambda chunk=chunk: self.client.insert(self.name, chunk))
-        return len(rows)
+            done = self._call("insert", lambda chunk=chunk: self.client.insert(self.name, chunk))
+            pks += [int(p) for p in done["ids"]]
+        return pks
+
+    def delete_rows(self, pks: Sequence[int]) -> None:
+        """Remove exactly these rows (what a worker wrote for a run it lost to another worker)."""
+        if pks and self.exists:
+            ids = [int(p) for p in pks]
+            self._call("delete", lambda: self.client.delete(self.name, ids=ids))
 
     def delete(self, video_ids: Sequence[int]) -> None:
         if len(video_ids) == 0 or not self.exists:

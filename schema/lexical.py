@@ -220,9 +220,9 @@ class LexicalStore:
         except MilvusException as exc:
             raise VectorStoreError(f"Milvus {what} failed: {exc}") from exc
 
-    def add(self, video_id: int, segments: Sequence[SegmentLike]) -> int:
+    def add(self, video_id: int, segments: Sequence[SegmentLike]) -> list[int]:
         """Insert the segments of one video (call `delete` first when replacing); segments without words are left
-        out. Returns how many rows were written."""
+        out. Returns the primary keys of the rows written."""
         rows = []
         for seg in segments:
             text = " ".join(str(seg.text).split())[:MAX_TEXT_CHARS]
@@ -232,10 +232,18 @@ class LexicalStore:
                 if self.languages:
                     row["language"] = (getattr(seg, "language", None) or None) and str(seg.language)[:LANGUAGE_CHARS]
                 rows.append(row)
+        pks: list[int] = []
         for start in range(0, len(rows), INSERT_ROWS):
             chunk = rows[start : start + INSERT_ROWS]
-            self._call("insert", lambda chunk=chunk: self.client.insert(self.name, chunk))
-        return len(rows)
+            done = self._call("insert", lambda chunk=chunk: self.client.insert(self.name, chunk))
+            pks += [int(p) for p in done["ids"]]
+        return pks
+
+    def delete_rows(self, pks: Sequence[int]) -> None:
+        """Remove exactly these rows (what a worker wrote for a run it lost to another worker)."""
+        if pks:
+            ids = [int(p) for p in pks]
+            self._call("delete", lambda: self.client.delete(self.name, ids=ids))
 
     def delete(self, video_ids: Sequence[int]) -> None:
         if len(video_ids) == 0:

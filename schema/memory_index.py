@@ -101,11 +101,18 @@ class MemoryIndex:
 
     # --- writes and maintenance: the wrapped store's ---------------------------------------------------------
     def add(self, video_ids: Sequence[int], vectors: np.ndarray, fields: Sequence[VideoFields] | None = None
-            ) -> None:
-        self.store.add(video_ids, vectors, fields)
+            ) -> list[int]:
+        return self.store.add(video_ids, vectors, fields)
 
-    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None:
-        self.store.add_segments(video_ids, segments)
+    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> list[int]:
+        return self.store.add_segments(video_ids, segments)
+
+    def delete_rows(self, pks: Sequence[int], segment_pks: Sequence[int] = ()) -> None:
+        self.store.delete_rows(pks, segment_pks)  # rows of videos never marked ready: not in the copy
+
+    def delete_other_rows(self, keep, keep_segments) -> None:
+        self.store.delete_other_rows(keep, keep_segments)
+        self._forget_segments(keep)
 
     def delete(self, video_ids: Sequence[int], *, segments: bool = True) -> None:
         self.store.delete(video_ids, segments=segments)

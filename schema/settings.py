@@ -187,6 +187,15 @@ class Settings(BaseSettings):
         5.0, ge=1, le=10, description="Length of the audio windows the audio expert embeds (half-overlapping)."
     )
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for new jobs.")
+    lease_seconds: float = Field(
+        600.0, gt=0, description="How long a worker's claim on a job lasts unrenewed (it renews every third of it); "
+        "past it another worker takes the job over, judged by the database's clock.",
+    )
+    worker_id: str | None = Field(
+        None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._@-]+$",
+        description="This worker's name in the queue (default: the host name). Give each container its own when "
+        "containers share a host name.",
+    )
 
     @field_validator("device")
     @classmethod

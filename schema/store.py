@@ -176,11 +176,18 @@ class Store:
         return self.milvus().model
 
     def add(self, video_ids: Sequence[int], vectors: np.ndarray, fields: Sequence[VideoFields] | None = None
-            ) -> None:
-        self.milvus().add(video_ids, vectors, fields)
+            ) -> list[int]:
+        return self.milvus().add(video_ids, vectors, fields)
 
-    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None:
-        self.milvus().add_segments(video_ids, segments)
+    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> list[int]:
+        return self.milvus().add_segments(video_ids, segments)
+
+    def delete_rows(self, pks: Sequence[int], segment_pks: Sequence[int] = ()) -> None:
+        self.milvus().delete_rows(pks, segment_pks)
+
+    def delete_other_rows(self, keep, keep_segments) -> None:
+        target = self._index if self._index is not None else self.milvus()
+        target.delete_other_rows(keep, keep_segments)
 
     def flush(self) -> None:
         self.milvus().flush()

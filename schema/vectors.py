@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,8 +111,11 @@ class VectorStore(Protocol):
     model: str
 
     def add(self, video_ids: Sequence[int], vectors: np.ndarray, fields: Sequence[VideoFields] | None = None
-            ) -> None: ...
-    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None: ...
+            ) -> list[int]: ...
+    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> list[int]: ...
+    def delete_rows(self, pks: Sequence[int], segment_pks: Sequence[int] = ()) -> None: ...
+    def delete_other_rows(self, keep: Mapping[int, Sequence[int]], keep_segments: Mapping[int, Sequence[int]]
+                          ) -> None: ...
     def delete(self, video_ids: Sequence[int], *, segments: bool = True) -> None: ...
     def segments(self, video_ids: Sequence[int]) -> dict[int, Segments]: ...
     def segment_counts(self) -> Counter[int]: ...
@@ -379,20 +382,22 @@ class MilvusVectorStore:
             old.close()
 
     def add(self, video_ids: Sequence[int], vectors: np.ndarray, fields: Sequence[VideoFields] | None = None
-            ) -> None:
-        """Insert one vector per video, with its filterable fields (defaults: unknown duration, no tag)."""
+            ) -> list[int]:
+        """Insert one vector per video, with its filterable fields (defaults: unknown duration, no tag). Returns the
+        rows' primary keys, in order (see delete_rows)."""
         if len(video_ids) == 0:
-            return
+            return []
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(video_ids), self.dim):
             raise ValueError(f"expected {len(video_ids)} vectors of dim {self.dim}, got {vectors.shape}")
         fields = list(fields) if fields is not None else [VideoFields()] * len(video_ids)
         rows = [{"video_id": int(v), "vector": vec, **(f.row() if self.has_filter_fields else {})}
                 for v, vec, f in zip(video_ids, vectors.tolist(), fields, strict=True)]
-        self._call("insert", lambda: self.client.insert(self.collection, rows))
+        return [int(pk) for pk in self._call("insert", lambda: self.client.insert(self.collection, rows))["ids"]]
 
-    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> None:
-        """Insert the segment vectors of these videos (call `delete` first when replacing)."""
+    def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> list[int]:
+        """Insert the segment vectors of these videos (call `delete` first when replacing). Returns the rows'
+        primary keys, in order."""
         rows = []
         for video_id, seg in zip(video_ids, segments, strict=True):
             vectors = np.asarray(seg.vectors, dtype=np.float32)
@@ -400,9 +405,31 @@ class MilvusVectorStore:
                 raise ValueError(f"expected {len(seg.starts)} segment vectors of dim {self.dim}, got {vectors.shape}")
             rows += [{"video_id": int(video_id), "start_s": float(a), "end_s": float(b), "vector": vec}
                      for a, b, vec in zip(seg.starts.tolist(), seg.ends.tolist(), vectors.tolist(), strict=True)]
+        pks: list[int] = []
         for start in range(0, len(rows), SEGMENT_INSERT_ROWS):
             chunk = rows[start : start + SEGMENT_INSERT_ROWS]
-            self._call("insert", lambda chunk=chunk: self.client.insert(self.segment_collection, chunk))
+            done = self._call("insert", lambda chunk=chunk: self.client.insert(self.segment_collection, chunk))
+            pks += [int(pk) for pk in done["ids"]]
+        return pks
+
+    def delete_rows(self, pks: Sequence[int], segment_pks: Sequence[int] = ()) -> None:
+        """Remove exactly these rows (primary keys that add and add_segments returned): what a worker wrote for a
+        job it lost to another worker, leaving the other's rows of the same video alone."""
+        if segment_pks:
+            ids = [int(p) for p in segment_pks]
+            self._call("delete", lambda: self.client.delete(self.segment_collection, ids=ids))
+        if pks:
+            ids = [int(p) for p in pks]
+            self._call("delete", lambda: self.client.delete(self.collection, ids=ids))
+
+    def delete_other_rows(self, keep: Mapping[int, Sequence[int]], keep_segments: Mapping[int, Sequence[int]]
+                          ) -> None:
+        """For each video in `keep`, remove its rows other than the listed primary keys (and likewise its segment
+        rows other than `keep_segments`'): what an earlier, crashed attempt at the same job left behind."""
+        for collection, wanted in ((self.collection, keep), (self.segment_collection, keep_segments)):
+            for expr in _other_rows_filters({v: wanted.get(v, ()) for v in keep}):
+                self._call("delete", lambda collection=collection, expr=expr: self.client.delete(collection,
+                                                                                                 filter=expr))
 
     def delete(self, video_ids: Sequence[int], *, segments: bool = True) -> None:
         """Remove the vectors of these videos, and (unless told otherwise) their segment vectors."""
@@ -516,6 +543,22 @@ class MilvusVectorStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _other_rows_filters(keep: Mapping[int, Sequence[int]], max_keys: int = 4096) -> list[str]:
+    """Filters matching the rows of these videos except the listed primary keys, a few thousand keys per filter
+    (ints only: nothing user-typed reaches the expression)."""
+    filters, videos, keys = [], [], []
+    for video_id, pks in keep.items():
+        if videos and len(keys) + len(pks) > max_keys:
+            filters.append((videos, keys))
+            videos, keys = [], []
+        videos.append(int(video_id))
+        keys += [int(p) for p in pks]
+    if videos:
+        filters.append((videos, keys))
+    return [f"video_id in [{', '.join(map(str, v))}]" + (f" and {PK} not in [{', '.join(map(str, k))}]" if k else "")
+            for v, k in filters]
 
 
 def video_counts(client, collection: str) -> Counter[int]:

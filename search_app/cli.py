@@ -517,11 +517,11 @@ def doctor(
     """Check that the catalog, the vectors and the stored files agree (orphan vectors, ready videos without
     vectors, duplicates, jobs of dead workers, missing files). Exit status 1 if a problem is left unrepaired."""
     from ingest.doctor import examine
-    from ingest.worker import LEASE_SECONDS
 
     runtime = _runtime()
     # The collection as it is, whatever model built it: checking and repairing needs no model.
-    findings = examine(runtime.catalog, runtime.store.existing(), runtime.settings, lease_seconds=LEASE_SECONDS,
+    findings = examine(runtime.catalog, runtime.store.existing(), runtime.settings,
+                       lease_seconds=runtime.settings.lease_seconds,
                        repair=repair, lexical=runtime.store.lexical_existing())
     runtime.close()
     if as_json:

@@ -123,6 +123,24 @@ def settings(tmp_path, tiny_model, milvus_uri) -> Settings:
     )
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request, tmp_path) -> str:
+    """The catalog's database: a SQLite file (the embedded default) or a fresh database on a real PostgreSQL server.
+    The catalog and queue tests take this (or `catalog`), so they run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def catalog(catalog_url):
+    from schema.catalog import Catalog
+
+    cat = Catalog(catalog_url)
+    yield cat
+    cat.close()
+
+
 @pytest.fixture
 def runtime(settings):
     from ingest.runtime import Runtime

@@ -1,4 +1,5 @@
-"""Catalog, queue and library functions on real SQLite (and a real Milvus Lite server where vectors are involved)."""
+"""Catalog, queue and library functions on real SQLite and a real PostgreSQL server (and a real Milvus Lite server
+where vectors are involved)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,6 @@ from ingest.library import Outcome, enqueue_file, safe_title, stored_path_for
 from schema.catalog import Catalog, JobState, VideoStatus
 from schema.lite_server import ensure_server, read_state, stop_server
 from schema.settings import Settings
-
-
-@pytest.fixture
-def catalog(tmp_path) -> Catalog:
-    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
-    yield cat
-    cat.close()
 
 
 @pytest.fixture
@@ -68,8 +62,8 @@ def test_failed_content_is_requeued_when_added_again(catalog, plain_settings, cl
     assert catalog.get_video(first.video_id).status is VideoStatus.QUEUED
 
 
-def test_claims_are_exclusive_across_concurrent_workers(tmp_path, plain_settings, clips_dir):
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+def test_claims_are_exclusive_across_concurrent_workers(catalog_url, plain_settings, clips_dir):
+    url = catalog_url
     setup = Catalog(url)
     for i in range(40):
         setup.add_video(sha256=f"{i:064d}", title=f"v{i}", stored_path="/nowhere", size_bytes=1)
@@ -283,16 +277,8 @@ def test_an_upload_is_renamed_into_the_library_not_copied(catalog, plain_setting
     assert not list(plain_settings.videos_dir.glob(".incoming-*"))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_catalog(request, tmp_path) -> Catalog:
-    url = f"sqlite:///{tmp_path / 'paged.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    cat = Catalog(url)
-    yield cat
-    cat.close()
-
-
-def test_pages_are_keyset_pages_in_sql_and_counts_are_counts(any_catalog):
-    cat = any_catalog
+def test_pages_are_keyset_pages_in_sql_and_counts_are_counts(catalog):
+    cat = catalog
     titles = [f"{'Red' if i % 3 == 0 else 'blue'}_{i}.mp4" for i in range(23)] + ["100%_sure.mp4", "a_b.mp4"]
     ids = [cat.add_video(sha256=f"{i:064d}", title=t, stored_path="/nowhere", size_bytes=1)[0].id
            for i, t in enumerate(titles)]

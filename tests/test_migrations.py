@@ -171,9 +171,9 @@ def test_catalog_that_gained_tag_by_hand_is_stamped_not_altered(db_url):
     finally:
         catalog.close()
     # Up to 0003 nothing was altered; later revisions only added what they add (0004: two columns of jobs; 0005:
-    # the expert_runs table; 0006: streams and live_events).
+    # the expert_runs table; 0006: streams and live_events; 0007: jobs.lease).
     after = layout(db_url)
-    added = {("crashes", "INTEGER", False), ("suspect", "BOOLEAN", False)}
+    added = {("crashes", "INTEGER", False), ("suspect", "BOOLEAN", False), ("lease", "INTEGER", False)}
     assert set(after["jobs"][0]) - set(before_layout["jobs"][0]) == added
     assert set(after) - set(before_layout) == {"expert_runs", "streams", "live_events"}
     same = {name: table for name, table in after.items() if name not in ("jobs", "expert_runs", "streams",
