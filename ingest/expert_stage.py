@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 from ingest.decode import Limits
 from ingest.expert_input import read_input
 from ingest.experts import Expert, ExpertUnavailable, TextSegment, VectorSegment, expert_class
-from schema.catalog import Catalog, ExpertRun, ExpertState
+from schema.catalog import Catalog, ExpertRun, ExpertState, worker_name
 from schema.lexical import FullTextUnsupported
 from schema.vectors import VectorStoreError
 
@@ -106,7 +106,7 @@ class ExpertStage:
     def __init__(self, catalog: Catalog, lexical: Callable[[str], LexicalWriter], experts: Callable[[str], Expert],
                  *, workers: int = 1, claim_size: int = 4, timeout: float | None = 1800.0,
                  limits: Limits = Limits(), max_attempts: int = MAX_EXPERT_ATTEMPTS,  # noqa: B008 (frozen)
-                 lease_seconds: float = 600.0) -> None:
+                 lease_seconds: float = 600.0, identity: str | None = None) -> None:
         self.catalog = catalog
         self.lexical = lexical  # expert name -> its collection
         self.experts = experts  # expert name -> a (not yet loaded) expert
@@ -116,6 +116,7 @@ class ExpertStage:
         self.limits = limits
         self.max_attempts = max_attempts
         self.renew_seconds = min(HEARTBEAT_SECONDS, lease_seconds / 3)  # a lease is renewed well before it ends
+        self.identity = identity  # VIDSEARCH_WORKER_ID (None: the host name)
         self._pool = None
         self._lock = threading.Lock()
 
@@ -131,7 +132,7 @@ class ExpertStage:
 
         return cls(catalog, lexical, expert, claim_size=settings.expert_claim_size,
                    timeout=settings.expert_timeout_seconds, limits=Limits.from_settings(settings),
-                   lease_seconds=settings.lease_seconds)
+                   lease_seconds=settings.lease_seconds, identity=settings.worker_id)
 
     def pool(self):
         with self._lock:
@@ -156,7 +157,7 @@ class ExpertStage:
         Setting `stop` puts the unfinished runs back in the queue and raises Stopped."""
         from ingest.pipeline import Stopped  # torch: not imported by the pool processes, which import this module
 
-        runs = self.catalog.claim_expert_runs(self.claim_size)
+        runs = self.catalog.claim_expert_runs(self.claim_size, worker_name(self.identity))
         if not runs:
             return []
         videos = self.catalog.videos_by_ids(sorted({r.video_id for r in runs}))

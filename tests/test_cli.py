@@ -24,9 +24,10 @@ class Cli:
 
     def __init__(self, home: Path, model: Path, zygote: Zygote | None = None) -> None:
         self.home, self.model, self.zygote = home, model, zygote
+        self.env: dict[str, str] = {}  # for every command (e.g. the catalog's database)
 
     def __call__(self, *args: str, expect: int | None = 0, **env: str) -> subprocess.CompletedProcess:
-        environment = cli_env(self.home, self.model, **env)
+        environment = cli_env(self.home, self.model, **{**self.env, **env})
         if self.zygote is not None:
             proc = self.zygote.run(list(args), environment, self.home.parent / "cli-output", timeout=300)
         else:
@@ -58,7 +59,10 @@ def mixed_folder(tmp_path, clips_dir) -> Path:
     return folder
 
 
-def test_ingest_search_list_status_delete(cli, mixed_folder):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_ingest_search_list_status_delete(cli, mixed_folder, database, request):
+    if database == "postgresql":  # the same commands with the catalog on a real PostgreSQL server
+        cli.env["VIDSEARCH_DATABASE_URL"] = request.getfixturevalue("postgres_url")
     first = cli("ingest", str(mixed_folder), "--recursive", "--wait", expect=1)
     assert f"Ingested: {len(CLIPS)}" in first.stdout
     assert "failed: 1" in first.stdout and "broken.mp4" in first.stdout and "skipped (not video): 1" in first.stdout

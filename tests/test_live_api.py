@@ -133,8 +133,8 @@ def test_a_stream_added_through_the_api_gives_its_event_over_get_and_sse(tiny_mo
     assert "live: watcher process" in text
 
 
-def test_events_past_their_retention_are_removed_with_their_thumbnails(tmp_path):
-    settings = Settings(home=tmp_path / "home", live_retention_days=7)
+def test_events_past_their_retention_are_removed_with_their_thumbnails(tmp_path, catalog_url):
+    settings = Settings(home=tmp_path / "home", live_retention_days=7, database_url=catalog_url)
     settings.ensure_dirs()
     catalog = Catalog(settings.catalog_url)
     try:
@@ -189,8 +189,9 @@ def test_serve_resumes_its_streams_after_a_restart(tiny_model, tmp_path):
     assert log_path.read_text().count("live: watcher process") >= 1
 
 
-def test_recorded_clips_past_their_size_cap_are_deleted_oldest_first(tmp_path):
-    settings = Settings(home=tmp_path / "home", live_clips_max_gb=2500 / 2**30)  # 2500 bytes of clips at most
+def test_recorded_clips_past_their_size_cap_are_deleted_oldest_first(tmp_path, catalog_url):
+    settings = Settings(home=tmp_path / "home", live_clips_max_gb=2500 / 2**30,  # 2500 bytes of clips at most
+                        database_url=catalog_url)
     settings.ensure_dirs()
     catalog = Catalog(settings.catalog_url)
     try:
