@@ -727,6 +727,17 @@ class Catalog:
             rows = s.scalars(select(Job).where(Job.video_id.in_(list(video_ids))).order_by(Job.id))
             return {job.video_id: job for job in rows}
 
+    def workers(self) -> list[dict]:
+        """The workers holding running jobs: name, how many, and seconds since their last renewal (by the
+        database's clock), most recently renewed first. What `vidsearch status` shows of a fleet of workers."""
+        with self.sessions() as s:
+            now = db_now(s)
+            rows = s.execute(select(Job.worker, func.count(), func.max(Job.updated_at))
+                             .where(Job.state == JobState.RUNNING).group_by(Job.worker))
+            found = [{"worker": w, "running": int(n), "renewed_s_ago": max(0.0, (now - last).total_seconds())}
+                     for w, n, last in rows]
+        return sorted(found, key=lambda w: (w["renewed_s_ago"], w["worker"] or ""))
+
     def job_counts(self) -> dict[str, int]:
         with self.sessions() as s:
             counts = {state: n for state, n in s.execute(select(Job.state, func.count()).group_by(Job.state))}

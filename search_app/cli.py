@@ -474,6 +474,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
     """Jobs by state, and why failed ones failed; each expert's videos by state."""
     runtime = _runtime()
     counts = runtime.catalog.job_counts()
+    workers = runtime.catalog.workers()
+    lease = runtime.settings.lease_seconds
+    for w in workers:  # past its lease, the next worker that looks takes the job over
+        w["lease_expired"] = w["renewed_s_ago"] > lease
     failures = [{"job_id": j.id, "video_id": v.id, "title": v.title, "error": j.error}
                 for j, v in runtime.catalog.failed_jobs()]
     experts = runtime.catalog.expert_counts()
@@ -483,9 +487,13 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
     asr = describe_asr(runtime.settings) if "speech" in runtime.settings.expert_names else None
     runtime.close()
     if as_json:
-        _out({"jobs": counts, "failed": failures, "experts": experts, "speech_recognizer": asr, "vector_store": store})
+        _out({"jobs": counts, "workers": workers, "failed": failures, "experts": experts, "speech_recognizer": asr,
+              "vector_store": store})
         return
     typer.echo("  ".join(f"{state}: {n}" for state, n in counts.items()))
+    for w in workers:
+        note = " (lease expired: the job will be taken over)" if w["lease_expired"] else ""
+        typer.echo(f"  worker {w['worker']}: {w['running']} running, renewed {w['renewed_s_ago']:.0f} s ago{note}")
     for f in failures:
         typer.echo(f"  failed: video {f['video_id']} {f['title']}: {f['error']}")
     for name, states in experts.items():

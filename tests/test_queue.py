@@ -13,7 +13,7 @@ import pytest
 import schema.catalog as catalog_module
 from ingest.library import enqueue_file
 from ingest.worker import Worker
-from schema.catalog import Catalog, ExpertState, JobState, VideoStatus, worker_name
+from schema.catalog import Catalog, ExpertState, Job, JobState, VideoStatus, select, worker_name
 
 
 def _add(cat: Catalog, n: int) -> list[int]:
@@ -101,6 +101,18 @@ def test_leases_are_judged_by_the_database_clock(postgres_url, monkeypatch):
         conn.exec_driver_sql("UPDATE jobs SET updated_at = updated_at - interval '601 seconds'")
     assert cat.recover(lease_seconds=600, max_attempts=3) == [job.id]
     cat.close()
+
+
+def test_status_lists_the_workers_holding_jobs(catalog):
+    _add(catalog, 3)
+    catalog.claim_jobs(2, worker="gpu-1:10")
+    catalog.claim_jobs(1, worker="gpu-2:20")
+    with catalog.sessions.begin() as s:  # gpu-2 last renewed 5 minutes ago
+        job = s.scalar(select(Job).where(Job.worker == "gpu-2:20"))
+        job.updated_at = job.started_at - timedelta(seconds=300)
+    [first, second] = catalog.workers()
+    assert (first["worker"], first["running"], second["worker"], second["running"]) == ("gpu-1:10", 2, "gpu-2:20", 1)
+    assert first["renewed_s_ago"] < 60 and 299 < second["renewed_s_ago"] < 400
 
 
 def test_a_dead_pid_is_judged_only_on_its_own_identity(catalog):

@@ -79,6 +79,11 @@ def test_four_workers_share_one_queue_through_a_kill_and_a_pause(tmp_path, tiny_
         # w1 freezes mid-job past its lease (a stalled VM, a long GC pause), then comes back.
         paused = _wait("a job of w1 running", lambda: _running(catalog, "w1"), 240, logs)
         os.killpg(procs["w1"].pid, signal.SIGSTOP)
+        status = subprocess.run([*vidsearch_cmd(), "status", "--json"], capture_output=True, text=True, timeout=120,
+                                env=cli_env(tmp_path / "scratch3", tiny_model, **common))
+        listed = {w["worker"] for w in json.loads(status.stdout)["workers"]}
+        # (Unless the lease already ran out and another worker took the job while status started.)
+        assert paused.worker in listed or catalog.get_job(paused.id).lease > paused.lease, status.stdout
         taken = _wait("w1's job taken over and done", lambda: (job := catalog.get_job(paused.id)).state
                       is JobState.DONE and job, 120, logs, poll=0.2)
         assert not taken.worker.startswith("w1:") and taken.lease > paused.lease
