@@ -280,6 +280,14 @@ def test_refusals_say_what_to_fix(runtime, clips_dir, postgres_url, other_milvus
     assert not (tmp_path / "shared").exists()
 
 
+def test_a_row_the_destination_cannot_hold_is_reported_not_a_traceback(runtime, postgres_server):
+    # videos.size_bytes is an INTEGER: SQLite holds any size there, PostgreSQL 32 bits (a file of 2 GiB or more).
+    runtime.catalog.add_video(sha256="d" * 64, title="huge.mp4", stored_path="/x/huge.mp4", owned=False,
+                              size_bytes=3 << 30)
+    with pytest.raises(MoveError, match=r"refused videos rows 1\.\.1: .*out of range"):
+        move_library(runtime.settings, Plan(database_url=postgres_server.create_database()))
+
+
 class sock_closed_port:  # noqa: N801  (a context manager used like a function)
     """A loopback port nothing listens on."""
 

@@ -68,6 +68,8 @@ def move_library(settings: Settings, plan: Plan, *, progress: Progress = no_prog
                  target: VideoTarget | None = None) -> MoveReport:
     """Move what `plan` names (see the module's docstring). `target`: the store the video files go to (default: a
     FolderTarget on plan.storage). Raises MoveError for anything a person must fix first."""
+    from pymilvus.exceptions import MilvusException
+
     from ingest.worker import LEASE_SECONDS
 
     if plan.batch < 1:
@@ -96,7 +98,10 @@ def move_library(settings: Settings, plan: Plan, *, progress: Progress = no_prog
         clients = None
         if plan.milvus_uri:
             clients = _milvus_clients(settings, plan, stack)
-            names = check_destination(*clients, library_collections(settings), state, plan.milvus_uri)
+            try:
+                names = check_destination(*clients, library_collections(settings), state, plan.milvus_uri)
+            except MilvusException as exc:
+                raise MoveError(f"the Milvus endpoints could not be read: {exc}") from exc
 
         if plan.database_url:
             report.catalog = copy_catalog(source, plan.database_url, state, batch=plan.batch, progress=progress,

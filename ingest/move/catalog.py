@@ -176,8 +176,13 @@ def _copy_by_key(src: Engine, dst: Engine, table: Table, batch: int, bar, on_bat
             rows = [dict(r) for r in conn.execute(query).mappings()]
         if not rows:
             return copied
-        with dst.begin() as conn:
-            conn.execute(insert(table), rows)
+        try:
+            with dst.begin() as conn:
+                conn.execute(insert(table), rows)
+        except SQLAlchemyError as exc:
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise MoveError(f"the destination refused {table.name} rows {rows[0][key.name]}..{rows[-1][key.name]}: "
+                            f"{cause}") from exc
         last = rows[-1][key.name]
         copied += len(rows)
         bar.update(len(rows))

@@ -193,11 +193,17 @@ def copy_collection(src, dst, name: str, section: dict, state: MoveState, *, bat
 def copy_vectors(src, dst, uri: str, names: list[str], state: MoveState, *, batch: int, progress: Progress,
                  on_batch: BatchHook) -> VectorReport:
     """Copy each of `names` (see check_destination) from client `src` to client `dst` (the endpoint `uri`)."""
+    from pymilvus.exceptions import MilvusException
+
     section = state.begin("vectors", uri, uri)
     report = VectorReport(uri)
     for name in names:
-        report.collections.append(copy_collection(src, dst, name, section, state, batch=batch, progress=progress,
-                                                  on_batch=on_batch))
+        try:
+            report.collections.append(copy_collection(src, dst, name, section, state, batch=batch,
+                                                      progress=progress, on_batch=on_batch))
+        except MilvusException as exc:
+            raise MoveError(f"copying collection {name} to {uri} failed ({exc}); run the same command again to go "
+                            "on from where it stopped") from exc
     section["done"] = True
     state.save()
     return report
