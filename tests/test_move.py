@@ -247,6 +247,8 @@ def test_refusals_say_what_to_fix(runtime, clips_dir, postgres_url, other_milvus
     with sock_closed_port() as port:
         with pytest.raises(MoveError, match="cannot reach the destination Milvus"):
             move_library(settings, Plan(milvus_uri=f"http://127.0.0.1:{port}"))
+    with pytest.raises(MoveError, match="only a folder"):
+        move_library(settings, Plan(storage="s3://bucket/videos"))
     with pytest.raises(MoveError, match="endpoint in use now"):
         move_library(settings, Plan(milvus_uri=settings.milvus_uri))
 

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from ingest.move.catalog import CatalogReport, check_empty, check_quiet, copy_catalog, open_destination, shown_url
 from ingest.move.common import BatchHook, MoveError, Progress, no_hook, no_progress
 from ingest.move.state import STATE_FILE, MoveState
-from ingest.move.storage import FolderTarget, StorageReport, VideoTarget, copy_video_files
+from ingest.move.storage import StorageReport, VideoTarget, copy_video_files, storage_target
 from ingest.move.vectors import VectorReport, check_destination, copy_vectors, library_collections
 from schema.catalog import Catalog
 from schema.settings import Settings
@@ -41,7 +41,7 @@ class Plan:
     database_url: str | None = None
     milvus_uri: str | None = None
     milvus_token: str | None = None
-    storage: Path | None = None  # a folder (shared mount); S3 comes with shared storage
+    storage: str | Path | None = None  # a folder (shared mount); see storage.storage_target
     batch: int = 1000  # catalog rows per transaction, collection rows per group of videos
 
 
@@ -75,7 +75,7 @@ def move_library(settings: Settings, plan: Plan, *, progress: Progress = no_prog
     if plan.batch < 1:
         raise MoveError("--batch must be at least 1")
     if target is None and plan.storage is not None:
-        target = FolderTarget(plan.storage)
+        target = storage_target(plan.storage)
     if not (plan.database_url or plan.milvus_uri or target is not None):
         raise MoveError("nothing to move: give --to-database, --to-milvus and/or --to-storage")
     if plan.milvus_uri:

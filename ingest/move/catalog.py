@@ -33,10 +33,11 @@ class CatalogReport:
     destination: str  # shown without its password
     copied: dict[str, int] = field(default_factory=dict)  # rows written by this run, per table
     rows: dict[str, int] = field(default_factory=dict)  # rows at the destination after it, per table
+    was_done: bool = False  # an earlier run completed this copy
 
     @property
     def nothing_to_do(self) -> bool:
-        return not any(self.copied.values())
+        return self.was_done and not any(self.copied.values())
 
 
 def shown_url(url: str) -> str:
@@ -129,13 +130,14 @@ def copy_catalog(source: Catalog, url: str, state: MoveState, *, batch: int, pro
         if state.section("catalog", url) is None:
             check_empty(engine, url)
         section = state.begin("catalog", url, shown_url(url))
+        was_done = bool(section.get("done"))
     finally:
         engine.dispose()
     try:
         dest = Catalog(url)  # the destination's own migrations make its tables
     except (MigrationError, SQLAlchemyError) as exc:
         raise MoveError(f"could not create the catalog's tables in {shown_url(url)}: {exc}") from exc
-    report = CatalogReport(shown_url(url))
+    report = CatalogReport(shown_url(url), was_done=was_done)
     try:
         with source.engine.connect() as conn:
             wanted = {t.name: int(conn.scalar(select(func.count()).select_from(t)) or 0) for t in TABLES}

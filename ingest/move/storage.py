@@ -77,6 +77,14 @@ class FolderTarget:
         return str(dest)
 
 
+def storage_target(where: str | Path) -> VideoTarget:
+    """The store `--to-storage` names: a folder. (An s3:// store plugs in here, as another VideoTarget.)"""
+    text = str(where)
+    if "://" in text:
+        raise MoveError(f"--to-storage {text}: only a folder is supported by this version (a shared mount)")
+    return FolderTarget(Path(text))
+
+
 @dataclass
 class StorageReport:
     target: str
