@@ -218,6 +218,9 @@ def test_an_interrupted_move_resumes_without_duplicates_and_then_has_nothing_to_
 
     report = move_library(settings, plan)
     assert report.findings == [] and not report.nothing_to_do
+    main = next(c for c in report.vectors.collections if c.name == settings.collection)
+    assert main.copied == main.rows - 2 + 1  # went on after the 2 rows copied before; the doubled video again
+    assert report.storage.copied == 0 and report.storage.already == len(OWNED)  # finished by the run before
     assert _collection_counts(moved_settings) == source_vectors  # each video once, its segments once
     moved_rows = _rows(postgres_url)
     assert {t: len(r) for t, r in moved_rows.items()} == {t: len(r) for t, r in source_rows.items()}

@@ -7,14 +7,16 @@ recomputed and no model loads. The sparse fields a BM25 function fills are not c
 the text again, as it did at ingest), nor are the primary keys (the destination gives its own, as it would at
 ingest: a Milvus Lite destination numbers them from 1, so copied keys would collide with its next ones).
 
-Rows are copied by videos, a group of whole videos at a time: the destination's rows of the group are deleted, then
-the group's rows inserted, so a group cut short by an interruption is simply done again. The state records the last
-video id done per collection; at the end each video's row count at the destination is compared with the source's
-and any difference is copied again, so a resumed or repeated move ends equal to the source, without duplicates.
+Rows are read in one pass over the source in primary-key order (query_iterator), `batch` at a time, and the last
+key copied is recorded after each batch, so a rerun goes on after it. A run cut short between a batch's insert and
+its record would copy that batch twice; so at the end each video's row count at the destination is compared with
+the source's, and the rows of any video that differs are replaced by the source's (deleted, then copied again by
+video id). A resumed or repeated move thus ends equal to the source, without duplicates.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -28,6 +30,7 @@ _INDEX_META = {"field_name", "index_name", "index_type", "metric_type", "total_r
                "pending_index_rows", "state"}
 _INSERT_BYTES = 16 << 20  # one insert request stays well under gRPC's message limit
 _ITERATOR_BATCH = 4000
+MAX_QUERY_ROWS = 16_384  # the most rows one Milvus query (an iterator's batch) returns
 _ALLOW_AUTO_ID = "allow_insert_auto_id"
 
 
@@ -123,7 +126,7 @@ def _size(row: dict) -> int:
 
 
 def _copy_videos(src, dst, name: str, fields: list[str], video_ids: list[int]) -> int:
-    """Replace the destination's rows of these videos with the source's."""
+    """Replace the destination's rows of these videos with the source's (the repair of `copy_collection`)."""
     expr = f"video_id in [{', '.join(str(int(v)) for v in video_ids)}]"  # ints from Milvus itself
     rows: list[dict] = []
     iterator = src.query_iterator(name, batch_size=_ITERATOR_BATCH, filter=expr, output_fields=fields)
@@ -133,6 +136,21 @@ def _copy_videos(src, dst, name: str, fields: list[str], video_ids: list[int]) -
     finally:
         iterator.close()
     dst.delete(name, filter=expr)
+    _insert(dst, name, rows)
+    return len(rows)
+
+
+def _key_literal(value) -> str:
+    return str(int(value)) if isinstance(value, int) else json.dumps(str(value))
+
+
+def _count(client, name: str, expr: str) -> int:
+    rows = client.query(name, filter=expr, output_fields=["count(*)"])
+    return int(rows[0]["count(*)"]) if rows else 0
+
+
+def _insert(dst, name: str, rows: list[dict]) -> None:
+    """Insert `rows` in requests of at most _INSERT_BYTES."""
     chunk: list[dict] = []
     size = 0
     for row in rows:
@@ -143,38 +161,42 @@ def _copy_videos(src, dst, name: str, fields: list[str], video_ids: list[int]) -
             chunk, size = [], 0
     if chunk:
         dst.insert(name, chunk)
-    return len(rows)
 
 
 def copy_collection(src, dst, name: str, section: dict, state: MoveState, *, batch: int, progress: Progress,
                     on_batch: BatchHook) -> CollectionReport:
     report = CollectionReport(name)
     info = src.describe_collection(name)
-    record = section.setdefault("collections", {}).setdefault(name, {"done_through": None, "done": False})
+    key = next(f["name"] for f in info["fields"] if f.get("is_primary"))
+    record = section.setdefault("collections", {}).setdefault(name, {"after": None, "done": False})
     state.save()  # before the collection exists there: a rerun then knows it is ours
     if not dst.has_collection(name):
         _create_like(src, dst, name, info)
-        record.update(done_through=None, done=False)
+        record.update(after=None, done=False)
         state.save()
         report.created = True
     fields = _insertable(info)
-    counts = video_counts(src, name)
-    report.rows = sum(counts.values())
-    through = record.get("done_through")
-    todo = [g for g in _groups(counts, batch) if through is None or g[-1] > through]
-    bar = progress(name, sum(counts[v] for g in todo for v in g))
+    after = record.get("after")
+    expr = f"{key} > {_key_literal(after)}" if after is not None else ""
+    bar = progress(name, _count(src, name, expr))
     try:
-        for group in todo:
-            written = _copy_videos(src, dst, name, fields, group)
-            record["done_through"] = group[-1]
-            state.save()
-            report.copied += written
-            bar.update(written)
-            on_batch("vectors", name, written)
+        iterator = src.query_iterator(name, batch_size=min(batch, MAX_QUERY_ROWS), filter=expr,
+                                      output_fields=[*fields, key])
+        try:
+            while rows := iterator.next():
+                _insert(dst, name, [{f: row[f] for f in fields if f in row} for row in rows])
+                record["after"] = max(row[key] for row in rows)
+                state.save()
+                report.copied += len(rows)
+                bar.update(len(rows))
+                on_batch("vectors", name, len(rows))
+        finally:
+            iterator.close()
         dst.flush(name)  # sealed: Milvus Lite searches unsealed rows by a slow scan (schema/vectors.py, flush)
-        there = video_counts(dst, name)
+        counts, there = video_counts(src, name), video_counts(dst, name)
+        report.rows = sum(counts.values())
         wrong = sorted(v for v in set(counts) | set(there) if counts.get(v, 0) != there.get(v, 0))
-        if wrong:  # left by a run cut short between its insert and its record, or a source changed meanwhile
+        if wrong:  # left by a run cut short between an insert and its record, or a source changed meanwhile
             for group in _groups(Counter({v: max(1, counts.get(v, 0)) for v in wrong}), batch):
                 report.copied += _copy_videos(src, dst, name, fields, group)
             dst.flush(name)
