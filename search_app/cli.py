@@ -654,8 +654,8 @@ def move_library(
                                ] = None,
     to_storage: Annotated[str | None, typer.Option("--to-storage", help="Folder (e.g. a shared mount) the stored "
                                                    "video files are copied to.")] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Rows per catalog transaction and per copied group "
-                                       "of videos' vectors.")] = 1000,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Rows per catalog transaction and per read of a "
+                                       "collection.")] = 1000,
 ) -> None:
     """Move this library (the one the settings describe) to a shared database, Milvus and/or folder; only what is
     given moves. Vectors are copied, never recomputed. Resumable: after an interruption run the same command again.
@@ -703,7 +703,8 @@ def move_library(
             typer.echo(f"collection {c.name} -> {report.vectors.destination}: {c.rows} rows ({c.copied} copied now)")
     typer.echo("Set these now (for every vidsearch process: serve, worker, CLI):")
     for name, value in report.settings.items():
-        typer.echo(f"  {name}={value}")
+        hidden = "   (password hidden: put yours back)" if name == "VIDSEARCH_DATABASE_URL" and "***" in value else ""
+        typer.echo(f"  {name}={value}{hidden}")
     if report.findings:
         typer.echo("doctor at the destination found:")
         for f in report.findings:

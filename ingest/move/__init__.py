@@ -42,7 +42,7 @@ class Plan:
     milvus_uri: str | None = None
     milvus_token: str | None = None
     storage: str | Path | None = None  # a folder (shared mount); see storage.storage_target
-    batch: int = 1000  # catalog rows per transaction, collection rows per group of videos
+    batch: int = 1000  # catalog rows per transaction, collection rows per read (and per state record)
 
 
 @dataclass
