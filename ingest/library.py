@@ -71,8 +71,14 @@ def _safe_suffix(name: str) -> str:
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ""
 
 
+def content_path(folder: Path, sha256: str, name: str) -> Path:
+    """Where a file of this content is kept in a content-addressed folder (the videos folder, or the folder a
+    library is moved to): <folder>/<first two hex digits>/<sha256><extension of `name`>."""
+    return folder / sha256[:2] / f"{sha256}{_safe_suffix(name)}"
+
+
 def stored_path_for(settings: Settings, sha256: str, name: str) -> Path:
-    return settings.videos_dir / sha256[:2] / f"{sha256}{_safe_suffix(name)}"
+    return content_path(settings.videos_dir, sha256, name)
 
 
 def _copy_hashing(src: Path, folder: Path) -> tuple[Path, str]:

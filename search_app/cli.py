@@ -650,6 +650,78 @@ def migrate() -> None:
         typer.echo(f"catalog schema: {result.from_revision} -> {result.to_revision}")
 
 
+@app.command("move-library")
+def move_library(
+    to_database: Annotated[str | None, typer.Option("--to-database", help="SQLAlchemy URL of an empty database the "
+                                                    "catalog moves to, e.g. postgresql+psycopg://user:pw@host/db.")
+                           ] = None,
+    to_milvus: Annotated[str | None, typer.Option("--to-milvus", help="Milvus endpoint the collections are copied "
+                                                  "to, e.g. http://milvus-host:19530.")] = None,
+    to_milvus_token: Annotated[str | None, typer.Option("--to-milvus-token", envvar="VIDSEARCH_MOVE_MILVUS_TOKEN",
+                                                        help="Token (user:password or API key) of that endpoint.")
+                               ] = None,
+    to_storage: Annotated[str | None, typer.Option("--to-storage", help="Folder (e.g. a shared mount) the stored "
+                                                   "video files are copied to.")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Rows per catalog transaction and per read of a "
+                                       "collection.")] = 1000,
+) -> None:
+    """Move this library (the one the settings describe) to a shared database, Milvus and/or folder; only what is
+    given moves. Vectors are copied, never recomputed. Resumable: after an interruption run the same command again.
+
+    Examples:
+      vidsearch move-library --to-database postgresql+psycopg://vidsearch:pw@db/vidsearch \\
+          --to-milvus http://milvus:19530 --to-storage /mnt/shared/videos
+      vidsearch move-library --to-milvus http://milvus:19530      (only the vectors)
+    """
+    from tqdm import tqdm
+
+    from ingest.move import MoveError, Plan
+    from ingest.move import move_library as run_move
+
+    def bar(desc: str, total: int):
+        return tqdm(total=total, desc=f"{desc:>24}", unit="row" if desc != "videos" else "file", file=sys.stderr,
+                    disable=total == 0)
+
+    plan = Plan(database_url=to_database, milvus_uri=to_milvus, milvus_token=to_milvus_token, storage=to_storage,
+                batch=batch)
+    try:
+        report = run_move(Settings(), plan, progress=bar)
+    except MoveError as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        typer.echo("stopped: run the same command again to go on from where it stopped", err=True)
+        raise typer.Exit(130) from None
+    if report.nothing_to_do:
+        typer.echo("Nothing to move: already moved (a previous run of this command completed).")
+    if report.catalog is not None:
+        rows = ", ".join(f"{name} {n}" for name, n in report.catalog.rows.items() if n)
+        typer.echo(f"catalog -> {report.catalog.destination}: {sum(report.catalog.copied.values())} rows copied "
+                   f"now ({rows or 'empty'})")
+    if report.storage is not None:
+        s = report.storage
+        typer.echo(f"videos -> {s.target}: {s.copied} files copied now, {s.already} already there")
+        if s.linked:
+            typer.echo(f"  {len(s.linked)} video(s) ingested in place (--link) stay where they are, e.g. {s.linked[0]}")
+        for what, paths in (("missing at the source", s.missing), ("changed since ingest (not copied)", s.damaged)):
+            if paths:
+                typer.echo(f"  {len(paths)} file(s) {what}, e.g. {paths[0]}")
+        typer.echo("  the original files are left in place: remove them once the moved library works")
+    if report.vectors is not None:
+        for c in report.vectors.collections:
+            typer.echo(f"collection {c.name} -> {report.vectors.destination}: {c.rows} rows ({c.copied} copied now)")
+    typer.echo("Set these now (for every vidsearch process: serve, worker, CLI):")
+    for name, value in report.settings.items():
+        hidden = "   (password hidden: put yours back)" if name == "VIDSEARCH_DATABASE_URL" and "***" in value else ""
+        typer.echo(f"  {name}={value}{hidden}")
+    if report.findings:
+        typer.echo("doctor at the destination found:")
+        for f in report.findings:
+            typer.echo(f"  {f.kind}: {f.detail} (videos {', '.join(map(str, f.video_ids[:20]))})")
+        typer.echo("Run `vidsearch doctor --repair` with the settings above to fix these.")
+        raise typer.Exit(1)
+    typer.echo("doctor at the destination: all consistent (catalog, vectors and stored files agree).")
+
+
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Small corpus and sizes: a few minutes on 2 cores.")] = False,
