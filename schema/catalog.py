@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -80,7 +81,8 @@ class Video(Base):
     title: Mapped[str] = mapped_column(Text)  # the client's file name: display only, never a path
     stored_path: Mapped[str] = mapped_column(Text)
     owned: Mapped[bool] = mapped_column(default=True)  # False when ingested in place (--link): never deleted by us
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    # 64-bit: PostgreSQL's INTEGER ends at 2 GiB (SQLite's INTEGER is 64-bit already and stays as it is).
+    size_bytes: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
     duration: Mapped[float | None] = mapped_column(Float)
     fps: Mapped[float | None] = mapped_column(Float)
     width: Mapped[int | None] = mapped_column(Integer)

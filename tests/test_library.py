@@ -315,3 +315,9 @@ def test_pages_are_keyset_pages_in_sql_and_counts_are_counts(catalog):
     cat.count_videos(title="blue")
     event.remove(cat.engine, "before_cursor_execute", listen)
     assert len(statements) == 2 and "LIMIT" in statements[0].upper() and "count(" in statements[1].lower()
+
+
+def test_a_video_over_2_gib_is_catalogued(catalog):
+    """PostgreSQL's INTEGER ends at 2 GiB: size_bytes is 64-bit there (migration 0007)."""
+    video, _job = catalog.add_video(sha256="f" * 64, title="long.mkv", stored_path="/nowhere", size_bytes=5 * 2**30)
+    assert catalog.get_video(video.id).size_bytes == 5 * 2**30

@@ -59,7 +59,7 @@ def library(runtime, clips_dir):
     for run in catalog.claim_expert_runs(16):
         title = next(t for t, i in ids.items() if i == run.video_id)
         segments = [SimpleNamespace(start=float(i), end=i + 1.0, text=t) for i, t in enumerate(WORDS.get(title, []))]
-        stored = text.add(run.video_id, segments)
+        stored = len(text.add(run.video_id, segments))  # (the primary keys of the rows written)
         catalog.finish_expert_run(run.id, ExpertState.DONE if stored else ExpertState.UNAVAILABLE, segments=stored,
                                   reason=None if stored else "no text")
     text.flush()
@@ -286,10 +286,10 @@ def test_refusals_say_what_to_fix(runtime, clips_dir, postgres_url, other_milvus
 
 
 def test_a_row_the_destination_cannot_hold_is_reported_not_a_traceback(runtime, postgres_server):
-    # videos.size_bytes is an INTEGER: SQLite holds any size there, PostgreSQL 32 bits (a file of 2 GiB or more).
-    runtime.catalog.add_video(sha256="d" * 64, title="huge.mp4", stored_path="/x/huge.mp4", owned=False,
-                              size_bytes=3 << 30)
-    with pytest.raises(MoveError, match=r"refused videos rows 1\.\.1: .*out of range"):
+    # videos.tag is a VARCHAR(256): SQLite keeps a longer one (it never checks lengths), PostgreSQL refuses it.
+    runtime.catalog.add_video(sha256="d" * 64, title="long-tag.mp4", stored_path="/x/long-tag.mp4", owned=False,
+                              size_bytes=3 << 30, tag="t" * 300)
+    with pytest.raises(MoveError, match=r"refused videos rows 1\.\.1: .*too long"):
         move_library(runtime.settings, Plan(database_url=postgres_server.create_database()))
 
 
