@@ -12,6 +12,7 @@ then the catalog records the run done. A run whose video was deleted meanwhile h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -28,6 +29,7 @@ from ingest.expert_input import read_input
 from ingest.experts import Expert, ExpertUnavailable, TextSegment, VectorSegment, expert_class
 from schema.catalog import Catalog, ExpertRun, ExpertState
 from schema.lexical import FullTextUnsupported
+from schema.storage import Storage, is_remote, open_storage
 from schema.vectors import VectorStoreError
 
 if TYPE_CHECKING:
@@ -103,8 +105,10 @@ class ExpertStage:
 
     def __init__(self, catalog: Catalog, lexical: Callable[[str], LexicalWriter], experts: Callable[[str], Expert],
                  *, workers: int = 1, claim_size: int = 4, timeout: float | None = 1800.0,
-                 limits: Limits = Limits(), max_attempts: int = MAX_EXPERT_ATTEMPTS) -> None:  # noqa: B008 (frozen)
+                 limits: Limits = Limits(), max_attempts: int = MAX_EXPERT_ATTEMPTS,  # noqa: B008 (frozen)
+                 storage: Storage | None = None) -> None:
         self.catalog = catalog
+        self.storage = storage  # where stored videos live: a video in object storage is read from a cached copy
         self.lexical = lexical  # expert name -> its collection
         self.experts = experts  # expert name -> a (not yet loaded) expert
         self.workers = workers
@@ -126,7 +130,8 @@ class ExpertStage:
             return cache[name]
 
         return cls(catalog, lexical, expert, claim_size=settings.expert_claim_size,
-                   timeout=settings.expert_timeout_seconds, limits=Limits.from_settings(settings))
+                   timeout=settings.expert_timeout_seconds, limits=Limits.from_settings(settings),
+                   storage=open_storage(settings))
 
     def pool(self):
         with self._lock:
@@ -157,6 +162,7 @@ class ExpertStage:
         videos = self.catalog.videos_by_ids(sorted({r.video_id for r in runs}))
         results: list[ExpertResult] = []
         window: dict[Future, ExpertRun] = {}
+        held = contextlib.ExitStack()  # cached copies of videos in object storage, kept until their runs are done
         try:
             for run in runs:
                 video = videos.get(run.video_id)
@@ -169,7 +175,17 @@ class ExpertStage:
                     results.append(self._record(run, ExpertState.FAILED, f"the {run.expert} expert cannot run "
                                                 f"here: {exc}", on_result=on_result))
                     continue
-                future = self.pool().schedule(run_expert, args=(expert, video.stored_path, self.limits),
+                path = video.stored_path
+                if is_remote(path):
+                    try:
+                        if self.storage is None or not self.storage.remote:
+                            raise FileNotFoundError(f"{path}: this worker has no VIDSEARCH_STORAGE=s3://... set")
+                        path = str(held.enter_context(self.storage.local_copy(path)))
+                    except FileNotFoundError as exc:
+                        results.append(self._record(run, ExpertState.FAILED, f"the stored video cannot be read: "
+                                                    f"{exc}", on_result=on_result))
+                        continue
+                future = self.pool().schedule(run_expert, args=(expert, path, self.limits),
                                               timeout=self.timeout)
                 window[future] = run
             last_beat = time.monotonic()
@@ -188,6 +204,8 @@ class ExpertStage:
                 future.cancel()
             self.catalog.requeue_expert_runs([r.id for r in window.values()])
             raise
+        finally:
+            held.close()
         return results
 
     def _finish(self, run: ExpertRun, future: Future, on_result) -> ExpertResult:
