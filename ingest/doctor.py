@@ -164,6 +164,9 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
     now = time.time()
     stale = [p for p in settings.videos_dir.rglob(".incoming-*")
              if p.is_file() and now - p.stat().st_mtime > STALE_TEMP_SECONDS] if settings.videos_dir.exists() else []
+    if settings.storage_is_remote and settings.storage_cache_dir.exists():  # uploads' and downloads' partial copies
+        stale += [p for p in settings.storage_cache_dir.iterdir() if p.name.startswith((".incoming-", ".part-"))
+                  and p.is_file() and now - p.stat().st_mtime > STALE_TEMP_SECONDS]
     if stale:
         found("stale_temp_files", f"{len(stale)} partial upload copies: removed", [],
               lambda: [p.unlink(missing_ok=True) for p in stale])
