@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from ingest.doctor import examine
+from ingest.experts import AudioInput, Expert, TextSegment
 from ingest.library import LinkRefused, Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
 from ingest.worker import LEASE_SECONDS, Worker
@@ -24,6 +25,7 @@ from schema.settings import Settings
 from schema.storage import FolderStorage, S3Storage, VideoCache, is_remote, key_for, open_storage
 from search_app.media import MalformedRange, Unsatisfiable, parse_range
 from search_app.present import media_url
+from tests.conftest import drop_stored_segments
 from tests.procs import serve_in_thread
 from tests.s3 import Bucket, free_port
 
@@ -125,6 +127,39 @@ def test_cache_is_bounded_and_never_evicts_a_copy_in_use(tmp_path):
     assert not list((tmp_path / "cache").glob(".part-*"))
 
 
+def _fetch_in_a_process(folder: str, location: str, source: str, log: str) -> None:
+    """One process of the test below: use the cached copy of `location`, fetching it (slowly) if absent."""
+    def download(dest: Path) -> None:
+        with open(log, "a") as handle:
+            handle.write("x")
+        time.sleep(0.5)  # the others arrive while this download is under way
+        shutil.copyfile(source, dest)
+
+    with VideoCache(Path(folder), 1 << 30).use(location, download) as path:
+        if path.read_bytes() != Path(source).read_bytes():
+            raise SystemExit(3)
+
+
+def test_processes_on_one_host_share_the_cache_and_fetch_a_video_once(tmp_path):
+    import multiprocessing
+
+    source = tmp_path / "video"
+    source.write_bytes(os.urandom(300_000))
+    log = tmp_path / "downloads"
+    location = f"s3://b/p/ab/{'ab' * 32}.mp4"
+    context = multiprocessing.get_context("fork")  # plain file work in the children: fork is enough
+    procs = [context.Process(target=_fetch_in_a_process, args=(str(tmp_path / "cache"), location, str(source),
+                                                               str(log))) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=60)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    assert log.read_text() == "x"  # one download; the others waited for it and used it
+    assert [p.name for p in VideoCache(tmp_path / "cache", 0).entries()] == [f"{'ab' * 32}.mp4"]
+    assert not list((tmp_path / "cache").glob(".part-*"))
+
+
 # --- S3 -----------------------------------------------------------------------------------------------------------
 
 
@@ -218,6 +253,13 @@ def test_s3_over_http_upload_search_media_ranges_and_delete(settings, s3_bucket,
                 assert job["state"] == "done", job
             [top] = client.post("/api/search", json={"text": "a red circle", "k": 1}).json()["results"]
             assert top["title"] == "red_circle.mp4" and top["media_url"].startswith("/media/")
+            assert top["thumbnail_url"] and client.get(top["thumbnail_url"]).status_code == 200  # made at decode
+
+            # A video indexed before segment vectors were stored: its timeline decodes it again, from the store.
+            drop_stored_segments(rt, [top["video_id"]])
+            shutil.rmtree(s.storage_cache_dir)
+            timeline = client.get(f"/api/videos/{top['video_id']}/timeline", params={"text": "a red circle"})
+            assert timeline.status_code == 200 and timeline.json()["source"] == "computed", timeline.text
             data = (clips_dir / "red_circle.mp4").read_bytes()
             size = len(data)
             media = top["media_url"]
@@ -246,6 +288,62 @@ def test_s3_over_http_upload_search_media_ranges_and_delete(settings, s3_bucket,
             assert client.delete(f"/api/videos/{video_id}").status_code == 200
             assert f"library/{rt.storage.key_of(stored)}" not in s3_bucket.keys()
             assert client.get(media).status_code == 404
+    finally:
+        rt.close()
+
+
+class Listening(Expert):
+    """A speech expert that reports the length of the audio it was given (the real decoding, no engine). At module
+    level: the stage's spawned processes unpickle it from here."""
+
+    name = "speech"
+
+    @property
+    def needs(self) -> AudioInput:
+        return AudioInput(16000)
+
+    def load(self) -> None:
+        pass
+
+    def transcribe(self, data) -> list[TextSegment]:
+        return [TextSegment(0.0, data.duration, f"heard {data.duration:.1f} seconds")]
+
+
+def test_experts_read_videos_in_object_storage_from_the_cache(settings, s3_bucket, tmp_path):
+    from ingest.expert_stage import ExpertStage
+    from schema.catalog import ExpertState
+    from tests.test_audio import write_clip
+
+    s = s3_settings(settings, s3_bucket)
+    rt = Runtime(s)
+    clip = write_clip(tmp_path / "tone.mkv", 2.0, audio={"codec": "pcm_s16le", "layout": "mono", "rate": 16000})
+    rows: dict[int, list] = {}
+
+    class Collection:
+        def add(self, video_id, segments) -> None:
+            rows[video_id] = list(segments)
+
+        def delete(self, video_ids) -> None:
+            for v in video_ids:
+                rows.pop(v, None)
+
+        def flush(self) -> None:
+            pass
+
+    try:
+        r = enqueue_file(rt.catalog, s, clip, storage=rt.storage)
+        assert is_remote(rt.catalog.get_video(r.video_id).stored_path)
+        rt.catalog.claim_jobs(1)
+        rt.catalog.finish_jobs([(r.job_id, {})], experts=["speech"])
+        shutil.rmtree(s.storage_cache_dir)  # another host's worker: nothing cached
+        stage = ExpertStage(rt.catalog, lambda _name: Collection(), lambda _name: Listening(), storage=rt.storage)
+        try:
+            [result] = stage.run_once()
+        finally:
+            stage.close()
+        assert result.state == ExpertState.DONE, result.reason
+        [segment] = rows[r.video_id]
+        assert segment.text == "heard 2.0 seconds"
     finally:
         rt.close()
 
