@@ -234,6 +234,28 @@ def test_a_missing_object_fails_its_job_alone(settings, s3_bucket, clips_dir):
         rt.close()
 
 
+def test_an_unreachable_store_keeps_jobs_waiting_without_counting_attempts(settings, s3_bucket, clips_dir):
+    from schema.catalog import JobState
+    from schema.storage import StorageError
+
+    s = s3_settings(settings, s3_bucket)
+    rt = Runtime(s)
+    try:
+        r = enqueue_file(rt.catalog, s, clips_dir / "red_circle.mp4", storage=rt.storage)
+        shutil.rmtree(s.storage_cache_dir)
+        down = with_storage(s, s.storage, s3_endpoint_url=f"http://127.0.0.1:{free_port()}")
+        with Worker.from_settings(rt.catalog, rt.store, rt.encoder, down) as worker, pytest.raises(StorageError):
+            worker.run_once()
+        job = rt.catalog.get_job(r.job_id)
+        assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+        assert "waiting for the video store" in rt.catalog.get_video(r.video_id).error
+        with Worker.from_settings(rt.catalog, rt.store, rt.encoder, s) as worker:  # the store is back
+            [result] = worker.run_until_empty()
+        assert result.ok and rt.catalog.get_video(r.video_id).status is VideoStatus.READY
+    finally:
+        rt.close()
+
+
 def test_s3_over_http_upload_search_media_ranges_and_delete(settings, s3_bucket, clips_dir):
     s = s3_settings(settings, s3_bucket)
     rt = Runtime(s)
