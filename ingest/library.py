@@ -20,7 +20,7 @@ from ingest.decode import looks_like_video
 from schema.catalog import Catalog, Job, Video, VideoStatus
 from schema.filters import check_tag
 from schema.settings import Settings
-from schema.storage import S3Storage, Storage, is_remote, key_for, open_storage
+from schema.storage import S3Storage, Storage, StorageError, is_remote, key_for, open_storage
 from schema.vectors import VectorStore
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,8 @@ def delete_video(catalog: Catalog, store: VectorStore | None, video_id: int,
     (or object) and the thumbnails.
 
     `store` is None when no collection exists yet (nothing was ever indexed). `storage`: the settings' store, needed
-    to delete a video kept in object storage (a ValueError without it, after the row is gone)."""
+    to delete a video kept in object storage (a ValueError without it, before anything is removed). A store that
+    cannot be reached at that moment leaves the object behind (logged); the video is deleted all the same."""
     video = catalog.get_video(video_id)
     if video is None:
         return None
@@ -248,7 +249,11 @@ def delete_video(catalog: Catalog, store: VectorStore | None, video_id: int,
     catalog.delete_video(video_id)
     if video.owned:
         if is_remote(video.stored_path):
-            storage.delete(video.stored_path)
+            try:
+                storage.delete(video.stored_path)
+            except StorageError as exc:
+                log.warning("video %d is deleted, but its object %s was left in the store: %s", video_id,
+                            video.stored_path, exc)
         else:
             Path(video.stored_path).unlink(missing_ok=True)
     if thumbnails_dir is not None:

@@ -213,6 +213,12 @@ def test_s3_library_decodes_through_the_bounded_cache_and_doctor_checks_the_stor
         assert "cannot be reached" in findings[0].detail
         assert time.monotonic() - started < 60
         assert rt.catalog.get_video(ids["blue_triangle.mkv"]).status is VideoStatus.READY
+
+        # Deleting while the store is down: the video goes all the same, its object is left behind (logged).
+        blue = rt.catalog.get_video(ids["blue_triangle.mkv"])
+        assert delete_video(rt.catalog, rt.store, blue.id, s.thumbnails_dir, storage=open_storage(down)) is not None
+        assert rt.catalog.get_video(blue.id) is None
+        assert f"library/{rt.storage.key_of(blue.stored_path)}" in s3_bucket.keys()
     finally:
         rt.close()
 
