@@ -19,11 +19,13 @@ from typing import Protocol
 from ingest import thumbnails
 from schema.catalog import Catalog, VideoStatus
 from schema.settings import Settings
+from schema.storage import Storage, StorageError, is_remote, open_storage
 from schema.vectors import VectorStore, VideoFields
 
 # A `.incoming-*` copy older than this belongs to an upload that died; younger ones may still be being written.
 STALE_TEMP_SECONDS = 3600.0
 MISSING_FILE = "the stored file is missing (moved or deleted outside vidsearch); add the video again"
+UNREACHABLE = "storage_unreachable"
 
 
 @dataclass
@@ -46,9 +48,13 @@ class LexicalCounts(Protocol):
 
 
 def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, lease_seconds: float,
-            repair: bool = False, lexical: Mapping[str, LexicalCounts] | None = None) -> list[Finding]:
-    """Every inconsistency found, each repaired when `repair` is set. `lexical`: the experts' collections."""
+            repair: bool = False, lexical: Mapping[str, LexicalCounts] | None = None,
+            storage: Storage | None = None) -> list[Finding]:
+    """Every inconsistency found, each repaired when `repair` is set. `lexical`: the experts' collections;
+    `storage`: the video store (default: the settings'). A store that cannot be reached is a finding of its own,
+    never repaired, and its videos are not taken for missing."""
     findings: list[Finding] = []
+    storage = storage or open_storage(settings)
 
     def found(kind: str, detail: str, ids: list[int], fix) -> None:
         if not ids and kind not in ("stale_temp_files", "orphan_thumbnails"):
@@ -64,8 +70,33 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
           lambda: catalog.recover(lease_seconds, max_attempts=10**9, identity=settings.worker_id))
 
     before = catalog.video_states()
-    missing = [v for v, (status, path) in before.items()
-               if status is not VideoStatus.FAILED and not Path(path).exists()]
+    remote_sizes: dict[str, int] | None = None  # every object of the store, listed once
+    if any(is_remote(path) for _, path in before.values()) or storage.remote:
+        try:
+            if not storage.remote:
+                raise StorageError("videos of the catalog are in object storage but VIDSEARCH_STORAGE is not an "
+                                   "s3:// URL")
+            remote_sizes = storage.sizes()
+        except StorageError as exc:
+            findings.append(Finding(UNREACHABLE, f"the video store cannot be reached, its videos were not checked: "
+                                    f"{exc}"))
+    folder_down = False  # a shared folder (VIDSEARCH_STORAGE=/mnt/...) that is not mounted: its files are not missing
+    if settings.storage and not storage.remote:
+        try:
+            storage.check()
+        except StorageError as exc:
+            folder_down = True
+            findings.append(Finding(UNREACHABLE, f"the video folder cannot be read, its videos were not checked: "
+                                    f"{exc}"))
+
+    def is_missing(path: str) -> bool:
+        if is_remote(path):
+            return remote_sizes is not None and path not in remote_sizes
+        if folder_down and storage.key_of(path) is not None:
+            return False
+        return not Path(path).exists()
+
+    missing = [v for v, (status, path) in before.items() if status is not VideoStatus.FAILED and is_missing(path)]
 
     def fail_missing() -> None:
         for v in missing:
@@ -133,6 +164,9 @@ def examine(catalog: Catalog, store: VectorStore | None, settings: Settings, *, 
     now = time.time()
     stale = [p for p in settings.videos_dir.rglob(".incoming-*")
              if p.is_file() and now - p.stat().st_mtime > STALE_TEMP_SECONDS] if settings.videos_dir.exists() else []
+    if settings.storage_is_remote and settings.storage_cache_dir.exists():  # uploads' and downloads' partial copies
+        stale += [p for p in settings.storage_cache_dir.iterdir() if p.name.startswith((".incoming-", ".part-"))
+                  and p.is_file() and now - p.stat().st_mtime > STALE_TEMP_SECONDS]
     if stale:
         found("stale_temp_files", f"{len(stale)} partial upload copies: removed", [],
               lambda: [p.unlink(missing_ok=True) for p in stale])

@@ -13,6 +13,7 @@ then the catalog records the run done. A run whose video was deleted meanwhile, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -29,6 +30,7 @@ from ingest.expert_input import read_input
 from ingest.experts import Expert, ExpertUnavailable, TextSegment, VectorSegment, expert_class
 from schema.catalog import Catalog, ExpertRun, ExpertState, worker_name
 from schema.lexical import FullTextUnsupported
+from schema.storage import Storage, is_remote, open_storage
 from schema.vectors import VectorStoreError
 
 if TYPE_CHECKING:
@@ -106,8 +108,10 @@ class ExpertStage:
     def __init__(self, catalog: Catalog, lexical: Callable[[str], LexicalWriter], experts: Callable[[str], Expert],
                  *, workers: int = 1, claim_size: int = 4, timeout: float | None = 1800.0,
                  limits: Limits = Limits(), max_attempts: int = MAX_EXPERT_ATTEMPTS,  # noqa: B008 (frozen)
-                 lease_seconds: float = 600.0, identity: str | None = None) -> None:
+                 lease_seconds: float = 600.0, identity: str | None = None,
+                 storage: Storage | None = None) -> None:
         self.catalog = catalog
+        self.storage = storage  # where stored videos live: a video in object storage is read from a cached copy
         self.lexical = lexical  # expert name -> its collection
         self.experts = experts  # expert name -> a (not yet loaded) expert
         self.workers = workers
@@ -132,7 +136,8 @@ class ExpertStage:
 
         return cls(catalog, lexical, expert, claim_size=settings.expert_claim_size,
                    timeout=settings.expert_timeout_seconds, limits=Limits.from_settings(settings),
-                   lease_seconds=settings.lease_seconds, identity=settings.worker_id)
+                   lease_seconds=settings.lease_seconds, identity=settings.worker_id,
+                   storage=open_storage(settings))
 
     def pool(self):
         with self._lock:
@@ -163,6 +168,7 @@ class ExpertStage:
         videos = self.catalog.videos_by_ids(sorted({r.video_id for r in runs}))
         results: list[ExpertResult] = []
         window: dict[Future, ExpertRun] = {}
+        held = contextlib.ExitStack()  # cached copies of videos in object storage, kept until their runs are done
         try:
             for run in runs:
                 video = videos.get(run.video_id)
@@ -175,7 +181,17 @@ class ExpertStage:
                     results.append(self._record(run, ExpertState.FAILED, f"the {run.expert} expert cannot run "
                                                 f"here: {exc}", on_result=on_result))
                     continue
-                future = self.pool().schedule(run_expert, args=(expert, video.stored_path, self.limits),
+                path = video.stored_path
+                if is_remote(path):
+                    try:
+                        if self.storage is None or not self.storage.remote:
+                            raise FileNotFoundError(f"{path}: this worker has no VIDSEARCH_STORAGE=s3://... set")
+                        path = str(held.enter_context(self.storage.local_copy(path)))
+                    except FileNotFoundError as exc:
+                        results.append(self._record(run, ExpertState.FAILED, f"the stored video cannot be read: "
+                                                    f"{exc}", on_result=on_result))
+                        continue
+                future = self.pool().schedule(run_expert, args=(expert, path, self.limits),
                                               timeout=self.timeout)
                 window[future] = run
             last_beat = time.monotonic()
@@ -199,6 +215,8 @@ class ExpertStage:
                 future.cancel()
             self.catalog.requeue_expert_runs([r.id for r in window.values()], {r.id: r.lease for r in window.values()})
             raise
+        finally:
+            held.close()
         return results
 
     def _finish(self, run: ExpertRun, future: Future, on_result) -> ExpertResult:

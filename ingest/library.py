@@ -20,6 +20,7 @@ from ingest.decode import looks_like_video
 from schema.catalog import Catalog, Job, Video, VideoStatus
 from schema.filters import check_tag
 from schema.settings import Settings
+from schema.storage import S3Storage, Storage, StorageError, is_remote, key_for, open_storage
 from schema.vectors import VectorStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,16 @@ class Outcome(str, enum.Enum):
     ALREADY_QUEUED = "already queued"
     REQUEUED = "requeued"  # the same content failed before; try again
     NOT_VIDEO = "not a video"
+
+
+class LinkRefused(ValueError):
+    """--link with object storage: a linked file stays on the host that added it, where no other host (worker, web
+    app) can read it."""
+
+
+LINK_REFUSED = ("--link cannot be used with object storage (VIDSEARCH_STORAGE={}): a linked file stays on this host, "
+                "where other workers and the web app cannot read it. Add the files without --link (they are uploaded "
+                "to the store), or put them on a shared folder and use that folder as VIDSEARCH_STORAGE.")
 
 
 @dataclass(frozen=True)
@@ -112,37 +123,71 @@ def _place(tmp: Path, dest: Path, digest: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _store(settings: Settings, src: Path, shown: str, expected: str, *, move: bool) -> tuple[str, Path]:
-    """Bring `src` into the videos folder under the hash of the bytes stored: (sha256, stored path).
-
-    move: `src` is our own temporary file (an upload), renamed into place instead of written a second time when it
-    is on the same file system."""
+def _take(src: Path, folder: Path, expected: str, *, move: bool) -> tuple[Path, str]:
+    """A private copy of `src` in `folder` and its sha256. move: `src` is our own temporary file (an upload), renamed
+    instead of written a second time when it is on the same file system."""
     if move:
-        tmp = settings.videos_dir / f".incoming-{os.getpid()}-{os.urandom(6).hex()}"
+        tmp = folder / f".incoming-{os.getpid()}-{os.urandom(6).hex()}"
         try:
-            settings.videos_dir.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             os.replace(src, tmp)  # nobody else writes our temporary file: `expected` is its hash
-            digest = expected
+            return tmp, expected
         except OSError:  # another file system: copy it after all
-            tmp, digest = _copy_hashing(src, settings.videos_dir)
-    else:
-        tmp, digest = _copy_hashing(src, settings.videos_dir)
+            pass
+    return _copy_hashing(src, folder)
+
+
+def _store(settings: Settings, src: Path, shown: str, expected: str, *, move: bool,
+           storage: Storage | None = None) -> tuple[str, str, int]:
+    """Bring `src` into the store under the hash of the bytes stored: (sha256, stored path or URL, size)."""
+    if settings.storage_is_remote:
+        return _store_remote(settings, storage or open_storage(settings), src, shown, expected, move=move)
+    tmp, digest = _take(src, settings.videos_dir, expected, move=move)
     if digest != expected:
         log.warning("%s changed while it was being added; stored as its new content", src)
     dest = stored_path_for(settings, digest, shown)
     _place(tmp, dest, digest)
-    return digest, dest
+    return digest, str(dest), dest.stat().st_size
+
+
+def _store_remote(settings: Settings, storage: Storage, src: Path, shown: str, expected: str, *,
+                  move: bool) -> tuple[str, str, int]:
+    """Object storage: the private copy (hashed as it is written, in the local cache's folder) is uploaded under its
+    content key, unless an object of that key and size is there already, and then kept as the cached copy, so the
+    worker on this host decodes it without downloading it again."""
+    tmp, digest = _take(src, settings.storage_cache_dir, expected, move=move)
+    try:
+        if digest != expected:
+            log.warning("%s changed while it was being added; stored as its new content", src)
+        size = tmp.stat().st_size
+        key = key_for(digest, _safe_suffix(shown))
+        location = storage.location(key)
+        try:
+            present = storage.size(location) == size
+        except FileNotFoundError:
+            present = False
+        if not present:
+            storage.put(tmp, key)
+        if isinstance(storage, S3Storage):
+            storage.adopt(location, tmp)
+        return digest, location, size
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def enqueue_file(catalog: Catalog, settings: Settings, src: Path, *, title: str | None = None,
-                 link: bool = False, check_video: bool = True, tag: str | None = None, move: bool = False
-                 ) -> Enqueued:
+                 link: bool = False, check_video: bool = True, tag: str | None = None, move: bool = False,
+                 storage: Storage | None = None) -> Enqueued:
     """Register one file for ingestion. Same content twice is recognised by its SHA-256 and not embedded again
     (it keeps the tag it was first given). The file is hashed first, so content already in the library costs no
     copy; a new file is hashed again as it is copied, and stored under the hash of what was written.
 
-    move: `src` is a temporary file of ours (an upload) that may be renamed into the library; it is gone after."""
+    move: `src` is a temporary file of ours (an upload) that may be renamed into the library; it is gone after.
+    storage: the settings' store (open_storage), passed in by long-lived callers. LinkRefused: `link` with object
+    storage."""
     src = Path(src)
+    if link and settings.storage_is_remote:
+        raise LinkRefused(LINK_REFUSED.format(settings.storage))
     tag = check_tag(tag) if tag else None
     shown = safe_title(title if title is not None else src.name)
     if check_video and not looks_like_video(src):
@@ -152,15 +197,16 @@ def enqueue_file(catalog: Catalog, settings: Settings, src: Path, *, title: str 
     if existing is not None:
         return _existing(catalog, str(src), existing)
     if link:
-        stored, owned = src.resolve(), False
+        resolved = src.resolve()
+        stored, owned, size = str(resolved), False, resolved.stat().st_size
     else:
-        digest, stored = _store(settings, src, shown, digest, move=move)
+        digest, stored, size = _store(settings, src, shown, digest, move=move, storage=storage)
         owned = True
         if (existing := catalog.find_by_sha(digest)) is not None:  # it changed into content we already have
             return _existing(catalog, str(src), existing)
     try:
-        video, job = catalog.add_video(sha256=digest, title=shown, stored_path=str(stored), owned=owned,
-                                       size_bytes=stored.stat().st_size, tag=tag)
+        video, job = catalog.add_video(sha256=digest, title=shown, stored_path=stored, owned=owned,
+                                       size_bytes=size, tag=tag)
     except IntegrityError:  # another process registered the same content between our check and insert
         if (again := catalog.find_by_sha(digest)) is None:
             raise
@@ -190,21 +236,32 @@ def iter_candidate_files(paths: Iterable[Path], recursive: bool) -> Iterator[Pat
 
 
 def delete_video(catalog: Catalog, store: VectorStore | None, video_id: int,
-                 thumbnails_dir: Path | None = None) -> Video | None:
+                 thumbnails_dir: Path | None = None, *, storage: Storage | None = None) -> Video | None:
     """Remove vectors first (so search never returns a video that no longer exists), then the row, then the file
-    and the thumbnails.
+    (or object) and the thumbnails.
 
-    `store` is None when no collection exists yet (nothing was ever indexed)."""
+    `store` is None when no collection exists yet (nothing was ever indexed). `storage`: the settings' store, needed
+    to delete a video kept in object storage (a ValueError without it, before anything is removed). A store that
+    cannot be reached at that moment leaves the object behind (logged); the video is deleted all the same."""
     video = catalog.get_video(video_id)
     if video is None:
         return None
+    if video.owned and is_remote(video.stored_path) and (storage is None or not storage.remote):
+        raise ValueError(f"video {video_id} is in object storage ({video.stored_path}): pass its storage")
     if store is not None:
         store.delete([video_id])  # its segment vectors too
         if hasattr(store, "delete_experts"):  # the Store facade: what its experts found goes too
             store.delete_experts([video_id])
     catalog.delete_video(video_id)
     if video.owned:
-        Path(video.stored_path).unlink(missing_ok=True)
+        if is_remote(video.stored_path):
+            try:
+                storage.delete(video.stored_path)
+            except StorageError as exc:
+                log.warning("video %d is deleted, but its object %s was left in the store: %s", video_id,
+                            video.stored_path, exc)
+        else:
+            Path(video.stored_path).unlink(missing_ok=True)
     if thumbnails_dir is not None:
         thumbnails.remove(thumbnails_dir, video.sha256)
     return video

@@ -21,6 +21,7 @@ import numpy as np
 from ingest.live import Event, Frame, Source, Thresholds, Watched, Watcher
 from schema.catalog import Catalog, Stream, utcnow
 from schema.settings import Settings
+from schema.storage import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,8 @@ class LiveService:
         if self.delete_video is None:
             return 0
         clips = self.catalog.clip_videos()
-        sizes = {v.id: _size(Path(v.stored_path)) for v in clips}
+        # A clip in object storage: the size recorded when it was stored (content-addressed, never changes).
+        sizes = {v.id: v.size_bytes if is_remote(v.stored_path) else _size(Path(v.stored_path)) for v in clips}
         total, cap, removed = sum(sizes.values()), self.settings.live_clips_max_gb * 2**30, 0
         for video in clips:
             if total <= cap:
@@ -246,7 +248,8 @@ def run_live_process(stop) -> None:
         from ingest.library import delete_video
 
         def delete(video_id: int) -> None:
-            delete_video(runtime.catalog, runtime.store, video_id, runtime.settings.thumbnails_dir)
+            delete_video(runtime.catalog, runtime.store, video_id, runtime.settings.thumbnails_dir,
+                         storage=runtime.storage)
 
         LiveService(runtime.settings, runtime.catalog, runtime.encoder, delete).run(flag)
     finally:

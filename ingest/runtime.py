@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from schema.catalog import Catalog
 from schema.settings import Settings
+from schema.storage import Storage, open_storage
 from schema.store import Identity, Store
 
 if TYPE_CHECKING:
@@ -30,6 +31,11 @@ class Runtime:
     @cached_property
     def catalog(self) -> Catalog:
         return Catalog(self.settings.catalog_url)
+
+    @cached_property
+    def storage(self) -> Storage:
+        """Where the stored videos live (VIDSEARCH_STORAGE: <home>/videos, a shared folder or s3://)."""
+        return open_storage(self.settings)
 
     @cached_property
     def encoder(self) -> ClipEncoder:

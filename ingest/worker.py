@@ -15,6 +15,7 @@ primary keys): the successor's copy stays the only one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from ingest.encoder import ClipEncoder
 from ingest.expert_stage import ExpertResult, ExpertStage
 from ingest.pipeline import Embedded, Stopped, embed_videos
 from schema.catalog import Catalog, Job, Leases, Video, worker_name
+from schema.storage import Storage, StorageError, is_remote, open_storage
 from schema.vectors import Segments, VectorStore, VectorStoreError, VideoFields
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 # (VIDSEARCH_LEASE_SECONDS).
 LEASE_SECONDS = 600.0
 MAX_ATTEMPTS = 3
+MISSING_OBJECT = "the stored video is missing from the object store (deleted outside vidsearch); add the video again"
 
 
 class LeaseKeeper:
@@ -118,8 +121,10 @@ class Worker:
                  decode_timeout: float | None = 120.0, limits: Limits = Limits(),  # noqa: B008 (frozen)
                  sampling: Sampling | None = None, thumbnails_dir: Path | None = None, max_crashes: int = 2,
                  experts: ExpertStage | None = None, expert_names: tuple[str, ...] = (),
-                 lease_seconds: float = LEASE_SECONDS, identity: str | None = None) -> None:
+                 lease_seconds: float = LEASE_SECONDS, identity: str | None = None,
+                 storage: Storage | None = None) -> None:
         self.catalog = catalog
+        self.storage = storage  # where stored videos live; needed for videos in object storage
         self.store = store
         self.encoder = encoder
         self.frames = frames
@@ -160,7 +165,7 @@ class Worker:
                    limits=Limits.from_settings(settings), sampling=Sampling.from_settings(settings),
                    thumbnails_dir=settings.thumbnails_dir, max_crashes=settings.max_crashes,
                    experts=stage, expert_names=settings.expert_names, lease_seconds=settings.lease_seconds,
-                   identity=settings.worker_id)
+                   identity=settings.worker_id, storage=open_storage(settings))
 
     def _request(self) -> DecodeRequest:
         return DecodeRequest(self.encoder.prep, self.sampling, self.limits, thumbs=self.thumbnails_dir is not None)
@@ -222,15 +227,34 @@ class Worker:
             if on_result:
                 on_result(result)
 
-        items = []
-        for job in jobs:
-            video = videos.get(job.video_id)
-            if video is None:
-                emit(self._fail(job, titles[job.id], "the video was deleted before it was processed"))
-            else:
-                items.append((job.id, Path(video.stored_path)))
-        pending: list[Embedded] = []
+        # A video in object storage is decoded from a local copy in the bounded cache (schema/storage.py): the
+        # decoders run in other processes, which a path reaches simply, and a timed-out or crashed decode needs no
+        # network stream cleaned up. Copies are fetched as the pipeline asks for the next file (at most `prefetch`
+        # ahead) and held, so not evicted, until this batch is done.
+        held = contextlib.ExitStack()
 
+        def items():
+            for job in jobs:
+                video = videos.get(job.video_id)
+                if video is None:
+                    emit(self._fail(job, titles[job.id], "the video was deleted before it was processed"))
+                elif not is_remote(video.stored_path):
+                    yield job.id, Path(video.stored_path)
+                elif self.storage is None or not self.storage.remote:
+                    emit(self._fail(job, titles[job.id], f"the video is in object storage ({video.stored_path}) "
+                                    "and this worker has no VIDSEARCH_STORAGE=s3://... configured"))
+                else:
+                    try:
+                        yield job.id, held.enter_context(self.storage.local_copy(video.stored_path))
+                    except FileNotFoundError:
+                        emit(self._fail(job, titles[job.id], MISSING_OBJECT))
+
+        with held:
+            self._embed(jobs, items(), by_id, titles, emit)
+        return results
+
+    def _embed(self, jobs: list[Job], items, by_id: dict[int, Job], titles: dict[int, str], emit) -> None:
+        pending: list[Embedded] = []
         for item in embed_videos(self.encoder, items, self.sampling, pool=self.pool_for(jobs),
                                  prefetch=max(2, 2 * self.decode_workers), stop=self._stop):
             job = by_id[item.key]
@@ -246,7 +270,6 @@ class Worker:
         for r in self._write(pending, by_id, titles):
             emit(r)
         self.store.flush()
-        return results
 
     def _write(self, done: list[Embedded], jobs: dict[int, Job], titles: dict[int, str]) -> list[JobResult]:
         """Thumbnails and vectors first, then the catalog marks the videos ready (under this worker's leases), then
@@ -342,6 +365,11 @@ class Worker:
             return []
         except KeyboardInterrupt:
             self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False, leases=leases)
+            raise
+        except StorageError as exc:
+            # The video store cannot be reached: as for the vector store, the videos wait in the queue.
+            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False,
+                                      reason=f"waiting for the video store, will retry: {exc}")
             raise
         except VectorStoreError as exc:
             # Milvus is down or refused: not the videos' fault. They wait in the queue, saying why, and the caller

@@ -30,6 +30,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDSEARCH_", extra="ignore")
 
     home: Path = Field(Path("vidsearch-data"), description="Data folder: catalog, Milvus Lite data, stored videos.")
+    storage: str | None = Field(
+        None, description="Where stored videos live: a folder (e.g. a shared NFS mount every host sees under the same "
+        "path) or S3-compatible object storage, s3://bucket/prefix (`.[s3]`). Default: <home>/videos. README, Shared "
+        "storage."
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible server other than AWS (e.g. http://minio:9000); credentials "
+        "and region come from the usual AWS_* variables or ~/.aws."
+    )
+    storage_cache_gb: float = Field(
+        10.0, gt=0, description="S3 storage: local copies of videos kept for decoding (<home>/cache/videos), least "
+        "recently used removed past this size."
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the catalog. Default: SQLite in the data folder."
     )
@@ -226,6 +239,28 @@ class Settings(BaseSettings):
         # Empty means no login (e.g. VIDSEARCH_AUTH= in a compose file). The format is checked when the app starts.
         return value if value is not None and value.get_secret_value().strip() else None
 
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if not value:
+            return None  # VIDSEARCH_STORAGE= in a compose file: the default
+        if "://" in value and not value.startswith("s3://"):
+            raise ValueError("VIDSEARCH_STORAGE must be a folder or an s3://bucket/prefix URL")
+        if value.startswith("s3://") and not value[5:].strip("/"):
+            raise ValueError("VIDSEARCH_STORAGE=s3:// needs a bucket: s3://bucket or s3://bucket/prefix")
+        return value.rstrip("/") if value.startswith("s3://") else value
+
+    @property
+    def storage_is_remote(self) -> bool:
+        """Object storage (s3://): stored videos are not local files."""
+        return bool(self.storage and self.storage.startswith("s3://"))
+
+    @property
+    def storage_cache_dir(self) -> Path:
+        """Local copies of remote videos for decoding (schema/storage.py, VideoCache)."""
+        return self.home_dir / "cache" / "videos"
+
     @field_validator("collection")
     @classmethod
     def _check_collection(cls, value: str) -> str:
@@ -240,6 +275,10 @@ class Settings(BaseSettings):
 
     @property
     def videos_dir(self) -> Path:
+        """The folder of stored videos: VIDSEARCH_STORAGE when it is a folder, else <home>/videos (with S3 storage
+        nothing is stored here)."""
+        if self.storage and not self.storage_is_remote:
+            return Path(self.storage).expanduser().resolve()
         return self.home_dir / "videos"
 
     @property

@@ -37,6 +37,7 @@ from ingest.library import Outcome, delete_video, enqueue_file
 from ingest.runtime import Runtime
 from schema.catalog import Job, JobState, Video, VideoStatus
 from schema.filters import MAX_FILTER_TAGS, MAX_TAG_LENGTH, check_tag
+from schema.storage import StorageError
 from schema.vectors import VectorStoreError
 from search_app.audio_query import expert_sources
 from search_app.present import fragment, media_url, thumbnail_url
@@ -625,7 +626,8 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
     @router.delete("/videos/{video_id}", response_model=VideoOut, responses=_errors(404),
                    summary="Delete a video: its vectors, its catalog row and its stored file")
     def delete_route(video_id: VideoId) -> VideoOut:
-        video = delete_video(runtime.catalog, runtime.store, video_id, settings.thumbnails_dir)
+        video = delete_video(runtime.catalog, runtime.store, video_id, settings.thumbnails_dir,
+                             storage=runtime.storage)
         if video is None:
             raise HTTPException(404, f"no video with id {video_id}")
         return _video_out(runtime, video, {})
@@ -652,7 +654,9 @@ def build_api(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) -
         try:
             # move: the received file is renamed into the library, not written a second time.
             result = await run_in_threadpool(enqueue_file, runtime.catalog, settings, tmp, title=name, tag=tag,
-                                             move=True)
+                                             move=True, storage=runtime.storage)
+        except StorageError as exc:
+            raise HTTPException(503, f"the video could not be stored: {exc}") from None
         finally:
             tmp.unlink(missing_ok=True)
         if result.outcome is Outcome.NOT_VIDEO or result.video_id is None:

@@ -811,7 +811,7 @@ def run_search_only(settings: Settings, sizes: tuple[int, ...], queries: int = 1
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="vidsearch-bench-") as tmp:
         home_settings = settings.model_copy(update={"home": Path(tmp) / "home", "database_url": None,
-                                                     "collection": "bench_videos"})
+                                                     "collection": "bench_videos", "storage": None})
         home_settings.ensure_dirs()
         search = []
         for n in sizes:
@@ -843,7 +843,7 @@ def run(settings: Settings, *, quick: bool = True, model: str | None = None, fol
     with tempfile.TemporaryDirectory(prefix="vidsearch-bench-") as tmp:
         work = Path(tmp)
         home_settings = settings.model_copy(update={"home": work / "home", "database_url": None,
-                                                     "collection": "bench_videos"})
+                                                     "collection": "bench_videos", "storage": None})
         home_settings.ensure_dirs()
         progress("loading the model")
         encoder, eager, model_name = bench_encoders(settings, model, work)

@@ -107,10 +107,16 @@ def ingest(
 
     from ingest.library import Outcome, enqueue_file, iter_candidate_files
     from schema.filters import check_tag
+    from schema.storage import StorageError
 
     tag = check_tag(tag) if tag is not None else None  # a bad tag is refused before any file is touched
 
     runtime = _runtime()
+    if link and runtime.settings.storage_is_remote:
+        from ingest.library import LINK_REFUSED
+
+        typer.echo(f"vidsearch: {LINK_REFUSED.format(runtime.settings.storage)}", err=True)
+        raise typer.Exit(2)
     queued: dict[int, str] = {}  # job id -> source
     present: list[str] = []
     failed: list[tuple[str, str]] = []
@@ -122,7 +128,10 @@ def ingest(
     candidates = [c for c in iter_candidate_files([p for p in paths if p.exists()], recursive)]
     for path in tqdm(candidates, desc="Scanning", unit="file", disable=not candidates, file=sys.stderr):
         try:
-            r = enqueue_file(runtime.catalog, runtime.settings, path, link=link, tag=tag)
+            r = enqueue_file(runtime.catalog, runtime.settings, path, link=link, tag=tag, storage=runtime.storage)
+        except StorageError as exc:
+            failed.append((str(path), f"cannot store: {exc}"))
+            continue
         except OSError as exc:
             failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
             continue
@@ -460,7 +469,8 @@ def delete(ids: Annotated[list[int], typer.Argument(help="Video ids (see `vidsea
     runtime = _runtime()
     missing = []
     for video_id in ids:
-        video = delete_video(runtime.catalog, runtime.store, video_id, runtime.settings.thumbnails_dir)
+        video = delete_video(runtime.catalog, runtime.store, video_id, runtime.settings.thumbnails_dir,
+                             storage=runtime.storage)
         if video is None:
             missing.append(video_id)
         else:
@@ -529,8 +539,8 @@ def doctor(
     runtime = _runtime()
     # The collection as it is, whatever model built it: checking and repairing needs no model.
     findings = examine(runtime.catalog, runtime.store.existing(), runtime.settings,
-                       lease_seconds=runtime.settings.lease_seconds,
-                       repair=repair, lexical=runtime.store.lexical_existing())
+                       lease_seconds=runtime.settings.lease_seconds, repair=repair,
+                       lexical=runtime.store.lexical_existing(), storage=runtime.storage)
     runtime.close()
     if as_json:
         _out({"findings": [f.as_dict() for f in findings], "repaired": repair})
@@ -543,7 +553,7 @@ def doctor(
             typer.echo(f"{'repaired' if f.repaired else 'found'}: {f.kind}: {f.detail}{ids}")
         if not repair:
             typer.echo("Run `vidsearch doctor --repair` to fix these.")
-    if findings and not repair:
+    if any(not f.repaired for f in findings):  # an unreachable store is never repaired
         raise typer.Exit(1)
 
 

@@ -525,7 +525,8 @@ def run(settings: Settings, plan: Plan, *, out: Path | None = None,
 
         s = settings.model_copy(update={"home": work / "data", "database_url": None, "milvus_uri": None,
                                         "collection": "evaluate", "model": str(model), "model_revision": None,
-                                        "experts": "speech,text"})
+                                        "experts": "speech,text",
+                                        "storage": None})  # a scratch library: its own folder
         rt = Runtime(s)
         try:
             phase("ingesting (appearance, then speech and text)")

@@ -619,7 +619,8 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
                 path = Path(p)
                 try:
                     # Gradio's upload copy is renamed into the library where it can be, not copied again.
-                    r = enqueue_file(runtime.catalog, runtime.settings, path, title=path.name, tag=tag, move=True)
+                    r = enqueue_file(runtime.catalog, runtime.settings, path, title=path.name, tag=tag, move=True,
+                                     storage=runtime.storage)
                 except OSError as exc:
                     current.append({"file": path.name, "outcome": "failed", "video_id": None, "detail": str(exc)})
                     continue
@@ -665,7 +666,8 @@ def build_ui(runtime: Runtime, slots: ModelSlots, timelines: TimelineService) ->
         def do_delete(pending: list[int], title: str, ids: list[int]):
             deleted, missing = [], 0
             for video_id in pending:
-                video = delete_video(runtime.catalog, runtime.store, video_id, runtime.settings.thumbnails_dir)
+                video = delete_video(runtime.catalog, runtime.store, video_id, runtime.settings.thumbnails_dir,
+                                     storage=runtime.storage)
                 if video is None:
                     missing += 1
                 else:

@@ -10,6 +10,7 @@ from ingest import thumbnails
 from ingest.experts.speech import describe_asr
 from ingest.runtime import Runtime
 from schema.settings import Settings
+from schema.storage import KEY_PATTERN, is_remote
 from schema.units import clock
 
 MEDIA_ROUTE = "/media"
@@ -22,7 +23,12 @@ def experts_summary(settings: Settings) -> str:
 
 
 def media_url(runtime: Runtime, stored_path: str) -> str | None:
-    """URL of a stored video under /media, or None for files kept outside the data folder (--link)."""
+    """URL of a stored video under /media, or None for files kept outside the video store (--link)."""
+    if is_remote(stored_path):
+        key = runtime.storage.key_of(stored_path) if runtime.storage.remote else None
+        return f"{MEDIA_ROUTE}/{key}" if key is not None and KEY_PATTERN.fullmatch(key) else None
+    if runtime.storage.remote:
+        return None  # /media serves the object store only (a file stored locally before the switch is not there)
     try:
         relative = Path(stored_path).resolve().relative_to(runtime.settings.videos_dir)
     except ValueError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from ingest.encoder import ClipEncoder
 from schema.catalog import Catalog, Video, VideoStatus
 from schema.filters import QueryError
 from schema.settings import Settings
+from schema.storage import Storage, StorageError, is_remote, open_storage
 from schema.vectors import Segments, VectorStoreError
 from search_app.expert_lines import appearance_line, expert_lines, fusion_order, is_dense
 from search_app.moments import SegmentSource, Timeline, fetch_segments, stored_timeline
@@ -72,8 +74,9 @@ class TimelineService:
 
     def __init__(self, settings: Settings, catalog: Catalog, store: SegmentSource, encoder: Callable[[], ClipEncoder],
                  slots: ModelSlots, *, cache_videos: int = CACHE_VIDEOS,
-                 experts: Callable[[], Mapping[str, object]] | None = None) -> None:
+                 experts: Callable[[], Mapping[str, object]] | None = None, storage: Storage | None = None) -> None:
         self.settings = settings
+        self.storage = storage or open_storage(settings)  # a video in object storage is decoded from a cached copy
         self.catalog = catalog
         self.store = store
         self.encoder = encoder  # called when needed: the model loads on first use, not when the app is built
@@ -190,7 +193,16 @@ class TimelineService:
     async def _compute(self, video: Video, encoder: ClipEncoder, request: DecodeRequest, progress: Progress
                        ) -> Segments:
         progress(TimelineProgress("decoding"))
-        decoded = await self._decode(request, Path(video.stored_path))
+        if is_remote(video.stored_path):
+            with contextlib.ExitStack() as held:  # the cached copy stays while it is decoded
+                try:
+                    local = await anyio.to_thread.run_sync(held.enter_context,
+                                                           self.storage.local_copy(video.stored_path))
+                except (FileNotFoundError, StorageError) as exc:
+                    raise UnreadableVideoError(f"the video could not be read from the store: {exc}") from None
+                decoded = await self._decode(request, local)
+        else:
+            decoded = await self._decode(request, Path(video.stored_path))
         pixels = torch.from_numpy(decoded.pixels)
         total, batch = len(pixels), encoder.batch_size
         progress(TimelineProgress("embedding", 0, total))

@@ -22,6 +22,7 @@ from search_app.api import build_api
 from search_app.audio_query import expert_sources
 from search_app.auth import MediaFiles, gradio_blocked_paths, load_credentials, protect, warn_if_exposed
 from search_app.live_api import LIVE_ROUTE, build_live_api
+from search_app.media import remote_media_router
 from search_app.page import CSS, build_ui
 from search_app.present import MEDIA_ROUTE, THUMBS_ROUTE, experts_summary
 from search_app.slots import ModelSlots
@@ -35,7 +36,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     and of the page together; its TimelineService (`app.state.timelines`) is closed when the app shuts down."""
     slots = ModelSlots(runtime.settings.search_concurrency)
     timelines = TimelineService(runtime.settings, runtime.catalog, runtime.store, lambda: runtime.encoder, slots,
-                                experts=lambda: expert_sources(runtime))
+                                experts=lambda: expert_sources(runtime), storage=runtime.storage)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -48,12 +49,16 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPIOffline(title="vidsearch", lifespan=lifespan)
     app.state.model_slots = slots
     app.state.timelines = timelines
-    runtime.settings.videos_dir.mkdir(parents=True, exist_ok=True)
     credentials = load_credentials(runtime.settings.auth)  # None: no login
-    # Only the content-addressed video folder is served; nothing else of the data folder is reachable
-    # (follow_symlink=False: a symlink inside the folder that points out of it is refused).
-    # MediaFiles: never served as a page of this site (no HTML/SVG from /media, nosniff, sandbox CSP).
-    app.mount(MEDIA_ROUTE, MediaFiles(directory=runtime.settings.videos_dir, follow_symlink=False), name="media")
+    if runtime.storage.remote:
+        # Object storage: content-addressed keys only, streamed with range reads (HTTP Range: players seek).
+        app.include_router(remote_media_router(runtime.storage, MEDIA_ROUTE))
+    else:
+        runtime.settings.videos_dir.mkdir(parents=True, exist_ok=True)
+        # Only the content-addressed video folder is served; nothing else of the data folder is reachable
+        # (follow_symlink=False: a symlink inside the folder that points out of it is refused).
+        # MediaFiles: never served as a page of this site (no HTML/SVG from /media, nosniff, sandbox CSP).
+        app.mount(MEDIA_ROUTE, MediaFiles(directory=runtime.settings.videos_dir, follow_symlink=False), name="media")
     # ... and the thumbnails made at ingest (JPEGs under content-hash names), with the same safeguards.
     runtime.settings.thumbnails_dir.mkdir(parents=True, exist_ok=True)
     app.mount(THUMBS_ROUTE, MediaFiles(directory=runtime.settings.thumbnails_dir, follow_symlink=False),
@@ -69,6 +74,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     # Gradio's own file routes (/gradio_api/file=...) must never serve anything of the data folder.
     blocked = gradio_blocked_paths(runtime.settings.home_dir, [Path(gr.utils.get_upload_folder()),
                                                                gr.utils.get_cache_folder()])
+    videos = runtime.settings.videos_dir
+    if not runtime.storage.remote and not videos.is_relative_to(runtime.settings.home_dir):
+        blocked.append(str(videos))  # a shared video folder outside the data folder (VIDSEARCH_STORAGE)
     app = gr.mount_gradio_app(app, demo, path="", css=CSS, footer_links=[], blocked_paths=blocked,
                               auth=credentials.check if credentials else None)
     if credentials is not None:

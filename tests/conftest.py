@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 from schema.settings import Settings  # noqa: E402
 from tests.postgres import postgres_server, postgres_url  # noqa: E402,F401  (fixtures)
+from tests.s3 import s3_bucket, s3_endpoint  # noqa: E402,F401  (fixtures: a real S3 server on 127.0.0.1)
 from tests.videos import write_video  # noqa: E402
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_every_setting_is_documented():
-    documented = set(re.findall(r"^\| `(VIDSEARCH_[A-Z_]+)` \|", README, re.M))
+    documented = set(re.findall(r"^\| `(VIDSEARCH_[A-Z0-9_]+)` \|", README, re.M))
     fields = {f"VIDSEARCH_{name.upper()}" for name in Settings.model_fields}
     assert documented == fields
 
