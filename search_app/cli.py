@@ -670,8 +670,9 @@ def move_library(
     to_milvus_token: Annotated[str | None, typer.Option("--to-milvus-token", envvar="VIDSEARCH_MOVE_MILVUS_TOKEN",
                                                         help="Token (user:password or API key) of that endpoint.")
                                ] = None,
-    to_storage: Annotated[str | None, typer.Option("--to-storage", help="Folder (e.g. a shared mount) the stored "
-                                                   "video files are copied to.")] = None,
+    to_storage: Annotated[str | None, typer.Option("--to-storage", help="Folder (e.g. a shared mount) or "
+                                                   "s3://bucket/prefix the stored video files are copied to.")
+                          ] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Rows per catalog transaction and per read of a "
                                        "collection.")] = 1000,
 ) -> None:

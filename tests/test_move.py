@@ -340,3 +340,33 @@ def test_move_library_command(tmp_path, tiny_model, zygote, clips_dir, postgres_
     finally:
         cli.stop()
         stop_server(data)
+
+
+def test_a_library_moves_its_files_into_s3_and_a_worker_on_that_store_reads_them(library, postgres_url, s3_bucket,
+                                                                                 clips_dir, monkeypatch):
+    """SQLite + local files -> PostgreSQL + a real S3 server (moto's, on 127.0.0.1): the videos are uploaded under
+    the keys ingest gives them, the catalog points at the objects, doctor (with the store) is clean, and the moved
+    library decodes from S3: a video queued again is processed from its object."""
+    from schema.storage import is_remote, key_for
+
+    settings = library.settings.model_copy(update={"s3_endpoint_url": s3_bucket.endpoint})
+    where = f"s3://{s3_bucket.name}/library"
+    report = move_library(settings, Plan(database_url=postgres_url, storage=where))
+    assert report.storage.copied == len(OWNED) and len(report.storage.linked) == 1
+    assert report.findings == [] and report.settings["VIDSEARCH_STORAGE"] == where
+    moved = Runtime(settings.model_copy(update={"database_url": postgres_url, "storage": where}))
+    try:
+        videos = moved.catalog.list_videos()
+        owned = [v for v in videos if v.owned]
+        assert all(is_remote(v.stored_path) for v in owned)
+        assert s3_bucket.keys() == sorted(f"library/{key_for(v.sha256, Path(v.stored_path).suffix)}" for v in owned)
+        again = move_library(settings, Plan(database_url=postgres_url, storage=where))
+        assert again.nothing_to_do
+        # The moved library works from the store: one video processed again, its file read from S3.
+        victim = owned[0]
+        moved.catalog.requeue_video(victim.id)
+        with Worker.from_settings(moved.catalog, moved.store, moved.encoder, moved.settings) as worker:
+            assert [r.ok for r in worker.run_until_empty()] == [True]
+        assert moved.store.vector_counts()[victim.id] == 1
+    finally:
+        moved.close()

@@ -4,7 +4,7 @@ Three stages, each optional and each resumable (a rerun after an interruption go
 nothing to do and says so), run in this order:
 
 1. catalog (ingest/move/catalog.py): every table's rows into another database (SQLite -> PostgreSQL);
-2. storage (ingest/move/storage.py): the video files the library owns into another store (a folder here), the
+2. storage (ingest/move/storage.py): the video files the library owns into another store (a folder or S3), the
    catalog's stored paths rewritten;
 3. vectors (ingest/move/vectors.py): every collection of the library onto another Milvus endpoint, vectors copied.
 
@@ -41,7 +41,7 @@ class Plan:
     database_url: str | None = None
     milvus_uri: str | None = None
     milvus_token: str | None = None
-    storage: str | Path | None = None  # a folder (shared mount); see storage.storage_target
+    storage: str | Path | None = None  # a folder (shared mount) or s3://bucket/prefix; see storage.storage_target
     batch: int = 1000  # catalog rows per transaction, collection rows per read (and per state record)
 
 
@@ -70,12 +70,10 @@ def move_library(settings: Settings, plan: Plan, *, progress: Progress = no_prog
     FolderTarget on plan.storage). Raises MoveError for anything a person must fix first."""
     from pymilvus.exceptions import MilvusException
 
-    from ingest.worker import LEASE_SECONDS
-
     if plan.batch < 1:
         raise MoveError("--batch must be at least 1")
     if target is None and plan.storage is not None:
-        target = storage_target(plan.storage)
+        target = storage_target(plan.storage, settings)
     if not (plan.database_url or plan.milvus_uri or target is not None):
         raise MoveError("nothing to move: give --to-database, --to-milvus and/or --to-storage")
     if plan.milvus_uri:
@@ -86,7 +84,7 @@ def move_library(settings: Settings, plan: Plan, *, progress: Progress = no_prog
     with contextlib.ExitStack() as stack:
         source = Catalog(settings.catalog_url)
         stack.callback(source.close)
-        check_quiet(source, LEASE_SECONDS)
+        check_quiet(source, settings.lease_seconds)
         # Every destination is checked before anything is written to any of them.
         if plan.database_url:
             engine = open_destination(plan.database_url, settings.catalog_url)
@@ -149,6 +147,8 @@ def destination_settings(settings: Settings, plan: Plan) -> Settings:
     if plan.milvus_uri:
         update["milvus_uri"] = plan.milvus_uri
         update["milvus_token"] = plan.milvus_token
+    if plan.storage is not None:
+        update["storage"] = str(plan.storage)
     return settings.model_copy(update=update)
 
 
@@ -156,11 +156,10 @@ def examine_destination(settings: Settings, plan: Plan) -> list:
     """`vidsearch doctor` (checks only, no repair) on the moved library."""
     from ingest.doctor import examine
     from ingest.runtime import Runtime
-    from ingest.worker import LEASE_SECONDS
-
     runtime = Runtime(destination_settings(settings, plan))
     try:
-        return examine(runtime.catalog, runtime.store.existing(), runtime.settings, lease_seconds=LEASE_SECONDS,
-                       lexical=runtime.store.lexical_existing())
+        return examine(runtime.catalog, runtime.store.existing(), runtime.settings,
+                       lease_seconds=runtime.settings.lease_seconds, lexical=runtime.store.lexical_existing(),
+                       storage=runtime.storage)
     finally:
         runtime.close()

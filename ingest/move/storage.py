@@ -5,7 +5,8 @@ owns to `target.put` (which stores it under its content hash and returns where i
 catalog's row. Videos ingested in place (`--link`, owned=False) are the user's own files: they stay where they are
 and are listed as such. `FolderTarget` is the store for a folder (a mount shared by several machines), laid out as
 ingest/library.py lays out the data folder: <folder>/<first two hex digits>/<sha256><extension>. Another kind of
-store (S3) is another class with the same `put` and `holds`.
+store (`s3://bucket/prefix`) is a StoreTarget: the product's own Storage (schema/storage.py), keyed as ingest keys
+uploads, so the moved library's videos look exactly like ones ingested into that store.
 
 The source files are left in place (remove them once the moved library works); a file already in the target with
 the right content is not copied again, so an interrupted step is resumed by running it again.
@@ -23,9 +24,11 @@ from typing import Protocol
 
 from sqlalchemy import select, update
 
-from ingest.library import content_path
+from ingest.library import content_path, sha256_file
 from ingest.move.common import BatchHook, MoveError, Progress
 from schema.catalog import Catalog, Video
+from schema.settings import Settings
+from schema.storage import S3_SCHEME, Storage, StorageError, key_for, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +80,51 @@ class FolderTarget:
         return str(dest)
 
 
-def storage_target(where: str | Path) -> VideoTarget:
-    """The store `--to-storage` names: a folder. (An s3:// store plugs in here, as another VideoTarget.)"""
+class StoreTarget:
+    """Object storage (S3-compatible) through the product's Storage: what VIDSEARCH_STORAGE=s3://... reads."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def __str__(self) -> str:
+        return self.storage.url
+
+    def holds(self, stored_path: str) -> bool:
+        if not stored_path.startswith(self.storage.url + "/"):
+            return False
+        try:
+            return self.storage.exists(stored_path)
+        except StorageError as exc:
+            raise MoveError(f"--to-storage {self.storage.url}: the store cannot be reached: {exc}") from None
+
+    def put(self, source: Path, sha256: str, name: str) -> str:
+        key = key_for(sha256, Path(name).suffix.lower())
+        location = self.storage.location(key)
+        try:
+            if self.storage.exists(location) and self.storage.size(location) == source.stat().st_size:
+                return location  # uploaded whole by an earlier run (an object appears whole or not at all)
+            if sha256_file(source) != sha256:  # read once to check, then uploaded: a second read, not a copy
+                raise MoveError(f"{source} no longer holds the content the catalog recorded (sha256 "
+                                f"{sha256[:12]}…): not copied; run `vidsearch doctor` at the source")
+            return self.storage.put(source, key)
+        except StorageError as exc:
+            raise MoveError(f"--to-storage {self.storage.url}: uploading {source.name} failed: {exc}") from None
+
+
+def storage_target(where: str | Path, settings: Settings | None = None) -> VideoTarget:
+    """The store `--to-storage` names: a folder (a shared mount), or s3://bucket/prefix (its endpoint and
+    credentials as VIDSEARCH_STORAGE's: VIDSEARCH_S3_ENDPOINT_URL and the usual AWS sources)."""
     text = str(where)
+    if text.startswith(S3_SCHEME):
+        base = settings or Settings()
+        try:
+            storage = open_storage(base.model_copy(update={"storage": text}))
+            storage.check()
+        except (StorageError, ValueError) as exc:
+            raise MoveError(f"--to-storage {text}: {exc}") from None
+        return StoreTarget(storage)
     if "://" in text:
-        raise MoveError(f"--to-storage {text}: only a folder is supported by this version (a shared mount)")
+        raise MoveError(f"--to-storage {text}: a folder or an s3://bucket/prefix URL")
     return FolderTarget(Path(text))
 
 
