@@ -1,5 +1,6 @@
 """Many workers, as on many hosts: four real `vidsearch worker` processes, each with its own worker identity and
-scratch folder, over one real PostgreSQL catalog, one Milvus endpoint (a Milvus Lite server) and one shared store.
+scratch folder, over one real PostgreSQL catalog, one Milvus endpoint (a Milvus Lite server) and one shared store
+(S3: moto's server on 127.0.0.1; each worker decodes from its own cache).
 One is SIGKILLed mid-job, one paused (SIGSTOP) past its lease and resumed; every video ends processed once, with one
 copy of its vectors, and `vidsearch doctor` finds nothing to repair."""
 
@@ -18,6 +19,7 @@ import pytest
 from ingest.library import enqueue_file
 from schema.catalog import Catalog, Job, JobState, VideoStatus, select
 from schema.settings import Settings
+from schema.storage import open_storage
 from schema.vectors import MilvusVectorStore
 from tests.conftest import cli_env
 from tests.procs import vidsearch_cmd
@@ -50,16 +52,21 @@ def _wait(what: str, check, timeout: float, logs: list[Path], poll: float = 0.01
 
 
 @pytest.mark.slow
-def test_four_workers_share_one_queue_through_a_kill_and_a_pause(tmp_path, tiny_model, milvus_uri, postgres_url):
-    shared = tmp_path / "shared"  # the store every worker reads (a shared mount in production)
+def test_four_workers_share_one_queue_through_a_kill_and_a_pause(tmp_path, tiny_model, milvus_uri, postgres_url,
+                                                                 s3_bucket):
     collection = f"w_{uuid.uuid4().hex[:8]}"
+    store = f"s3://{s3_bucket.name}/videos"  # (the AWS credentials s3fs reads are in the environment: s3_bucket)
     common = {"VIDSEARCH_DATABASE_URL": postgres_url, "VIDSEARCH_MILVUS_URI": milvus_uri,
               "VIDSEARCH_COLLECTION": collection, "VIDSEARCH_LEASE_SECONDS": str(LEASE), "VIDSEARCH_CLAIM_SIZE": "1",
-              "VIDSEARCH_DECODE_WORKERS": "1"}
-    library = Settings(home=shared, database_url=postgres_url)
+              "VIDSEARCH_DECODE_WORKERS": "1", "VIDSEARCH_STORAGE": store,
+              "VIDSEARCH_S3_ENDPOINT_URL": s3_bucket.endpoint}
+    library = Settings(home=tmp_path / "uploader", database_url=postgres_url, storage=store,
+                       s3_endpoint_url=s3_bucket.endpoint)
     library.ensure_dirs()
     catalog = Catalog(postgres_url)
-    videos = [enqueue_file(catalog, library, clip).video_id for clip in _clips(tmp_path / "clips", 16)]
+    storage = open_storage(library)
+    videos = [enqueue_file(catalog, library, clip, storage=storage).video_id for clip in _clips(tmp_path / "clips", 16)]
+    assert len(s3_bucket.keys()) == len(videos)
 
     procs: dict[str, subprocess.Popen] = {}
     logs: list[Path] = []
