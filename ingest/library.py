@@ -264,4 +264,9 @@ def delete_video(catalog: Catalog, store: VectorStore | None, video_id: int,
             Path(video.stored_path).unlink(missing_ok=True)
     if thumbnails_dir is not None:
         thumbnails.remove(thumbnails_dir, video.sha256)
+    if storage is not None and storage.remote:
+        try:
+            thumbnails.remove_remote(storage, video.sha256)
+        except StorageError as exc:
+            log.warning("video %d is deleted, but its thumbnails were left in the store: %s", video_id, exc)
     return video

@@ -1,5 +1,9 @@
 """Thumbnails: a small JPEG of every sampled frame and a poster per video, kept in the data folder.
 
+With shared storage every host must see them: in a shared folder they live in it (Settings.thumbnails_dir); with
+object storage the worker also uploads them beside the videos (`thumbnails/<sha[:2]>/<sha>/...`), and a host that
+has not got a video's thumbnails fetches its folder once, on first view (`mirror`), into its own data folder.
+
 Layout: thumbnails/<sha[:2]>/<sha>/<index>.jpg (sample `index` of the video) and poster.jpg, keyed by the video's
 content hash like the stored copy, so a re-ingest overwrites the same files and nothing user-typed becomes a path.
 They are made in the decode processes from the frames already decoded for the model (no second decoding pass).
@@ -104,6 +108,41 @@ def stored_hashes(root: Path) -> set[str]:
     if not root.is_dir():
         return set()
     return {p.name for p in root.glob("??/*") if p.is_dir() and _SHA.fullmatch(p.name)}
+
+
+REMOTE = "thumbnails"  # their prefix in object storage
+
+
+def _remote_prefix(sha256: str) -> str:
+    return f"{REMOTE}/{relative_url(sha256, '')}"
+
+
+def upload(storage, root: Path, sha256: str) -> None:
+    """Copy a video's thumbnail folder into object storage (`storage`: schema.storage.S3Storage), replacing what a
+    previous ingest left there."""
+    files = {_remote_prefix(sha256) + p.name: p.read_bytes() for p in folder(root, sha256).glob("*.jpg")}
+    storage.delete_files(_remote_prefix(sha256))
+    storage.put_files(files)
+
+
+def mirror(storage, root: Path, sha256: str) -> bool:
+    """Fetch a video's thumbnails from object storage into `root` (this host's copy); whether it has a poster."""
+    if not _SHA.fullmatch(sha256):
+        return False
+    files = {name.rsplit("/", 1)[-1]: data for name, data in storage.get_files(_remote_prefix(sha256)).items()}
+    names = [n for n in files if re.fullmatch(r"\d+\.jpg|poster\.jpg", n)]
+    if not names:
+        return False
+    target = folder(root, sha256)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in sorted(names, key=lambda n: n == POSTER):  # the poster last: it marks the folder complete
+        _atomic_write(target / name, files[name])
+    return POSTER in names
+
+
+def remove_remote(storage, sha256: str) -> None:
+    if _SHA.fullmatch(sha256):
+        storage.delete_files(_remote_prefix(sha256))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

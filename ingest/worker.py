@@ -287,6 +287,8 @@ class Worker:
             for d in done:
                 if d.thumbs and d.key in self._videos:
                     thumbnails.write(self.thumbnails_dir, self._videos[d.key].sha256, d.thumbs, d.poster)
+                    if self.storage is not None and self.storage.remote:  # for the other hosts (see thumbnails)
+                        thumbnails.upload(self.storage, self.thumbnails_dir, self._videos[d.key].sha256)
         rows = self._insert(done, jobs)
         finished = self.catalog.finish_jobs([(d.key, _info_fields(d.info)) for d in done], experts=self.expert_names,
                                             leases=self._leases or None)

@@ -283,6 +283,10 @@ class Settings(BaseSettings):
 
     @property
     def thumbnails_dir(self) -> Path:
+        """<home>/thumbnails; with a shared folder as the store (VIDSEARCH_STORAGE), inside it, so that every host
+        shows every video's thumbnails (object storage keeps a copy beside the videos: ingest/thumbnails.py)."""
+        if self.storage and not self.storage_is_remote and self.videos_dir != self.home_dir / "videos":
+            return self.videos_dir / "thumbnails"
         return self.home_dir / "thumbnails"
 
     @property

@@ -272,6 +272,30 @@ class S3Storage:
         """A local file that holds what `location` holds (the copy just uploaded) becomes its cached copy."""
         self.cache.adopt(location, local)
 
+    # --- small files beside the videos (the thumbnails: ingest/thumbnails.py) ------------------------------------
+    def put_files(self, files: dict[str, bytes]) -> None:
+        """Write small objects, key -> bytes (each whole or not at all), concurrently."""
+        if files:
+            self._call("upload", self.fs.pipe, {self._path(self.location(k)): v for k, v in files.items()})
+
+    def get_files(self, prefix: str) -> dict[str, bytes]:
+        """Every object under `prefix` (a key ending in /): key -> bytes; {} when there is none."""
+        base = self._path(self.location(prefix))
+        try:
+            found = self._call("list", self.fs.find, base, refresh=True)
+        except FileNotFoundError:
+            return {}
+        if not found:
+            return {}
+        data = self._call("download", self.fs.cat, list(found))
+        cut = len(self.root) + 1
+        return {path[cut:]: value for path, value in data.items()}
+
+    def delete_files(self, prefix: str) -> None:
+        """Remove every object under `prefix`; none is fine."""
+        with contextlib.suppress(FileNotFoundError):
+            self._call("delete", self.fs.rm, self._path(self.location(prefix)), recursive=True)
+
 
 class VideoCache:
     """Local copies of remote videos, bounded by size (least recently used evicted), safe for several processes on

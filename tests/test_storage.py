@@ -24,7 +24,7 @@ from schema.catalog import VideoStatus
 from schema.settings import Settings
 from schema.storage import FolderStorage, S3Storage, VideoCache, is_remote, key_for, open_storage
 from search_app.media import MalformedRange, Unsatisfiable, parse_range
-from search_app.present import media_url
+from search_app.present import media_url, thumbnail_url
 from tests.conftest import drop_stored_segments
 from tests.procs import serve_in_thread
 from tests.s3 import Bucket, free_port
@@ -434,6 +434,9 @@ def test_a_shared_folder_serves_several_hosts(settings, tmp_path, clips_dir):
             [result] = worker.run_until_empty()
         assert result.ok, result
         assert examine(b.catalog, b.store, host_b, lease_seconds=LEASE_SECONDS, storage=b.storage) == []
+        # The thumbnails host b made are in the shared folder: host a shows them.
+        assert host_a.thumbnails_dir == host_b.thumbnails_dir == shared.resolve() / "thumbnails"
+        assert thumbnail_url(a, video.sha256) is not None
         url = media_url(b, video.stored_path)
         assert url == f"/media/{a.storage.key_of(video.stored_path)}"
         data = (clips_dir / "green_square.webm").read_bytes()
@@ -450,3 +453,30 @@ def test_a_shared_folder_serves_several_hosts(settings, tmp_path, clips_dir):
     finally:
         a.close()
         b.close()
+
+
+def test_thumbnails_made_on_one_host_are_shown_by_another_through_object_storage(settings, s3_bucket, clips_dir,
+                                                                                 tmp_path):
+    catalog_url = f"sqlite:///{tmp_path / 'shared-catalog.db'}"  # the hosts share one catalog (PostgreSQL, usually)
+    worker_host = s3_settings(settings, s3_bucket, home=tmp_path / "worker-host", database_url=catalog_url)
+    web_host = s3_settings(settings, s3_bucket, home=tmp_path / "web-host", database_url=catalog_url)
+    w, web = Runtime(worker_host), Runtime(web_host)
+    try:
+        r = enqueue_file(w.catalog, worker_host, clips_dir / "red_circle.mp4", storage=w.storage)
+        with Worker.from_settings(w.catalog, w.store, w.encoder, worker_host) as worker:
+            assert [x.ok for x in worker.run_until_empty()] == [True]
+        sha = w.catalog.get_video(r.video_id).sha256
+        remote = [k for k in s3_bucket.keys() if k.startswith("library/thumbnails/")]
+        assert f"library/thumbnails/{sha[:2]}/{sha}/poster.jpg" in remote and len(remote) >= 2
+        assert not (web_host.thumbnails_dir / sha[:2] / sha).exists()
+        poster = thumbnail_url(web, sha)  # fetched from the store on first view, into the web host's folder
+        assert poster == f"/thumbnails/{sha[:2]}/{sha}/poster.jpg"
+        with serve(web, worker=False) as base, httpx.Client(base_url=base, timeout=60) as client:
+            got = client.get(poster)
+            assert got.status_code == 200 and got.content[:2] == b"\xff\xd8"  # a JPEG
+            assert client.get(thumbnail_url(web, sha, 0)).status_code == 200  # a sample's, for the timeline
+        delete_video(web.catalog, web.store, r.video_id, web_host.thumbnails_dir, storage=web.storage)
+        assert s3_bucket.keys() == []  # the video's object and its thumbnails
+    finally:
+        w.close()
+        web.close()
