@@ -1,4 +1,4 @@
-# vidsearch web app + ingestion worker. Built by docker-compose.yml, which points it at Milvus standalone.
+# vidsearch web app + ingestion worker. Built by docker-compose.yml, which points it at Milvus standalone and PostgreSQL.
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
@@ -21,7 +21,8 @@ COPY pyproject.toml README.md ./
 COPY ingest ./ingest
 COPY schema ./schema
 COPY search_app ./search_app
-RUN pip install .
+# With PostgreSQL (the compose file's catalog) and S3 storage support.
+RUN pip install ".[postgres,s3]"
 
 USER vidsearch
 ENV HF_HOME=/home/vidsearch/.cache/huggingface VIDSEARCH_HOME=/data VIDSEARCH_HOST=0.0.0.0

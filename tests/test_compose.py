@@ -143,7 +143,9 @@ def test_dockerfile_installs_the_project_and_serves(dockerfile):
     steps = _instructions(dockerfile)
     assert steps[0] == ("FROM", "python:3.11-slim")
     runs = [args for word, args in steps if word == "RUN"]
-    project = [i for i, args in enumerate(runs) if re.fullmatch(r"pip install (--no-cache-dir )?\.", args)]
+    project = [i for i, args in enumerate(runs)
+               if re.fullmatch(r'pip install (--no-cache-dir )?"?\.(\[[a-z0-9,]+\])?"?', args)]
+    assert any("postgres" in runs[i] and "s3" in runs[i] for i in project), "the compose file's catalog needs it"
     torch = [i for i, args in enumerate(runs) if re.fullmatch(r'pip install (--no-cache-dir )?"?\$TORCH_SPEC"?', args)]
     assert project and torch and torch[0] < project[0], "torch (TORCH_SPEC) is installed before the project"
     assert ("ARG", 'TORCH_SPEC="torch"') in steps
@@ -157,6 +159,29 @@ def test_dockerfile_installs_the_project_and_serves(dockerfile):
     assert ("EXPOSE", "7860") in steps
     # Project rule: no package index address or host name in the image recipe.
     assert not re.search(r"https?://|--(extra-)?index-url\s+\S*\.", dockerfile)
+
+
+def test_the_catalog_is_postgresql_and_workers_share_the_app_s_settings_and_stored_videos(compose):
+    services = compose["services"]
+    app, worker, postgres = services["app"], services["worker"], services["postgres"]
+    repo, _, tag = postgres["image"].rpartition(":")
+    assert repo == "postgres" and re.fullmatch(r"\d+\.\d+", tag)
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert app["depends_on"]["postgres"]["condition"] == "service_healthy"
+    env = _env(app)
+    url = urlparse(_defaults(env["VIDSEARCH_DATABASE_URL"]))
+    pg = _env(postgres)
+    assert (url.scheme, url.hostname, url.port, url.path.lstrip("/")) == ("postgresql+psycopg", "postgres", 5432,
+                                                                          _defaults(pg["POSTGRES_DB"]))
+    assert (url.username, url.password) == (pg["POSTGRES_USER"], _defaults(pg["POSTGRES_PASSWORD"]))
+    # Workers: the app's image and settings, the `worker` command, the same shared folder of videos.
+    assert worker["image"] == app["image"] and worker["command"] == ["vidsearch", "worker"]
+    assert _env(worker) == env and "container_name" not in worker  # replicas (--scale) need names of their own
+    store = env["VIDSEARCH_STORAGE"]
+    for service in (app, worker):
+        mounted = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+        assert store in mounted and mounted[store] in compose["volumes"]
+    assert worker["depends_on"]["app"]["condition"] == "service_healthy"  # one migration, one model download
 
 
 def test_dockerignore_keeps_what_the_dockerfile_copies(dockerfile):
