@@ -370,7 +370,7 @@ class Worker:
             raise
         except StorageError as exc:
             # The video store cannot be reached: as for the vector store, the videos wait in the queue.
-            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False,
+            self.catalog.requeue_jobs([j.id for j in jobs], count_attempt=False, leases=leases,
                                       reason=f"waiting for the video store, will retry: {exc}")
             raise
         except VectorStoreError as exc:
