@@ -6,9 +6,10 @@ far longer than decoding 120 frames, so it must not share the decode timeout. An
 "unavailable" with the reason; one that hangs is stopped at the timeout; one whose process dies is retried, then
 recorded "failed". Either way the video stays searchable by appearance and by its other experts.
 
-Write order: the video's old segments in that expert's collection are deleted, the new ones inserted and flushed,
-then the catalog records the run done. A run whose video was deleted meanwhile, or that another worker took over
-(this one's lease expired while it worked: see schema.catalog.Leases), has exactly the rows it wrote removed again.
+Write order: the new segments are inserted and flushed, the catalog records the run done (under its lease), then
+the video's other rows in that expert's collection (an earlier run's) are deleted. A run whose video was deleted
+meanwhile, or that another worker took over (this one's lease expired while it worked: see schema.catalog.Leases),
+has exactly the rows it wrote removed again.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class LexicalWriter(Protocol):
     def add(self, video_id: int, segments: Sequence[TextSegment] | Sequence[VectorSegment]) -> list[int]: ...
     def delete(self, video_ids: Sequence[int]) -> None: ...
     def delete_rows(self, pks: Sequence[int]) -> None: ...
+    def delete_other_rows(self, video_id: int, keep: Sequence[int]) -> None: ...
     def flush(self) -> None: ...
 
 
@@ -254,13 +256,15 @@ class ExpertStage:
                 return self._record(run, ExpertState.FAILED, str(exc), on_result=on_result)
         if not self.catalog.renew_experts({run.id: run.lease}):  # taken over or deleted: write nothing
             return ExpertResult(run.id, run.video_id, run.expert, ExpertState.QUEUED, "taken over by another worker")
-        store.delete([run.video_id])  # a run done again replaces what the last one stored
         pks = store.add(run.video_id, outcome.segments)
         store.flush()
         result = self._record(run, ExpertState.DONE, None, segments=len(outcome.segments), seconds=outcome.seconds,
                               on_result=on_result)
         if result.state != ExpertState.DONE:  # the video went away, or another worker took the run: take ours out
             store.delete_rows(pks)
+        else:  # only the run's holder replaces what an earlier run stored (as the worker does: see worker.py)
+            store.delete_other_rows(run.video_id, pks)
+            store.flush()
         return result
 
     def _record(self, run: ExpertRun, state: ExpertState, reason: str | None, *, segments: int = 0,

@@ -239,6 +239,12 @@ class LexicalStore:
             pks += [int(p) for p in done["ids"]]
         return pks
 
+    def delete_other_rows(self, video_id: int, keep: Sequence[int]) -> None:
+        """Remove the video's rows other than `keep` (primary keys): what an earlier run of its expert stored."""
+        others = f" and pk not in [{', '.join(str(int(p)) for p in keep)}]" if keep else ""  # ints only
+        expr = f"video_id == {int(video_id)}{others}"
+        self._call("delete", lambda: self.client.delete(self.name, filter=expr))
+
     def delete_rows(self, pks: Sequence[int]) -> None:
         """Remove exactly these rows (what a worker wrote for a run it lost to another worker)."""
         if pks:

@@ -102,6 +102,24 @@ def test_search_within_videos_and_delete(store):
     assert store.counts() == {3: 1}
 
 
+def test_a_run_done_again_replaces_the_last_ones_rows_by_primary_key(store):
+    """What the expert stage does (ingest/expert_stage.py): insert, record the run, then remove the video's other
+    rows; a worker that lost its run removes exactly its own."""
+    first = store.add(7, [Seg(0.0, 1.0, "harvest festival"), Seg(1.0, 2.0, "platform nine")])
+    store.add(8, [Seg(0.0, 1.0, "harvest moon")])
+    second = store.add(7, [Seg(0.0, 2.0, "harvest festival today")])
+    assert len(first) == 2 and len(second) == 1 and not set(first) & set(second)
+    store.flush()
+    assert store.counts() == {7: 3, 8: 1}
+    store.delete_other_rows(7, second)
+    store.flush()
+    assert store.counts() == {7: 1, 8: 1}
+    assert [h.text for h in store.search("harvest festival", 5, video_ids=[7])] == ["harvest festival today"]
+    store.delete_rows(second)  # (lost its run: its own rows only)
+    store.flush()
+    assert store.counts() == {8: 1}
+
+
 def test_open_is_idempotent_and_drop_removes(client):
     name = collection_name(f"lex_{uuid.uuid4().hex[:8]}", "speech")
     assert name.endswith("_speech")

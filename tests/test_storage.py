@@ -348,12 +348,19 @@ def test_experts_read_videos_in_object_storage_from_the_cache(settings, s3_bucke
     rows: dict[int, list] = {}
 
     class Collection:
-        def add(self, video_id, segments) -> None:
+        def add(self, video_id, segments) -> list[int]:
             rows[video_id] = list(segments)
+            return list(range(len(segments)))
 
         def delete(self, video_ids) -> None:
             for v in video_ids:
                 rows.pop(v, None)
+
+        def delete_rows(self, pks) -> None:
+            pass
+
+        def delete_other_rows(self, video_id, keep) -> None:
+            pass
 
         def flush(self) -> None:
             pass
