@@ -250,8 +250,12 @@ def test_refusals_say_what_to_fix(runtime, clips_dir, postgres_url, other_milvus
     with sock_closed_port() as port:
         with pytest.raises(MoveError, match="cannot reach the destination Milvus"):
             move_library(settings, Plan(milvus_uri=f"http://127.0.0.1:{port}"))
-    with pytest.raises(MoveError, match="only a folder"):
-        move_library(settings, Plan(storage="s3://bucket/videos"))
+    with pytest.raises(MoveError, match="a folder or an s3://bucket/prefix URL"):
+        move_library(settings, Plan(storage="ftp://host/videos"))
+    with sock_closed_port() as port:  # an S3 endpoint nothing answers on
+        with pytest.raises(MoveError, match="cannot be reached"):
+            move_library(settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{port}"}),
+                         Plan(storage="s3://bucket/videos"))
     with pytest.raises(MoveError, match="endpoint in use now"):
         move_library(settings, Plan(milvus_uri=settings.milvus_uri))
 

@@ -12,6 +12,7 @@ from sqlalchemy import event, update
 
 from schema.catalog import Catalog, Video, VideoStatus
 from schema.settings import Settings
+from schema.storage import open_storage
 from search_app.page import (
     library_gallery,
     library_page,
@@ -104,7 +105,8 @@ def test_the_timeline_picker_offers_a_bounded_number_of_ready_videos(catalog):
 
 
 def test_empty_results_and_the_gallery_do_not_read_the_whole_library(catalog, tmp_path):
-    runtime = SimpleNamespace(catalog=catalog, settings=Settings(home=tmp_path / "data"))
+    settings = Settings(home=tmp_path / "data")
+    runtime = SimpleNamespace(catalog=catalog, settings=settings, storage=open_storage(settings))
     with statements(catalog) as seen:
         assert "No results for" in render_results(runtime, "a cat", [])
         library_gallery(runtime, library_page(catalog, 3))
