@@ -61,8 +61,9 @@ class LeaseKeeper:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        # Not joined: the thread ends at once (a renewal of a finished or requeued job matches no row), and a join
+        # interrupted by SIGTERM/Ctrl-C at the wrong instant is one more place a worker's shutdown could stall.
         self._stop.set()
-        self._thread.join()
 
     def renew(self, job_ids: list[int] | None = None) -> set[int]:
         """Renew now (these jobs, or all the batch's still held); returns the ids still held."""
