@@ -92,7 +92,7 @@ def stored_path_for(settings: Settings, sha256: str, name: str) -> Path:
     return content_path(settings.videos_dir, sha256, name)
 
 
-def _copy_hashing(src: Path, folder: Path) -> tuple[Path, str]:
+def copy_hashing(src: Path, folder: Path) -> tuple[Path, str]:
     """Copy `src` to a temporary file in `folder`, hashing the bytes as they are written: (temp file, its sha256).
     The hash is of what was stored, whatever the source did meanwhile."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def _take(src: Path, folder: Path, expected: str, *, move: bool) -> tuple[Path, 
             return tmp, expected
         except OSError:  # another file system: copy it after all
             pass
-    return _copy_hashing(src, folder)
+    return copy_hashing(src, folder)
 
 
 def _store(settings: Settings, src: Path, shown: str, expected: str, *, move: bool,

@@ -269,7 +269,7 @@ def test_an_upload_is_renamed_into_the_library_not_copied(catalog, plain_setting
     def no_copy(*_args):
         raise AssertionError("an upload on the same file system must not be written a second time")
 
-    monkeypatch.setattr(library, "_copy_hashing", no_copy)
+    monkeypatch.setattr(library, "copy_hashing", no_copy)
     result = enqueue_file(catalog, plain_settings, upload, title="green.webm", move=True)
     stored = Path(catalog.get_video(result.video_id).stored_path)
     assert stored.stat().st_ino == inode and not upload.exists()

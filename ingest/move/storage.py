@@ -14,17 +14,15 @@ the right content is not copied again, so an interrupted step is resumed by runn
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import select, update
 
-from ingest.library import content_path, sha256_file
+from ingest.library import content_path, copy_hashing, sha256_file
 from ingest.move.common import BatchHook, MoveError, Progress
 from schema.catalog import Catalog, Video
 from schema.settings import Settings
@@ -63,20 +61,14 @@ class FolderTarget:
         dest = content_path(self.root, sha256, name)
         if dest.is_file() and dest.stat().st_size == source.stat().st_size:
             return str(dest)  # written whole by an earlier run (files are renamed into place, never half there)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".incoming-")
-        digest = hashlib.sha256()
+        tmp, digest = copy_hashing(source, dest.parent)  # as ingest stores files: hashed as written
         try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as handle:
-                while block := handle.read(1 << 20):
-                    digest.update(block)
-                    out.write(block)
-            if digest.hexdigest() != sha256:
+            if digest != sha256:
                 raise MoveError(f"{source} no longer holds the content the catalog recorded (sha256 {sha256[:12]}…): "
                                 "not copied; run `vidsearch doctor` at the source")
             os.replace(tmp, dest)
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
         return str(dest)
 
 
