@@ -44,7 +44,8 @@ def _env(service: dict) -> dict[str, str]:
 
 
 def _defaults(value: str) -> str:
-    """What compose substitutes when the variable is unset: ${X:-y} -> y."""
+    """What compose substitutes when the variable is unset: ${X:-y} -> y; a required ${X:?message} -> <X>."""
+    value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?[^}]*\}", r"<\1>", value)
     return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^}]*)\}", r"\1", value)
 
 
@@ -74,7 +75,6 @@ def test_milvus_standalone_services_with_healthchecks(compose):
     assert env["ETCD_ENDPOINTS"] == "etcd:2379" and env["MINIO_ADDRESS"] == "minio:9000"
     assert "start_period" in standalone["healthcheck"]
     assert "http://localhost:9091/healthz" in standalone["healthcheck"]["test"]
-    assert {"19530:19530", "9091:9091"} <= set(standalone["ports"])
     assert any(v.endswith(":/var/lib/milvus") for v in standalone["volumes"])
 
 
@@ -84,7 +84,7 @@ def test_etcd_and_minio_as_upstream_configures_them(compose):
                                "ETCD_QUOTA_BACKEND_BYTES", "ETCD_SNAPSHOT_COUNT"}
     assert "-listen-client-urls http://0.0.0.0:2379" in etcd["command"]
     assert etcd["healthcheck"]["test"] == ["CMD", "etcdctl", "endpoint", "health"]
-    assert _env(minio) == {"MINIO_ACCESS_KEY": "minioadmin", "MINIO_SECRET_KEY": "minioadmin"}
+    assert set(_env(minio)) == {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
     assert minio["command"] == 'minio server /minio_data --console-address ":9001"'
     assert "http://localhost:9000/minio/health/live" in minio["healthcheck"]["test"]
     for name in MILVUS_SERVICES:  # Milvus's data stays beside the file unless DOCKER_VOLUME_DIRECTORY says otherwise
@@ -109,7 +109,7 @@ def test_app_waits_for_a_healthy_milvus_and_points_at_it(compose):
     env = _env(app)
     uri = urlparse(env["VIDSEARCH_MILVUS_URI"])
     assert uri.scheme in ("http", "tcp", "grpc") and uri.hostname in services and uri.hostname == "standalone"
-    assert uri.port == 19530 and "19530:19530" in services["standalone"]["ports"]
+    assert uri.port == 19530
     assert env["VIDSEARCH_HOST"] == "0.0.0.0"  # reachable through the published port
     port = env.get("VIDSEARCH_PORT", str(Settings.model_fields["port"].default))
     assert [p.rsplit(":", 1)[1] for p in app["ports"]] == [port] == ["7860"]
@@ -126,6 +126,7 @@ def test_app_environment_names_real_settings(compose):
     values = {k[len("VIDSEARCH_"):].lower(): _defaults(v) for k, v in env.items() if k.startswith("VIDSEARCH_")}
     settings = Settings(**values)
     assert settings.milvus_uri == "http://standalone:19530"
+    assert settings.storage == "s3://vidsearch/videos" and settings.s3_endpoint_url == "http://minio:9000"
     assert settings.model == "Diangle/clip4clip-webvid" and str(settings.home) == "/data"
 
 
@@ -163,25 +164,61 @@ def test_dockerfile_installs_the_project_and_serves(dockerfile):
 
 def test_the_catalog_is_postgresql_and_workers_share_the_app_s_settings_and_stored_videos(compose):
     services = compose["services"]
-    app, worker, postgres = services["app"], services["worker"], services["postgres"]
+    app, postgres = services["app"], services["postgres"]
     repo, _, tag = postgres["image"].rpartition(":")
     assert repo == "postgres" and re.fullmatch(r"\d+\.\d+", tag)
     assert "pg_isready" in postgres["healthcheck"]["test"]
     assert app["depends_on"]["postgres"]["condition"] == "service_healthy"
     env = _env(app)
     url = urlparse(_defaults(env["VIDSEARCH_DATABASE_URL"]))
-    pg = _env(postgres)
+    pg = {k: _defaults(v) for k, v in _env(postgres).items()}
     assert (url.scheme, url.hostname, url.port, url.path.lstrip("/")) == ("postgresql+psycopg", "postgres", 5432,
-                                                                          _defaults(pg["POSTGRES_DB"]))
-    assert (url.username, url.password) == (pg["POSTGRES_USER"], _defaults(pg["POSTGRES_PASSWORD"]))
-    # Workers: the app's image and settings, the `worker` command, the same shared folder of videos.
-    assert worker["image"] == app["image"] and worker["command"] == ["vidsearch", "worker"]
-    assert _env(worker) == env and "container_name" not in worker  # replicas (--scale) need names of their own
-    store = env["VIDSEARCH_STORAGE"]
-    for service in (app, worker):
-        mounted = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
-        assert store in mounted and mounted[store] in compose["volumes"]
-    assert worker["depends_on"]["app"]["condition"] == "service_healthy"  # one migration, one model download
+                                                                          pg["POSTGRES_DB"])
+    assert (url.username, url.password) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+    # The videos: MinIO's bucket, made by the one-shot `buckets` service before the app starts; the S3 keys are
+    # MinIO's own user.
+    assert env["VIDSEARCH_STORAGE"].startswith("s3://vidsearch/")
+    assert urlparse(env["VIDSEARCH_S3_ENDPOINT_URL"]).hostname == "minio"
+    minio = _env(services["minio"])
+    assert url.password == "<VIDSEARCH_DB_PASSWORD>"
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (minio["MINIO_ROOT_USER"],
+                                                                        minio["MINIO_ROOT_PASSWORD"])
+    assert "store/vidsearch" in " ".join(services["buckets"]["entrypoint"])
+    assert app["depends_on"]["buckets"]["condition"] == "service_completed_successfully"
+    # Workers: the app's image and settings, the `worker` command, a health check, one GPU each (or none).
+    for name, profile in (("worker", "gpu"), ("worker-cpu", "cpu")):
+        worker = services[name]
+        assert worker["profiles"] == [profile]
+        assert worker["image"] == app["image"] and worker["command"] == ["vidsearch", "worker"]
+        assert _env(worker) == env and "container_name" not in worker  # replicas (--scale) need names of their own
+        assert worker["depends_on"]["app"]["condition"] == "service_healthy"  # one migration, one model download
+        assert worker["healthcheck"]["test"][:2] == ["CMD", "vidsearch"]
+    gpus = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpus == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert "deploy" not in services["worker-cpu"]
+
+
+def test_only_the_app_is_published_and_every_service_is_checked(compose):
+    services = compose["services"]
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert published == {"app": ["7860:7860"]}, "Milvus, PostgreSQL, MinIO, etcd stay on the compose network"
+    for name, service in services.items():
+        if name != "buckets":  # a one-shot job: its exit status is its health
+            assert service["healthcheck"]["test"], name
+
+
+def test_no_password_has_a_default(compose):
+    """Every secret is a required variable (${X:?message}): `up` refuses to start without it, rather than run a
+    database or an object store with a password written in this file."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    secrets = re.findall(r"^\s*(\w*(?:PASSWORD|SECRET)\w*):\s*(.+)$", text, re.M)
+    assert len(secrets) >= 4
+    for name, value in secrets:
+        assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", value.strip()), (name, value)
+    assert "minioadmin" not in text
+    example = (ROOT / ".env.example").read_text()
+    for name in ("VIDSEARCH_DB_PASSWORD", "MINIO_ROOT_PASSWORD"):
+        assert re.search(rf"^{name}=$", example, re.M), name
 
 
 def test_dockerignore_keeps_what_the_dockerfile_copies(dockerfile):
@@ -203,10 +240,22 @@ def _compose_command() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def test_docker_compose_config_accepts_the_file():
+def _config(*args: str, **env: str) -> subprocess.CompletedProcess:
     command = _compose_command()
     assert command, "install the docker compose plugin or docker-compose (apt-get install docker-compose)"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIDSEARCH_", "DOCKER_VOLUME_DIRECTORY"))}
-    result = subprocess.run([*command, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("VIDSEARCH_", "MINIO_", "DOCKER_VOLUME_DIRECTORY"))}
+    return subprocess.run([*command, "-f", str(ROOT / "docker-compose.yml"), *args, "config", "-q"],
+                          cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("profile", [None, "gpu", "cpu"])
+def test_docker_compose_config_accepts_the_file(profile):
+    result = _config(*(["--profile", profile] if profile else []),
+                     VIDSEARCH_DB_PASSWORD="db-secret", MINIO_ROOT_PASSWORD="minio-secret")
     assert result.returncode == 0, result.stderr
+
+
+def test_docker_compose_refuses_to_run_without_the_passwords():
+    result = _config(VIDSEARCH_DB_PASSWORD="db-secret")
+    assert result.returncode != 0 and "set MINIO_ROOT_PASSWORD in .env" in result.stderr
