@@ -897,6 +897,21 @@ def loadtest(
         raise typer.Exit(1)
 
 
+@app.command()
+def capacity(
+    dim: Annotated[int, typer.Option(min=8, help="Vector dimension of the model (ViT-B/32: 512).")] = 512,
+    seconds: Annotated[float, typer.Option(min=1, help="Length of a typical video, in seconds.")] = 30.0,
+) -> None:
+    """Capacity on paper: Milvus memory and PostgreSQL size per video, for 1M and 10M videos, per index type, and
+    the embedding time of a million video-minutes. Computed from the schema and measured figures, not measured.
+
+    Example: vidsearch capacity --seconds 300
+    """
+    from search_app.capacity import markdown
+
+    typer.echo(markdown(Settings(), dim=dim, seconds=seconds))
+
+
 def main() -> None:
     """Console entry point: turn known errors into one readable line instead of a traceback."""
     from pydantic import ValidationError
