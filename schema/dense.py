@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from schema.vectors import CONNECTION_ERRORS, METRIC, VectorStoreError, video_counts
+from schema.vectors import CONNECTION_ERRORS, METRIC, VectorStoreError, row_count, video_counts
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +232,7 @@ class DenseSegmentStore:
         quarter since."""
         if not self.exists:
             return np.zeros((0, self.dim or 0), np.float32)
-        stats = self._call("stats", lambda: self.client.get_collection_stats(self.name))
-        rows = int(stats.get("row_count", 0))
+        rows = self._call("count", lambda: row_count(self.client, self.name))
         taken = self._sample[0] if self._sample is not None else -1
         if taken < 0 or rows > 1.25 * taken or (taken < SAMPLE and rows != taken):
             found = self._call("query", lambda: self.client.query(self.name, filter="", output_fields=["vector"],

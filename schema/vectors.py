@@ -497,7 +497,7 @@ class MilvusVectorStore:
         """The top k of the index's candidates by their exact inner product with `vector`. A quantized index ranks
         by approximate scores; the collection keeps every raw float vector, so one query by primary key re-scores
         the candidates exactly (the binarized "rerank100" idea, on whatever quantization the endpoint offers)."""
-        pks = [int(h[PK]) for h in hits]
+        pks = [_hit_pk(h) for h in hits]
         if not pks:
             return []
         expr = f"{PK} in [{', '.join(map(str, pks))}]"  # ints from Milvus itself
@@ -534,7 +534,7 @@ class MilvusVectorStore:
         return self._call("query", lambda: video_counts(self.client, collection))
 
     def count(self) -> int:
-        return int(self._call("count", lambda: self.client.get_collection_stats(self.collection))["row_count"])
+        return self._call("count", lambda: row_count(self.client, self.collection))
 
     def drop(self) -> None:
         if self.client.has_collection(self.segment_collection):
@@ -559,6 +559,22 @@ def _other_rows_filters(keep: Mapping[int, Sequence[int]], max_keys: int = 4096)
         filters.append((videos, keys))
     return [f"video_id in [{', '.join(map(str, v))}]" + (f" and {PK} not in [{', '.join(map(str, k))}]" if k else "")
             for v, k in filters]
+
+
+def _hit_pk(hit) -> int:
+    """A search hit's primary key: Milvus Lite names it after the field (`pk`), a 2.3 server only as `id`."""
+    for key in ("id", PK):
+        try:
+            return int(hit[key])
+        except KeyError:
+            continue
+    raise VectorStoreError(f"a Milvus search hit without its primary key: {dict(hit)}")
+
+
+def row_count(client, collection: str) -> int:
+    """Rows in `collection`, growing segments included: a server's collection statistics count only flushed
+    segments (0 right after an insert on Milvus 2.3, tests/test_milvus_server.py), so ask for count(*)."""
+    return int(client.query(collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
 
 def video_counts(client, collection: str) -> Counter[int]:

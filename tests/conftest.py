@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 # No network in tests: the hub must never be reached, models come from local folders.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 import pytest  # noqa: E402
 
 from schema.settings import Settings  # noqa: E402
+from tests.milvus_server import milvus_server  # noqa: E402,F401  (fixture: a real Milvus server)
 from tests.postgres import postgres_server, postgres_url  # noqa: E402,F401  (fixtures)
 from tests.s3 import s3_bucket, s3_endpoint  # noqa: E402,F401  (fixtures: a real S3 server on 127.0.0.1)
 from tests.videos import write_video  # noqa: E402
@@ -102,6 +104,16 @@ def milvus_uri(tmp_path_factory) -> Iterator[str]:
     uri = ensure_server(data_dir)
     yield uri
     stop_server(data_dir)
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, clips_dir) -> Path:
+    """Ordinary clips, a note, and a file that claims to be a video but is not."""
+    folder = tmp_path / "incoming"
+    shutil.copytree(clips_dir, folder / "clips")
+    (folder / "notes.txt").write_text("shopping list\n")
+    (folder / "clips" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))
+    return folder
 
 
 _counter = itertools.count()

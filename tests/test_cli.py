@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -47,16 +46,6 @@ def cli(tmp_path, tiny_model, zygote):
     runner = Cli(tmp_path / "home", tiny_model, zygote)
     yield runner
     runner.stop()
-
-
-@pytest.fixture
-def mixed_folder(tmp_path, clips_dir) -> Path:
-    """Ordinary clips, a note, and a file that claims to be a video but is not."""
-    folder = tmp_path / "incoming"
-    shutil.copytree(clips_dir, folder / "clips")
-    (folder / "notes.txt").write_text("shopping list\n")
-    (folder / "clips" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))
-    return folder
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
