@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pymilvus  # noqa: F401
@@ -46,6 +47,8 @@ def _child(argv: list[str], env: dict[str, str], stdout: str, stderr: str) -> No
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001  (os._exit below skips Python's own report: print it, as `vidsearch` would)
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
