@@ -247,9 +247,11 @@ def _video_conditions(status: VideoStatus | None, title: str | None) -> list:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # WAL lets the UI read while a worker writes; busy_timeout makes writers from several processes wait, not fail.
+    # busy_timeout first: switching to WAL takes a lock, and without it a process opening the catalog while another
+    # migrates it failed at once with "database is locked" (seen once in CI, test_processes_starting_at_once...).
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
