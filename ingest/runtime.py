@@ -39,12 +39,7 @@ class Runtime:
 
     @cached_property
     def encoder(self) -> ClipEncoder:
-        from ingest.encoder import load_encoder  # torch is slow to import: only commands that embed pay for it
-
-        s = self.settings
-        return load_encoder(s.model, s.model_revision, s.device, s.batch_size, hash_cache=s.checkpoint_hashes_file,
-                            inference=s.inference, precision=s.precision, models_dir=s.models_dir,
-                            threads=s.inference_threads, query_cache_size=s.query_cache_size)
+        return load_settings_encoder(self.settings)
 
     @cached_property
     def store(self) -> Store:
@@ -67,3 +62,13 @@ class Runtime:
             self.store.close()
         if "catalog" in self.__dict__:
             self.catalog.close()
+
+
+def load_settings_encoder(s: Settings) -> ClipEncoder:
+    """The installation's model (VIDSEARCH_MODEL, revision, device, backend...): what every process that embeds
+    loads, a Ray actor included."""
+    from ingest.encoder import load_encoder  # torch is slow to import: only commands that embed pay for it
+
+    return load_encoder(s.model, s.model_revision, s.device, s.batch_size, hash_cache=s.checkpoint_hashes_file,
+                        inference=s.inference, precision=s.precision, models_dir=s.models_dir,
+                        threads=s.inference_threads, query_cache_size=s.query_cache_size)

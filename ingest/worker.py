@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 600.0
 MAX_ATTEMPTS = 3
 MISSING_OBJECT = "the stored video is missing from the object store (deleted outside vidsearch); add the video again"
+
+
+# Decodes and embeds (job id, path) pairs somewhere else than in this process (a Ray cluster), yielding one Embedded
+# per pair as each finishes; the event, when set, asks it to raise Stopped.
+Embedder = Callable[[Iterable[tuple[int, Path]], threading.Event | None], Iterator[Embedded]]
 
 
 class LeaseKeeper:
@@ -123,7 +128,7 @@ class Worker:
                  sampling: Sampling | None = None, thumbnails_dir: Path | None = None, max_crashes: int = 2,
                  experts: ExpertStage | None = None, expert_names: tuple[str, ...] = (),
                  lease_seconds: float = LEASE_SECONDS, identity: str | None = None,
-                 storage: Storage | None = None) -> None:
+                 storage: Storage | None = None, embedder: Embedder | None = None) -> None:
         self.catalog = catalog
         self.storage = storage  # where stored videos live; needed for videos in object storage
         self.store = store
@@ -144,6 +149,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.identity = identity  # this host's worker identity (VIDSEARCH_WORKER_ID), None: the host name
         self.name = worker_name(identity)
+        self.embedder = embedder  # None: this process's decode pool and model (embed_videos)
         self._keeper: LeaseKeeper | None = None  # the batch in progress's leases
         self._videos: dict[int, Video] = {}  # job id -> its catalog video, for the batch in progress
         self._pool: DecodePool | None = None  # started on first use, kept for the worker's life
@@ -168,12 +174,13 @@ class Worker:
                    experts=stage, expert_names=settings.expert_names, lease_seconds=settings.lease_seconds,
                    identity=settings.worker_id, storage=open_storage(settings))
 
-    def _request(self) -> DecodeRequest:
+    def decode_request(self) -> DecodeRequest:
+        """What each claimed file is decoded into (the model's input, the sampling rule, the limits, thumbnails)."""
         return DecodeRequest(self.encoder.prep, self.sampling, self.limits, thumbs=self.thumbnails_dir is not None)
 
     def decode_pool(self) -> DecodePool:
         if self._pool is None:
-            self._pool = DecodePool(self._request(), workers=self.decode_workers, mode=self.decode_mode,
+            self._pool = DecodePool(self.decode_request(), workers=self.decode_workers, mode=self.decode_mode,
                                     timeout=self.decode_timeout)
         return self._pool
 
@@ -184,7 +191,7 @@ class Worker:
         if self.decode_mode == "process" or not any(job.suspect for job in jobs):
             return self.decode_pool()
         if self._alone is None:
-            self._alone = DecodePool(self._request(), workers=1, mode="process", timeout=self.decode_timeout)
+            self._alone = DecodePool(self.decode_request(), workers=1, mode="process", timeout=self.decode_timeout)
         return self._alone
 
     def close(self) -> None:
@@ -256,8 +263,12 @@ class Worker:
 
     def _embed(self, jobs: list[Job], items, by_id: dict[int, Job], titles: dict[int, str], emit) -> None:
         pending: list[Embedded] = []
-        for item in embed_videos(self.encoder, items, self.sampling, pool=self.pool_for(jobs),
-                                 prefetch=max(2, 2 * self.decode_workers), stop=self._stop):
+        if self.embedder is not None:
+            stream = self.embedder(items, self._stop)
+        else:
+            stream = embed_videos(self.encoder, items, self.sampling, pool=self.pool_for(jobs),
+                                  prefetch=max(2, 2 * self.decode_workers), stop=self._stop)
+        for item in stream:
             job = by_id[item.key]
             if item.error is not None:
                 if (result := self._decode_failed(job, titles[job.id], item.error)) is not None:

@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         2048, ge=1, description="Largest video accepted by the HTTP upload (POST /api/videos), in MiB."
     )
     claim_size: int = Field(16, ge=1, description="Jobs a worker takes from the queue at once.")
+    ray_actors: int | None = Field(
+        None, ge=1, le=1024, description="`ingest --ray`: model actors embedding frames (unset: one per GPU of the Ray "
+        "cluster, one on the CPUs without GPUs)."
+    )
+    ray_decode_cpus: float = Field(
+        1.0, gt=0, le=64, description="`ingest --ray`: CPUs Ray reserves per decode task (fewer: more files decoded "
+        "at once per node)."
+    )
     max_crashes: int = Field(
         2, ge=1, le=100, description="Times the process decoding a file may die on it (a crash, the OOM killer) "
         "before the file fails. The jobs of a worker that died are retried one at a time, each decoded in a process "

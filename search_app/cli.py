@@ -95,6 +95,12 @@ def ingest(
                                                       "the data folder (delete then never removes them).")] = False,
     tag: Annotated[str | None, typer.Option("--tag", help="A label for these videos (e.g. the shoot or folder), "
                                                           "to filter searches by: `search --tag`.")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Process the files now as a Ray Data job: decoding in Ray "
+                                                    "tasks, the model in an actor per GPU (pip install "
+                                                    "'vidsearch[ray]'). A local Ray unless --ray-address.")] = False,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="The Ray cluster to run on (e.g. "
+                                                                           "ray://head:10001, or auto); implies "
+                                                                           "--ray.")] = None,
 ) -> None:
     """Add videos to the library. Videos are recognised by content; the same content is never embedded twice.
 
@@ -102,6 +108,7 @@ def ingest(
       vidsearch ingest ~/Videos --recursive --wait
       vidsearch ingest clip1.mp4 clip2.webm      (queued for `vidsearch worker` or `vidsearch serve`)
       vidsearch ingest /mnt/drone --tag drone -r
+      vidsearch ingest /mnt/archive -r --ray --ray-address auto
     """
     from tqdm import tqdm
 
@@ -110,6 +117,16 @@ def ingest(
     from schema.storage import StorageError
 
     tag = check_tag(tag) if tag is not None else None  # a bad tag is refused before any file is touched
+    ray = ray or ray_address is not None
+    wait = wait or ray
+    if ray:  # Ray missing or its cluster away: said before any file is touched
+        from ingest.ray_ingest import RayUnavailable, connect
+
+        try:
+            connect(ray_address)
+        except RayUnavailable as exc:
+            typer.echo(f"vidsearch: {exc}", err=True)
+            raise typer.Exit(2) from None
 
     runtime = _runtime()
     if link and runtime.settings.storage_is_remote:
@@ -147,7 +164,7 @@ def ingest(
 
     ingested = 0
     if wait and queued:
-        ingested, job_failures = _process_now(runtime, queued)
+        ingested, job_failures = _process_now(runtime, queued, on_ray=ray)
         failed.extend(job_failures)
     elif queued:
         typer.echo(f"Queued {len(queued)} video(s). Run `vidsearch worker` (or `vidsearch serve`) to process them, "
@@ -161,12 +178,17 @@ def ingest(
     for source, reason in failed:
         typer.echo(f"  failed: {source}: {reason}")
     runtime.close()
+    if ray:
+        from ingest.ray_ingest import shutdown
+
+        shutdown()
     if failed:
         raise typer.Exit(1)
 
 
-def _process_now(runtime, queued: dict[int, str]) -> tuple[int, list[tuple[str, str]]]:
-    """Run a worker here until our jobs are finished (some may be taken by another running worker)."""
+def _process_now(runtime, queued: dict[int, str], *, on_ray: bool = False) -> tuple[int, list[tuple[str, str]]]:
+    """Run a worker here until our jobs are finished (some may be taken by another running worker). on_ray: its
+    files are decoded and embedded on the connected Ray cluster, many hundreds of jobs claimed at a time."""
     import time
 
     from tqdm import tqdm
@@ -174,15 +196,24 @@ def _process_now(runtime, queued: dict[int, str]) -> tuple[int, list[tuple[str, 
     from ingest.worker import Worker
 
     pending = set(queued)
-    with Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings) as worker, \
-            tqdm(total=len(queued), desc="Ingesting", unit="video", file=sys.stderr) as bar:
-        while pending:
-            batch = worker.run_once()
-            finished = [j for j in pending if (job := runtime.catalog.get_job(j)) is None
-                        or job.state.value in ("done", "failed")]
-            for j in finished:
-                pending.discard(j)
+    worker = Worker.from_settings(runtime.catalog, runtime.store, runtime.encoder, runtime.settings)
+    if on_ray:
+        from ingest.ray_ingest import CLAIM_SIZE, RayEmbedder
+
+        worker.embedder = RayEmbedder(runtime.settings, worker.decode_request(), worker.decode_timeout)
+        worker.claim_size = CLAIM_SIZE
+    with worker, tqdm(total=len(queued), desc="Ingesting", unit="video", file=sys.stderr) as bar:
+
+        def finished(job_id: int) -> None:
+            if job_id in pending:
+                pending.discard(job_id)
                 bar.update(1)
+
+        while pending:
+            batch = worker.run_once(lambda r: finished(r.job_id))
+            for j in [j for j in pending if (job := runtime.catalog.get_job(j)) is None
+                      or job.state.value in ("done", "failed")]:
+                finished(j)  # run by another worker
             if not batch and pending:
                 time.sleep(0.5)  # the remaining jobs are being run by another worker
         _run_experts_now(runtime, worker)
@@ -745,6 +776,9 @@ def bench(
     live: Annotated[bool, typer.Option("--live", help="Only live watching: UDP streams on 127.0.0.1, 1 and 4 at "
                                                       "once, and one fed too fast for 10 minutes (1 with --quick).")
                     ] = False,
+    on_ray: Annotated[bool, typer.Option("--ray", help="Only ingestion on Ray: the single worker, then the same "
+                                                       "clips as a Ray Data job on a local Ray (`ingest --ray`).")
+                      ] = False,
 ) -> None:
     """Measure ingestion and search against a naive baseline and ceilings, all in the same run.
 
@@ -761,6 +795,22 @@ def bench(
             _out(report)
         else:
             for line in format_live(report):
+                typer.echo(line)
+        return
+    if on_ray:
+        from ingest.ray_ingest import RayUnavailable
+        from search_app.bench_ray import format_ray, run_ray
+
+        try:
+            report = run_ray(Settings(), quick=quick, model=model, folder=folder,
+                             progress=lambda msg: typer.echo(f"[bench] {msg}", err=True))
+        except RayUnavailable as exc:
+            typer.echo(f"vidsearch: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if as_json:
+            _out(report)
+        else:
+            for line in format_ray(report):
                 typer.echo(line)
         return
     if search_only:
