@@ -21,6 +21,7 @@ import logging
 import signal
 import socket
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'Ray is not installed: pip install "vidsearch[ray]"'
-# Jobs claimed per Ray pipeline run: large, because each run starts its tasks and actors anew (about a second), yet
-# bounded, so leases stay few and an interrupted run puts back at most this many.
+# Jobs claimed per Ray pipeline run: large, because each run starts its actors anew (each loads the model: 7 s for
+# ViT-B/32 on ONNX Runtime on 2 busy cores, measured), yet bounded, so leases stay few and an interrupted run puts
+# back at most this many.
 CLAIM_SIZE = 512
-# How many decoded videos one actor call embeds (FrameBatcher then feeds the model full batches across them).
-VIDEOS_PER_CALL = 8
 CRASHED = ("the decoder crashed on this file (its Ray task died): the file is probably damaged, or decoding it needs "
            "more memory than there is")
 
@@ -111,6 +111,13 @@ def _time_limit(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def videos_per_call(settings: Settings) -> int:
+    """Decoded videos per actor call: about one model batch of frames (FrameBatcher batches across them). More
+    would keep the actor waiting for the slowest decode of a bigger group (measured: 8 per call left the CPU actor
+    idle for 19 s of a 62 s bench run, waiting on the last group's 1080p files)."""
+    return max(1, settings.batch_size // settings.frames)
 
 
 def _info_row(info: VideoInfo) -> dict[str, Any]:
@@ -230,9 +237,14 @@ class RayEmbedder:
         actors = self.settings.ray_actors or max(1, gpus)
         # One block per file: a decode task that dies loses that file only (max_errored_blocks), never the run.
         ray.data.DataContext.get_current().max_errored_blocks = -1
-        ds = (ray.data.from_items(rows, override_num_blocks=len(rows))
-              .map(DecodeTask(self.request, self.timeout), num_cpus=self.settings.ray_decode_cpus, max_retries=0)
-              .map_batches(EmbedActor, fn_constructor_args=(self.settings,), batch_size=VIDEOS_PER_CALL,
+        with warnings.catch_warnings():
+            # max_retries=0 has no named parameter yet (Ray 2.60 deprecates the remote-args dict it goes in), and
+            # Ray Data's default retries a task whose process died without end: a file that segfaults would loop.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*", category=DeprecationWarning)
+            decoded = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+                DecodeTask(self.request, self.timeout), num_cpus=self.settings.ray_decode_cpus, max_retries=0)
+        ds = (decoded
+              .map_batches(EmbedActor, fn_constructor_args=(self.settings,), batch_size=videos_per_call(self.settings),
                            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                            num_gpus=1 if gpus else 0, num_cpus=1))
         seen: set[int] = set()

@@ -13,7 +13,6 @@ from tests.conftest import CLIPS
 from tests.test_cli import Cli
 from tests.videos import write_video
 
-pytest.importorskip("ray", reason="the test extra installs ray[data]")  # Ray is an extra: .[ray]
 pytestmark = pytest.mark.slow  # a local Ray starts in a few seconds per command
 
 
