@@ -54,7 +54,11 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Loopback port of the embedded Milvus Lite server (0 = pick a free one)."
     )
     collection: str = Field("vidsearch_videos", description="Milvus collection name.")
-    index_type: str = Field("FLAT", description="Milvus index type (FLAT is exact; see `vidsearch bench` for recall).")
+    index_type: str = Field(
+        "FLAT", description="Milvus index type (FLAT is exact; see `vidsearch bench` for recall). BIN_FLAT or "
+        "BIN_IVF_FLAT (a Milvus server only): binary compact mode, sign bits searched by Hamming distance in "
+        "`<collection>_bits`, then an exact rerank (100 candidates unless VIDSEARCH_RERANK says otherwise)."
+    )
     index_params: dict[str, int | float | str] = Field(
         default_factory=dict, description='Index build parameters as JSON, e.g. {"M": 16, "efConstruction": 200}.'
     )

@@ -47,12 +47,23 @@ PK = "pk"  # the primary key field: search hits carry it under this name
 # Ids per `fetch` query: larger chunks amortise Milvus Lite's per-query cost (18 s vs 41 s per 100k vectors
 # for 16k vs 1k ids, measured).
 FETCH_CHUNK = 16_000
+# Compact mode on a server: the sign bits of each video vector in a sibling collection, searched by Hamming
+# distance, the candidates re-scored exactly from the floats (the model card's "binarized ... with rerank100").
+BINARY_INDEXES = ("BIN_FLAT", "BIN_IVF_FLAT")
+BITS_SUFFIX = "_bits"
+BITS_FIELD = "bits"
+BINARY_RERANK = 100  # candidates re-scored when VIDSEARCH_RERANK is 0: Hamming distances are no similarity to show
 # Words of pymilvus/gRPC errors that mean the server could not be reached (as opposed to refusing the operation).
 CONNECTION_ERRORS = ("fail connecting", "unavailable", "connection refused", "failed to connect")
 
 
 class VectorStoreError(RuntimeError):
     """The vector store is unreachable or refused an operation."""
+
+
+def sign_bits(vectors: np.ndarray) -> list[bytes]:
+    """Each vector as its sign bits, packed 8 to a byte (a dimension not a multiple of 8 is padded with zeros)."""
+    return [row.tobytes() for row in np.packbits(np.asarray(vectors) > 0, axis=-1)]
 
 
 class ModelMismatchError(VectorStoreError):
@@ -173,7 +184,10 @@ def is_milvus_lite(client) -> bool:
 
 class MilvusVectorStore:
     """Two collections on one client: the videos' vectors (auto primary key, video id, float vector of the model's
-    dimension) and, named `<collection>_segments`, their segments' vectors (plus start and end seconds)."""
+    dimension) and, named `<collection>_segments`, their segments' vectors (plus start and end seconds). In binary
+    compact mode (index type BIN_FLAT or BIN_IVF_FLAT, a Milvus server only) a third, `<collection>_bits`, holds each
+    video vector's sign bits under the same primary key, with the filter fields: searches run there by Hamming
+    distance and the candidates are re-scored exactly from the floats."""
 
     def __init__(self, client, collection: str, dim: int, model: str | ModelKey, *, index_type: str = "FLAT",
                  index_params: dict | None = None, search_params: dict | None = None,
@@ -196,6 +210,12 @@ class MilvusVectorStore:
         self.lite = lite  # the endpoint is Milvus Lite: seal writes (flush)
         # Compact mode: candidates asked of a (quantized) index, re-scored exactly from the stored floats (`_rerank`).
         self.rerank = rerank
+        self.binary = index_type in BINARY_INDEXES
+        self.bits_collection = collection + BITS_SUFFIX
+        self.bits_dim = -(-dim // 8) * 8
+        if self.binary and not rerank:
+            self.rerank = BINARY_RERANK
+        self.has_bits = self.binary  # writes and deletes keep the bits collection in step (also when it is stale)
         self.reconnect: Callable[[], object] | None = None  # makes a new client after a lost connection
         self.has_filter_fields = True  # False for a collection created by a version without filters
 
@@ -237,18 +257,34 @@ class MilvusVectorStore:
                     search_params=settings.search_params)
         store.reconnect = lambda: connect(settings)
         store.has_filter_fields = all(f in {x.get("name") for x in info["fields"]} for f in FILTER_FIELDS)
+        store.has_bits = client.has_collection(store.bits_collection)
         return store
 
     def _ensure_collection(self) -> None:
         """Create the collections if missing (losing a creation race to another process is fine), then check them."""
         from pymilvus.exceptions import MilvusException
 
+        if self.binary and self.lite:
+            raise VectorStoreError(
+                f"VIDSEARCH_INDEX_TYPE={self.index_type} needs binary vectors, which Milvus Lite does not have: use it "
+                "with a Milvus server (VIDSEARCH_MILVUS_URI), or compact mode on Milvus Lite with "
+                "VIDSEARCH_INDEX_TYPE=IVF_SQ8 and VIDSEARCH_RERANK=100")
         upgraded: list[tuple[str, str, ModelKey]] = []
-        for name, segments in ((self.collection, False), (self.segment_collection, True)):
+        names = [(self.collection, "videos"), (self.segment_collection, "segments")]
+        if self.binary:
+            names.append((self.bits_collection, "bits"))
+        else:
+            self.has_bits = self.client.has_collection(self.bits_collection)  # left by an earlier binary mode
+        made_bits = False
+        for name, kind in names:
             try:
                 if not self.client.has_collection(name):
                     try:
-                        self._create(name, segments)
+                        if kind == "bits":
+                            self._create_bits()
+                            made_bits = True
+                        else:
+                            self._create(name, kind == "segments")
                     except MilvusException:
                         if not self.client.has_collection(name):  # a real failure, not a lost race
                             raise
@@ -259,6 +295,12 @@ class MilvusVectorStore:
                     self.client.load_collection(name)
             except MilvusException as exc:
                 raise VectorStoreError(f"Milvus could not open collection '{name}': {exc}") from exc
+        if self.binary and (made_bits or self._call("count", lambda: row_count(self.client, self.bits_collection))
+                            != self._call("count", lambda: row_count(self.client, self.collection))):
+            try:
+                self.sync_bits()
+            except MilvusException as exc:
+                raise VectorStoreError(f"Milvus could not fill collection '{self.bits_collection}': {exc}") from exc
         if upgraded:
             _, recorded, key = upgraded[0]
             source = ("the content hash of that folder's weight files" if key.is_folder
@@ -283,7 +325,9 @@ class MilvusVectorStore:
             schema.add_field("tag", DataType.VARCHAR, max_length=4 * 64)  # bytes: 64 characters of UTF-8
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         index = self.client.prepare_index_params()
-        if segments:  # only ever read by video id, then scored exactly: no approximate index to tune
+        # Segments are only ever read by video id, then scored exactly: no approximate index to tune. In binary
+        # compact mode the floats are only read by primary key (the rerank): the index is on the bits.
+        if segments or self.binary:
             index.add_index(field_name="vector", index_type="FLAT", metric_type=METRIC)
         else:
             index.add_index(field_name="vector", index_type=self.index_type, metric_type=METRIC,
@@ -294,6 +338,57 @@ class MilvusVectorStore:
         self.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
                                       properties=properties)
         log.info("created Milvus collection %s (dim %d, model %s)", name, self.dim, self.model)
+
+    def _create_bits(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.INT64, is_primary=True)  # the video row's own primary key
+        schema.add_field("video_id", DataType.INT64)
+        schema.add_field("duration_s", DataType.DOUBLE)
+        schema.add_field("ingested_at", DataType.INT64)
+        schema.add_field("tag", DataType.VARCHAR, max_length=4 * 64)
+        schema.add_field(BITS_FIELD, DataType.BINARY_VECTOR, dim=self.bits_dim)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name=BITS_FIELD, index_type=self.index_type, metric_type="HAMMING",
+                        params=self.index_params)
+        properties = self.key.properties() if self.key else {PROP_MODEL: self.model, PROP_DIM: str(self.dim)}
+        self.client.create_collection(self.bits_collection, schema=schema, index_params=index,
+                                      consistency_level="Strong", properties=properties)
+        log.info("created Milvus collection %s (%s, %d bits)", self.bits_collection, self.index_type, self.bits_dim)
+
+    def _bits_rows(self, pks: Sequence[int], video_ids: Sequence[int], vectors: np.ndarray,
+                   fields: Sequence[dict]) -> list[dict]:
+        return [{PK: int(pk), "video_id": int(v), BITS_FIELD: bits, **VideoFields().row(), **f}
+                for pk, v, bits, f in zip(pks, video_ids, sign_bits(vectors), fields, strict=True)]
+
+    def sync_bits(self) -> int:
+        """Make the bits collection hold exactly the sign bits of the video rows: after it was made for a library
+        that already had videos (compact mode switched on, a moved library), or when their counts differ (rows
+        written while it was off). Upserts by primary key, so a concurrent writer's rows are not doubled. Returns
+        the rows written."""
+        log.warning("filling Milvus collection %s with the sign bits of the %s rows (once)", self.bits_collection,
+                    self.collection)
+        fields = ["video_id", "vector", *(FILTER_FIELDS if self.has_filter_fields else ())]
+        # Bits first, then videos: a bits row written after our read of the videos has its video row written earlier.
+        bit_pks = set(self._call("query", lambda: _scan_pks(self.client, self.bits_collection)))
+        written, seen = 0, set()
+        iterator = self.client.query_iterator(self.collection, batch_size=4000, filter="",
+                                              output_fields=[PK, *fields])
+        try:
+            while batch := iterator.next():
+                pks = [int(r[PK]) for r in batch]
+                seen.update(pks)
+                rows = self._bits_rows(pks, [r["video_id"] for r in batch],
+                                       np.asarray([r["vector"] for r in batch], np.float32),
+                                       [{f: r[f] for f in FILTER_FIELDS if f in r} for r in batch])
+                self._call("upsert", lambda rows=rows: self.client.upsert(self.bits_collection, rows))
+                written += len(rows)
+        finally:
+            iterator.close()
+        if extra := sorted(bit_pks - seen):
+            self._call("delete", lambda: self.client.delete(self.bits_collection, ids=extra))
+        return written
 
     def _check_compatible(self, name: str | None = None, upgraded: list | None = None) -> None:
         name = name or self.collection
@@ -365,8 +460,9 @@ class MilvusVectorStore:
             elif "released" in text or "not loaded" in text:  # a restarted server loads nothing by itself
                 try:
                     self.client.load_collection(self.collection)
-                    if self.client.has_collection(self.segment_collection):
-                        self.client.load_collection(self.segment_collection)
+                    for name in (self.segment_collection, self.bits_collection):
+                        if self.client.has_collection(name):
+                            self.client.load_collection(name)
                 except MilvusException as again:
                     raise VectorStoreError(f"Milvus {what} failed: {exc}") from again
             else:
@@ -393,7 +489,11 @@ class MilvusVectorStore:
         fields = list(fields) if fields is not None else [VideoFields()] * len(video_ids)
         rows = [{"video_id": int(v), "vector": vec, **(f.row() if self.has_filter_fields else {})}
                 for v, vec, f in zip(video_ids, vectors.tolist(), fields, strict=True)]
-        return [int(pk) for pk in self._call("insert", lambda: self.client.insert(self.collection, rows))["ids"]]
+        pks = [int(pk) for pk in self._call("insert", lambda: self.client.insert(self.collection, rows))["ids"]]
+        if self.binary:  # after the floats: a bits row always has its video row (see sync_bits)
+            bits = self._bits_rows(pks, video_ids, vectors, [f.row() for f in fields])
+            self._call("upsert", lambda: self.client.upsert(self.bits_collection, bits))
+        return pks
 
     def add_segments(self, video_ids: Sequence[int], segments: Sequence[Segments]) -> list[int]:
         """Insert the segment vectors of these videos (call `delete` first when replacing). Returns the rows'
@@ -421,12 +521,17 @@ class MilvusVectorStore:
         if pks:
             ids = [int(p) for p in pks]
             self._call("delete", lambda: self.client.delete(self.collection, ids=ids))
+            if self.has_bits:
+                self._call("delete", lambda: self.client.delete(self.bits_collection, ids=ids))
 
     def delete_other_rows(self, keep: Mapping[int, Sequence[int]], keep_segments: Mapping[int, Sequence[int]]
                           ) -> None:
         """For each video in `keep`, remove its rows other than the listed primary keys (and likewise its segment
         rows other than `keep_segments`'): what an earlier, crashed attempt at the same job left behind."""
-        for collection, wanted in ((self.collection, keep), (self.segment_collection, keep_segments)):
+        pairs = [(self.collection, keep), (self.segment_collection, keep_segments)]
+        if self.has_bits:  # the same primary keys as the video rows
+            pairs.append((self.bits_collection, keep))
+        for collection, wanted in pairs:
             for expr in _other_rows_filters({v: wanted.get(v, ()) for v in keep}):
                 self._call("delete", lambda collection=collection, expr=expr: self.client.delete(collection,
                                                                                                  filter=expr))
@@ -439,6 +544,8 @@ class MilvusVectorStore:
         if segments:
             self._call("delete", lambda: self.client.delete(self.segment_collection, filter=f"video_id in [{ids}]"))
         self._call("delete", lambda: self.client.delete(self.collection, filter=f"video_id in [{ids}]"))
+        if self.has_bits:
+            self._call("delete", lambda: self.client.delete(self.bits_collection, filter=f"video_id in [{ids}]"))
 
     def segments(self, video_ids: Sequence[int]) -> dict[int, Segments]:
         """The stored segments of each of these videos, in time order (videos without any are left out)."""
@@ -481,6 +588,8 @@ class MilvusVectorStore:
         if expr and not self.has_filter_fields:
             raise VectorStoreError(f"the Milvus collection '{self.collection}' was created by an older vidsearch "
                                    "without filter fields; run `vidsearch reindex` to rebuild it with them")
+        if self.binary:
+            return self._rerank(self._hamming(vector, max(k, self.rerank), expr), vector, k)
         result = self._call("search", lambda: self.client.search(
             self.collection,
             data=[np.asarray(vector, dtype=np.float32).tolist()],
@@ -492,6 +601,14 @@ class MilvusVectorStore:
         if self.rerank:
             return self._rerank(result[0], vector, k)
         return [Hit(video_id=int(h["entity"]["video_id"]), score=float(h["distance"])) for h in result[0]]
+
+    def _hamming(self, vector: np.ndarray, limit: int, expr: str) -> list:
+        """The `limit` videos whose sign bits are nearest the query's, filters applied inside the search."""
+        result = self._call("search", lambda: self.client.search(
+            self.bits_collection, data=sign_bits(np.asarray(vector, np.float32)[None]), anns_field=BITS_FIELD,
+            limit=limit, filter=expr, output_fields=["video_id"],
+            search_params={"metric_type": "HAMMING", "params": self.search_params}))
+        return result[0]
 
     def _rerank(self, hits, vector: np.ndarray, k: int) -> list[Hit]:
         """The top k of the index's candidates by their exact inner product with `vector`. A quantized index ranks
@@ -537,8 +654,9 @@ class MilvusVectorStore:
         return self._call("count", lambda: row_count(self.client, self.collection))
 
     def drop(self) -> None:
-        if self.client.has_collection(self.segment_collection):
-            self.client.drop_collection(self.segment_collection)
+        for name in (self.bits_collection, self.segment_collection):
+            if self.client.has_collection(name):
+                self.client.drop_collection(name)
         self.client.drop_collection(self.collection)
 
     def close(self) -> None:
@@ -571,6 +689,17 @@ def _hit_pk(hit) -> int:
     raise VectorStoreError(f"a Milvus search hit without its primary key: {dict(hit)}")
 
 
+def _scan_pks(client, collection: str) -> list[int]:
+    pks: list[int] = []
+    iterator = client.query_iterator(collection, batch_size=4000, filter="", output_fields=[PK])
+    try:
+        while batch := iterator.next():
+            pks += [int(row[PK]) for row in batch]
+    finally:
+        iterator.close()
+    return pks
+
+
 def row_count(client, collection: str) -> int:
     """Rows in `collection`, growing segments included: a server's collection statistics count only flushed
     segments (0 right after an insert on Milvus 2.3, tests/test_milvus_server.py), so ask for count(*)."""
@@ -594,8 +723,9 @@ def drop_collection(settings: Settings, client=None) -> bool:
     own = client is None
     client = connect(settings) if own else client
     try:
-        if client.has_collection(settings.collection + SEGMENTS_SUFFIX):
-            client.drop_collection(settings.collection + SEGMENTS_SUFFIX)
+        for name in (settings.collection + BITS_SUFFIX, settings.collection + SEGMENTS_SUFFIX):
+            if client.has_collection(name):
+                client.drop_collection(name)
         if client.has_collection(settings.collection):
             client.drop_collection(settings.collection)
             return True
