@@ -43,8 +43,8 @@ def index_bytes(index_type: str, dim: int, params: dict | None = None) -> float:
         return dim + INT64
     if kind == "HNSW":
         return 4 * dim + 2 * int((params or {}).get("M", 16)) * 4  # level-0 links dominate
-    if kind in ("BIN_FLAT", "BIN_IVF_FLAT"):  # the sign bits of each vector, in their own collection
-        return dim / 8 + INT64 + INT64
+    if kind in ("BIN_FLAT", "BIN_IVF_FLAT"):  # the sign bits of each vector, in their own collection, whose rows
+        return dim / 8 + VIDEO_SCALARS  # repeat the video row's key and filter fields (filters apply in that search)
     raise ValueError(f"no sizing rule for index type {index_type!r}")
 
 

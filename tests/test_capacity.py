@@ -40,7 +40,8 @@ def test_vector_bytes_follow_the_dimension(dim):
     assert index_bytes("FLAT", dim) == 4 * dim
     assert index_bytes("IVF_SQ8", dim) == dim + 8
     assert index_bytes("HNSW", dim, {"M": 32}) == 4 * dim + 2 * 32 * 4
-    assert index_bytes("BIN_FLAT", dim) == dim / 8 + 16
+    # pk, video_id, duration_s, ingested_at, tag (12): the bits row repeats the filter fields its search applies
+    assert index_bytes("BIN_FLAT", dim) == dim / 8 + 8 + 8 + 8 + 8 + 12
     e = estimate(Settings(), Library(videos=1), "FLAT", dim)
     assert e.video_bytes == VIDEO_SCALARS + 4 * dim
     assert e.segment_bytes == e.segments * (SEGMENT_SCALARS + 4 * dim)
