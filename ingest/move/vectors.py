@@ -54,7 +54,9 @@ class VectorReport:
 
 def library_collections(settings: Settings) -> list[str]:
     """Every collection a library may have: the model's, its segments', and one per expert (schema/store.py names
-    them `<collection>_<expert>`, schema/lexical.py and schema/dense.py make them)."""
+    them `<collection>_<expert>`, schema/lexical.py and schema/dense.py make them). Not `<collection>_bits` (binary
+    compact mode): its rows are keyed by the video rows' primary keys, which a move does not keep; the destination's
+    first open in binary mode fills it from the moved floats."""
     base = settings.collection
     return [base, base + SEGMENTS_SUFFIX, *(f"{base}_{expert}" for expert in EXPERT_NAMES)]
 
