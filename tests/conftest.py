@@ -53,6 +53,17 @@ def exported_models(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _stop_data_folder_servers(tmp_path: Path) -> Iterator[None]:
+    """Stop the Milvus Lite servers a test's `vidsearch` commands left running in its data folders (a command leaves
+    its folder's server up for the next one, as it does for a user): ~220 MB each, they outlived the test before."""
+    yield
+    from schema.lite_server import stop_server
+
+    for state in tmp_path.rglob("milvus-server.json"):
+        stop_server(state.parent / "milvus")
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
