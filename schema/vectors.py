@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -371,21 +371,17 @@ class MilvusVectorStore:
                     self.collection)
         fields = ["video_id", "vector", *(FILTER_FIELDS if self.has_filter_fields else ())]
         # Bits first, then videos: a bits row written after our read of the videos has its video row written earlier.
-        bit_pks = set(self._call("query", lambda: _scan_pks(self.client, self.bits_collection)))
+        bit_pks = self._call("query", lambda: {int(r[PK]) for b in scan(self.client, self.bits_collection, [PK])
+                                               for r in b})
         written, seen = 0, set()
-        iterator = self.client.query_iterator(self.collection, batch_size=4000, filter="",
-                                              output_fields=[PK, *fields])
-        try:
-            while batch := iterator.next():
-                pks = [int(r[PK]) for r in batch]
-                seen.update(pks)
-                rows = self._bits_rows(pks, [r["video_id"] for r in batch],
-                                       np.asarray([r["vector"] for r in batch], np.float32),
-                                       [{f: r[f] for f in FILTER_FIELDS if f in r} for r in batch])
-                self._call("upsert", lambda rows=rows: self.client.upsert(self.bits_collection, rows))
-                written += len(rows)
-        finally:
-            iterator.close()
+        for batch in scan(self.client, self.collection, [PK, *fields]):
+            pks = [int(r[PK]) for r in batch]
+            seen.update(pks)
+            rows = self._bits_rows(pks, [r["video_id"] for r in batch],
+                                   np.asarray([r["vector"] for r in batch], np.float32),
+                                   [{f: r[f] for f in FILTER_FIELDS if f in r} for r in batch])
+            self._call("upsert", lambda rows=rows: self.client.upsert(self.bits_collection, rows))
+            written += len(rows)
         if extra := sorted(bit_pks - seen):
             self._call("delete", lambda: self.client.delete(self.bits_collection, ids=extra))
         return written
@@ -689,15 +685,14 @@ def _hit_pk(hit) -> int:
     raise VectorStoreError(f"a Milvus search hit without its primary key: {dict(hit)}")
 
 
-def _scan_pks(client, collection: str) -> list[int]:
-    pks: list[int] = []
-    iterator = client.query_iterator(collection, batch_size=4000, filter="", output_fields=[PK])
+def scan(client, collection: str, fields: Sequence[str]) -> Iterator[list[dict]]:
+    """Every row of `collection` with these fields, a batch at a time (query_iterator, closed however it ends)."""
+    iterator = client.query_iterator(collection, batch_size=4000, filter="", output_fields=list(fields))
     try:
         while batch := iterator.next():
-            pks += [int(row[PK]) for row in batch]
+            yield batch
     finally:
         iterator.close()
-    return pks
 
 
 def row_count(client, collection: str) -> int:
@@ -709,12 +704,8 @@ def row_count(client, collection: str) -> int:
 def video_counts(client, collection: str) -> Counter[int]:
     """How many rows each video has in `collection`, by one scan of its video ids."""
     counts: Counter[int] = Counter()
-    iterator = client.query_iterator(collection, batch_size=4000, filter="", output_fields=["video_id"])
-    try:
-        while batch := iterator.next():
-            counts.update(int(row["video_id"]) for row in batch)
-    finally:
-        iterator.close()
+    for batch in scan(client, collection, ["video_id"]):
+        counts.update(int(row["video_id"]) for row in batch)
     return counts
 
 
